@@ -1,0 +1,489 @@
+"""`lstmkit.LSTM` and `lstmkit.LSTMCell`: drop-in replacements for `torch.nn.LSTM` / `torch.nn.LSTMCell`.
+
+Same constructor arguments, parameter names and shapes (`weight_ih_l0`, `weight_hh_l0`, `bias_ih_l0`,
+`bias_hh_l0`, `weight_hr_l0`, `..._reverse`), gate order i, f, g, o, return values and PackedSequence
+handling as torch, so `load_state_dict` works in both directions. Additions:
+
+* `forget_bias` (default 1.0): after torch's own initialisation (every parameter uniform in
+  [-1/sqrt(H), 1/sqrt(H)], drawn in the same order, so the same seed gives the same numbers), the
+  forget-gate slice of `bias_ih` is shifted by `forget_bias`. The forget gate then starts near
+  sigma(1) = 0.73 instead of 0.5, so early training does not wipe the memory cell (Gers et al. 2000;
+  Jozefowicz et al. 2015). `forget_bias=0.0` is exactly torch's initialisation. Nothing to shift when
+  `bias=False`.
+* `backend`: "auto" or "torch" (the portable backend, see `lstmkit.ops`).
+* Gradients work in eval mode too, and every gate can be read with `lstmkit.trace`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.nn.utils.rnn import PackedSequence
+
+from lstmkit import ops
+from lstmkit.ops import lstm_vendor
+
+GATE_ORDER = ("i", "f", "g", "o")  # PyTorch's order of the four row blocks of weight_ih / weight_hh / biases
+
+
+def _check_size(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_forget_bias(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"forget_bias must be a finite number (1.0 is the usual choice), got {value!r}")
+    return float(value)
+
+
+def _describe(t: Tensor) -> str:
+    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
+
+
+def _check_tensor_like(name: str, t: object, like: Tensor) -> Tensor:
+    """`t` must be a floating tensor with the dtype and device of the parameters (`like`)."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}; convert it with .float()")
+    if t.dtype != like.dtype:
+        raise TypeError(
+            f"{name} has dtype {t.dtype} but the LSTM's parameters are {like.dtype}; "
+            f"convert one of them (e.g. .to({like.dtype}) or model.to({t.dtype}))"
+        )
+    if t.device != like.device:
+        raise ValueError(
+            f"{name} is on device {t.device} but the LSTM's parameters are on {like.device}; "
+            f"move one of them (e.g. .to('{like.device}'))"
+        )
+    return t
+
+
+def _batch_sizes_list(batch_sizes: Tensor) -> list[int]:
+    sizes = [int(n) for n in batch_sizes.tolist()]
+    if not sizes:
+        raise ValueError("the PackedSequence holds no time steps: every sequence must have length >= 1")
+    if any(n <= 0 for n in sizes) or any(b > a for a, b in zip(sizes, sizes[1:], strict=False)):
+        raise ValueError(
+            "PackedSequence.batch_sizes must be positive and non-increasing (sequences sorted longest "
+            f"first), got {sizes[:10]}{'...' if len(sizes) > 10 else ''}; build it with "
+            "torch.nn.utils.rnn.pack_padded_sequence or pack_sequence"
+        )
+    return sizes
+
+
+def pack_padded_sequence(
+    input: Tensor, lengths: Tensor | list[int], batch_first: bool = False, enforce_sorted: bool = True
+) -> PackedSequence:
+    """`torch.nn.utils.rnn.pack_padded_sequence` with its input checked first, so a mistake says what it was.
+
+    input: [T, B, *] (or [B, T, *] with batch_first); lengths: B ints in 1..T, longest first unless
+    enforce_sorted=False.
+    """
+    if not isinstance(input, Tensor) or input.dim() < 2:
+        raise ValueError("input must be a padded tensor [T, B, *] (or [B, T, *] with batch_first=True)")
+    lengths_list = [int(n) for n in torch.as_tensor(lengths).reshape(-1).tolist()]
+    T, B = (input.shape[1], input.shape[0]) if batch_first else (input.shape[0], input.shape[1])
+    if len(lengths_list) != B:
+        raise ValueError(f"got {len(lengths_list)} lengths for a batch of {B} sequences")
+    bad = [n for n in lengths_list if not 1 <= n <= T]
+    if bad:
+        raise ValueError(f"every length must be between 1 and T={T} (empty sequences cannot be packed), got {bad[0]}")
+    if enforce_sorted and any(b > a for a, b in zip(lengths_list, lengths_list[1:], strict=False)):
+        raise ValueError(
+            f"lengths must be sorted longest first when enforce_sorted=True, got {lengths_list[:10]}; "
+            "sort the batch or pass enforce_sorted=False"
+        )
+    return nn.utils.rnn.pack_padded_sequence(
+        input, torch.as_tensor(lengths_list, dtype=torch.int64), batch_first, enforce_sorted
+    )
+
+
+class LSTM(nn.Module):
+    """Multi-layer LSTM with the interface of `torch.nn.LSTM` (see the module docstring for additions).
+
+    input: [T, B, I] ([B, T, I] with batch_first), [T, I] unbatched, or a PackedSequence.
+    Returns (output, (h_n, c_n)): output [T, B, D*P] (or packed), h_n [L*D, B, P], c_n [L*D, B, H],
+    with D = 2 if bidirectional else 1 and P = proj_size or hidden_size.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        forget_bias: float = 1.0,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.input_size = _check_size("input_size", input_size, 1)
+        self.hidden_size = _check_size("hidden_size", hidden_size, 1)
+        self.num_layers = _check_size("num_layers", num_layers, 1)
+        self.proj_size = _check_size("proj_size", proj_size, 0)
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(
+                f"proj_size must be smaller than hidden_size (it projects h down), got proj_size={proj_size} "
+                f">= hidden_size={hidden_size}; use proj_size=0 for no projection"
+            )
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"dropout must be a probability in [0, 1], got {dropout!r}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout acts between stacked layers only, so with num_layers=1 it does nothing "
+                f"(got dropout={dropout}, num_layers=1)",
+                stacklevel=2,
+            )
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.dropout = float(dropout)
+        self.bidirectional = bool(bidirectional)
+        self.forget_bias = _check_forget_bias(forget_bias)
+        self.backend = ops.check_backend(backend)
+
+        factory = {"device": device, "dtype": dtype}
+        H, P = self.hidden_size, self.proj_size or self.hidden_size
+        self._param_names: list[list[tuple[str, ...]]] = []  # [layer][direction] -> (W, U, b_ih, b_hh, R) names
+        for layer in range(self.num_layers):
+            layer_input = self.input_size if layer == 0 else P * self.num_directions
+            per_direction = []
+            for direction in range(self.num_directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                shapes = {f"weight_ih{suffix}": (4 * H, layer_input), f"weight_hh{suffix}": (4 * H, P)}
+                if self.bias:
+                    shapes |= {f"bias_ih{suffix}": (4 * H,), f"bias_hh{suffix}": (4 * H,)}
+                if self.proj_size:
+                    shapes[f"weight_hr{suffix}"] = (self.proj_size, H)
+                for name, shape in shapes.items():
+                    self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
+                per_direction.append(tuple(shapes))
+            self._param_names.append(per_direction)
+        self.reset_parameters()
+
+    @classmethod
+    def from_torch(cls, module: nn.LSTM, **kwargs: object) -> LSTM:
+        """An lstmkit.LSTM with the configuration and weights of a torch.nn.LSTM (kwargs: backend=...).
+
+        Its forget_bias is 0.0 (torch's initialisation) unless given, so `reset_parameters` stays torch's.
+        """
+        if not isinstance(module, nn.LSTM):
+            raise TypeError(f"from_torch needs a torch.nn.LSTM, got {type(module).__name__}")
+        kwargs.setdefault("forget_bias", 0.0)
+        weight = module.weight_ih_l0
+        new = cls(
+            module.input_size, module.hidden_size, module.num_layers, module.bias, module.batch_first,
+            module.dropout, module.bidirectional, module.proj_size, device=weight.device, dtype=weight.dtype,
+            **kwargs,
+        )
+        new.load_state_dict(module.state_dict())
+        return new.train(module.training)
+
+    def to_torch(self) -> nn.LSTM:
+        """A torch.nn.LSTM with this module's configuration and weights."""
+        weight = self.weight_ih_l0
+        module = nn.LSTM(
+            self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first, self.dropout,
+            self.bidirectional, self.proj_size, device=weight.device, dtype=weight.dtype,
+        )
+        module.load_state_dict(self.state_dict())
+        return module.train(self.training)
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def output_state_size(self) -> int:
+        """P: the size of h (proj_size when projecting, else hidden_size)."""
+        return self.proj_size or self.hidden_size
+
+    def reset_parameters(self) -> None:
+        # torch's initialisation, same draw order, then the forget-gate bias shift (see module docstring).
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for weight in self.parameters():
+                nn.init.uniform_(weight, -bound, bound)
+            if self.bias and self.forget_bias:
+                H = self.hidden_size
+                for layer in range(self.num_layers):
+                    for direction in range(self.num_directions):
+                        self.layer_weights(layer, direction)[2][H:2 * H] += self.forget_bias
+
+    def layer_weights(self, layer: int, direction: int = 0) -> tuple[Tensor | None, ...]:
+        """(W, U, b_ih, b_hh, R) of one layer and direction; absent ones are None."""
+        names = self._param_names[layer][direction]
+        suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+        return tuple(
+            getattr(self, f"{kind}{suffix}") if f"{kind}{suffix}" in names else None
+            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+        )
+
+    @property
+    def all_weights(self) -> list[list[Tensor]]:
+        return [[getattr(self, name) for name in names] for per_layer in self._param_names for names in per_layer]
+
+    def flatten_parameters(self) -> None:
+        """No-op, for code written against torch.nn.LSTM (there is no cuDNN weight buffer to compact)."""
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)}"
+        s += f", forget_bias={self.forget_bias}"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
+
+    def forward(
+        self, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
+        return self.run(input, hx)
+
+    def run(
+        self,
+        input: Tensor | PackedSequence,
+        hx: tuple[Tensor, Tensor] | None = None,
+        record: list[list[dict[str, Tensor]]] | None = None,
+    ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
+        """`forward`, and when `record` is a list, also the gates of every layer and direction.
+
+        record receives, per layer, a list per direction of dicts i, f, g, o, c, h in the packed-row
+        layout of the internal computation; `lstmkit.trace` turns them into [T, B, H] tensors.
+        """
+        like = self.weight_ih_l0
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            x, batch_sizes_t, sorted_indices, _ = input
+            _check_tensor_like("PackedSequence.data", x, like)
+            batch_sizes = _batch_sizes_list(batch_sizes_t)
+            if x.dim() != 2 or x.shape[1] != self.input_size or x.shape[0] != sum(batch_sizes):
+                raise ValueError(
+                    f"PackedSequence.data must be [sum(batch_sizes)={sum(batch_sizes)}, input_size="
+                    f"{self.input_size}], got {tuple(x.shape)}"
+                )
+            is_batched = True
+        else:
+            _check_tensor_like("input", input, like)
+            if input.dim() not in (2, 3):
+                layout = "[B, T, I]" if self.batch_first else "[T, B, I]"
+                raise ValueError(
+                    f"input must be 3-D {layout} or 2-D unbatched [T, I] with I={self.input_size}; "
+                    f"got {input.dim()}-D, shape {tuple(input.shape)}"
+                )
+            is_batched = input.dim() == 3
+            x = input if is_batched else input.unsqueeze(1)
+            if is_batched and self.batch_first:
+                x = x.transpose(0, 1)  # internal layout is time-major: [T, B, I]
+            T, B, feat = x.shape
+            if feat != self.input_size:
+                raise ValueError(
+                    f"input has {feat} features per step but the LSTM was built with input_size={self.input_size} "
+                    f"(input shape {tuple(input.shape)}, batch_first={self.batch_first})"
+                )
+            if T == 0 or B == 0:
+                raise ValueError(f"input is empty (T={T} steps, B={B} sequences); an LSTM needs T >= 1 and B >= 1")
+            x = x.reshape(T * B, feat)
+            batch_sizes = [B] * T
+            sorted_indices = None
+
+        h0, c0 = self._initial_state(hx, batch_sizes[0], is_batched, like, sorted_indices)
+        path = ops.pick(
+            self.backend, device=like.device, projected=bool(self.proj_size), recording=record is not None,
+            training=self.training,
+        )
+        if path == "vendor":
+            flat_weights = [weight for per_direction in self.all_weights for weight in per_direction]
+            vendor_args = (
+                h0, c0, flat_weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional
+            )
+            if packed:
+                x, h_n, c_n = lstm_vendor.lstm_stack(x, batch_sizes_t, *vendor_args)
+            else:
+                y, h_n, c_n = lstm_vendor.lstm_stack(x.view(T, B, -1), None, *vendor_args)
+                x = y.reshape(T * B, y.shape[2])
+        else:
+            x, h_n, c_n = self._run_layers(x, batch_sizes, h0, c0, record)
+        return self._assemble(x, h_n, c_n, packed, is_batched, input)
+
+    def _run_layers(
+        self, x: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, record: list | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """lstmkit's own computation, layer by layer: x [N, I] packed rows -> ([N, D*P], h_n, c_n)."""
+        layer_fn = ops.layer_function(self.backend)
+        final_h, final_c = [], []
+        for layer in range(self.num_layers):
+            if layer > 0 and self.dropout and self.training:
+                x = F.dropout(x, self.dropout, training=True)
+            outputs, per_direction = [], []
+            for direction in range(self.num_directions):
+                W, U, b_ih, b_hh, R = self.layer_weights(layer, direction)
+                b = b_ih + b_hh if b_ih is not None else None
+                k = layer * self.num_directions + direction
+                rec: dict[str, Tensor] | None = {} if record is not None else None
+                y, hT, cT = layer_fn(x, batch_sizes, h0[k], c0[k], W, U, b, R, reverse=direction == 1, record=rec)
+                outputs.append(y)
+                final_h.append(hT)
+                final_c.append(cT)
+                per_direction.append(rec)
+            if record is not None:
+                record.append(per_direction)
+            x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+        return x, torch.stack(final_h), torch.stack(final_c)
+
+    def _assemble(
+        self, x: Tensor, h_n: Tensor, c_n: Tensor, packed: bool, is_batched: bool, input: Tensor | PackedSequence
+    ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
+        """Packed rows [N, D*P] and final states back into the caller's layout and batch order."""
+        if packed:
+            _, batch_sizes_t, sorted_indices, unsorted_indices = input
+            if unsorted_indices is not None:
+                h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
+            return PackedSequence(x, batch_sizes_t, sorted_indices, unsorted_indices), (h_n, c_n)
+        T = input.shape[1] if is_batched and self.batch_first else input.shape[0]
+        output = x.view(T, -1, x.shape[1])
+        if not is_batched:
+            return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        return output, (h_n, c_n)
+
+    def _initial_state(
+        self,
+        hx: object,
+        batch: int,
+        is_batched: bool,
+        like: Tensor,
+        sorted_indices: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """h0 [L*D, B, P] and c0 [L*D, B, H], zeros when hx is None, checked and sorted like the batch."""
+        LD, P, H = self.num_layers * self.num_directions, self.output_state_size, self.hidden_size
+        if hx is None:
+            return (
+                torch.zeros(LD, batch, P, dtype=like.dtype, device=like.device),
+                torch.zeros(LD, batch, H, dtype=like.dtype, device=like.device),
+            )
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError("hx must be a tuple (h_0, c_0) of two tensors, or None for zeros")
+        h0 = _check_tensor_like("h_0", hx[0], like)
+        c0 = _check_tensor_like("c_0", hx[1], like)
+        expect_h, expect_c = (LD, batch, P), (LD, batch, H)
+        if not is_batched:
+            expect_h, expect_c = (LD, P), (LD, H)
+        batch_dim = "batch, " if is_batched else ""
+        for name, t, expect, last_dim in (
+            ("h_0", h0, expect_h, "proj_size" if self.proj_size else "hidden_size"),
+            ("c_0", c0, expect_c, "hidden_size"),
+        ):
+            if tuple(t.shape) != expect:
+                raise ValueError(
+                    f"{name} must have shape {expect} (num_layers*num_directions, {batch_dim}{last_dim}), "
+                    f"got {tuple(t.shape)}"
+                )
+        if not is_batched:
+            h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+        if sorted_indices is not None:
+            h0, c0 = h0.index_select(1, sorted_indices), c0.index_select(1, sorted_indices)
+        return h0, c0
+
+
+class LSTMCell(nn.Module):
+    """One LSTM step with the interface of `torch.nn.LSTMCell`: (h_1, c_1) = cell(x, (h_0, c_0)).
+
+    input: [B, I] or unbatched [I]; hx: ([B, H], [B, H]) or None for zeros. Same `forget_bias` as LSTM.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        forget_bias: float = 1.0,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.input_size = _check_size("input_size", input_size, 1)
+        self.hidden_size = _check_size("hidden_size", hidden_size, 1)
+        self.bias = bool(bias)
+        self.forget_bias = _check_forget_bias(forget_bias)
+        self.backend = ops.check_backend(backend)
+        factory = {"device": device, "dtype": dtype}
+        H = self.hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(4 * H, self.input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(4 * H, H, **factory))
+        if self.bias:
+            self.bias_ih = nn.Parameter(torch.empty(4 * H, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(4 * H, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for weight in self.parameters():
+                nn.init.uniform_(weight, -bound, bound)
+            if self.bias and self.forget_bias:
+                self.bias_ih[self.hidden_size:2 * self.hidden_size] += self.forget_bias
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            s += ", bias=False"
+        return s + f", forget_bias={self.forget_bias}"
+
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        like = self.weight_ih
+        _check_tensor_like("input", input, like)
+        if input.dim() not in (1, 2) or input.shape[-1] != self.input_size:
+            raise ValueError(
+                f"input must be [B, {self.input_size}] or unbatched [{self.input_size}], got {tuple(input.shape)}"
+            )
+        is_batched = input.dim() == 2
+        x = input if is_batched else input.unsqueeze(0)
+        B, H = x.shape[0], self.hidden_size
+        if B == 0:
+            raise ValueError("input has an empty batch (B=0); an LSTMCell needs B >= 1")
+        if hx is None:
+            h0 = c0 = torch.zeros(B, H, dtype=like.dtype, device=like.device)
+        else:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError("hx must be a tuple (h_0, c_0) of two tensors, or None for zeros")
+            h0 = _check_tensor_like("h_0", hx[0], like)
+            c0 = _check_tensor_like("c_0", hx[1], like)
+            expect = (B, H) if is_batched else (H,)
+            for name, t in (("h_0", h0), ("c_0", c0)):
+                if tuple(t.shape) != expect:
+                    raise ValueError(f"{name} must have shape {expect}, got {tuple(t.shape)}")
+            if not is_batched:
+                h0, c0 = h0.unsqueeze(0), c0.unsqueeze(0)
+        b = self.bias_ih + self.bias_hh if self.bias else None
+        xw = torch.addmm(b, x, self.weight_ih.t()) if b is not None else x @ self.weight_ih.t()
+        h1, c1, _ = ops.step_function(self.backend)(xw, h0, c0, self.weight_hh, None)
+        if not is_batched:
+            return h1.squeeze(0), c1.squeeze(0)
+        return h1, c1

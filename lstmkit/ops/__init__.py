@@ -1,0 +1,51 @@
+"""LSTM implementations with one signature (see `lstm_torch.lstm_layer`); this module only picks one.
+
+Backends a user can name:
+  "torch"  lstmkit's portable implementation (torch ops + autograd, any device): the one checked
+           against the NumPy oracle, and the one that records gates.
+  "auto"   the fastest correct path per call: torch's fused vendor kernel (`lstm_vendor`, what
+           torch.nn.LSTM runs) where it computes exactly the standard LSTM, else "torch".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from lstmkit.ops import lstm_torch
+
+BACKENDS = ("auto", "torch")
+
+
+def check_backend(name: object) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {name!r}")
+    return name  # type: ignore[return-value]
+
+
+def pick(backend: str, *, device: torch.device, projected: bool, recording: bool, training: bool) -> str:
+    """"vendor" or "torch" for one call of a full LSTM stack."""
+    check_backend(backend)
+    if backend == "torch" or recording:
+        return "torch"
+    # oneDNN refuses projections, and torch then runs a slow fallback of its own; ours is kept there
+    # until the fused CPU kernels (lstmkit issue 6) measure which is faster.
+    if projected:
+        return "torch"
+    # cuDNN's backward refuses eval mode; lstmkit promises gradients in eval mode too.
+    if device.type == "cuda" and not training and torch.is_grad_enabled():
+        return "torch"
+    return "vendor"
+
+
+def layer_function(backend: str) -> Callable:
+    """The function that runs one LSTM layer in one direction with lstmkit's own code."""
+    check_backend(backend)
+    return lstm_torch.lstm_layer
+
+
+def step_function(backend: str) -> Callable:
+    """The function that advances an LSTM state by one step for `backend` (used by LSTMCell)."""
+    check_backend(backend)
+    return lstm_torch.lstm_step

@@ -1,0 +1,123 @@
+"""The torch backend against the NumPy oracle, float64: outputs, final states and every gradient."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_close
+
+from lstmkit.ops import check_backend, layer_function, lstm_torch, pick
+from lstmkit.reference import lstm_backward, lstm_forward, random_lstm_problem
+
+SHAPES = [(1, 1, 1, 1, None), (1, 2, 3, 4, None), (63, 1, 2, 3, None), (6, 3, 4, 5, 2), (5, 4, 3, 7, None)]
+_rng = np.random.default_rng(7)
+for _ in range(5):
+    _T, _B, _I, _H = (int(v) for v in _rng.integers(1, 10, size=4))
+    SHAPES.append((_T, _B, _I, _H, None if _rng.random() < 0.5 or _H == 1 else int(_rng.integers(1, _H))))
+
+GRAD_NAMES = {"x": "dx", "W": "dW", "U": "dU", "b": "db", "h0": "dh0", "c0": "dc0", "R": "dR"}
+
+
+def torch_layer(inputs, upstream, reverse=False):
+    """Run lstm_torch.lstm_layer on the oracle's inputs; return outputs and gradients as float64 tensors."""
+    leaves = {k: torch.tensor(v, requires_grad=True) for k, v in inputs.items()}
+    T, B, I = inputs["x"].shape
+    y, hT, cT = lstm_torch.lstm_layer(
+        leaves["x"].reshape(T * B, I), [B] * T, leaves["h0"], leaves["c0"],
+        leaves["W"], leaves["U"], leaves["b"], leaves.get("R"), reverse=reverse,
+    )
+    y = y.view(T, B, -1)
+    dy, dhT, dcT = (torch.tensor(upstream[k]) for k in ("dy", "dhT", "dcT"))
+    ((y * dy).sum() + (hT * dhT).sum() + (cT * dcT).sum()).backward()
+    return y, hT, cT, {GRAD_NAMES[k]: v.grad for k, v in leaves.items()}
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}-B{}-I{}-H{}-P{}".format(*s))
+def test_torch_backend_matches_reference(shape):
+    T, B, I, H, P = shape
+    inputs, upstream = random_lstm_problem(np.random.default_rng(sum(shape[:4])), T, B, I, H, P)
+    y_ref, hT_ref, cT_ref, cache = lstm_forward(**inputs)
+    grads_ref = lstm_backward(upstream["dy"], upstream["dhT"], upstream["dcT"], cache)
+    y, hT, cT, grads = torch_layer(inputs, upstream)
+    assert_close(y, y_ref, "y")
+    assert_close(hT, hT_ref, "h_T")
+    assert_close(cT, cT_ref, "c_T")
+    assert set(grads) == set(grads_ref)
+    for name, g in grads.items():
+        assert_close(g, grads_ref[name], name)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:6], ids=lambda s: "T{}-B{}-I{}-H{}-P{}".format(*s))
+def test_reverse_direction_is_the_reference_on_flipped_time(shape):
+    T, B, I, H, P = shape
+    inputs, upstream = random_lstm_problem(np.random.default_rng(3), T, B, I, H, P)
+    flipped = dict(inputs, x=inputs["x"][::-1].copy())
+    y_ref, hT_ref, cT_ref, cache = lstm_forward(**flipped)
+    grads_ref = lstm_backward(upstream["dy"][::-1].copy(), upstream["dhT"], upstream["dcT"], cache)
+    y, hT, cT, grads = torch_layer(inputs, upstream, reverse=True)
+    assert_close(y, y_ref[::-1].copy(), "y (reverse)")
+    assert_close(hT, hT_ref, "h_T (reverse)")
+    assert_close(cT, cT_ref, "c_T (reverse)")
+    assert_close(grads["dx"], grads_ref["dx"][::-1].copy(), "dx (reverse)")
+    for name in grads_ref.keys() - {"dx"}:
+        assert_close(grads[name], grads_ref[name], f"{name} (reverse)")
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_packed_rows_equal_each_sequence_alone(reverse):
+    """Variable lengths in packed-row layout: every sequence matches the oracle run on it alone."""
+    rng = np.random.default_rng(11)
+    lengths, I, H, P = [6, 4, 4, 1], 3, 5, 2
+    T, B = lengths[0], len(lengths)
+    inputs, _ = random_lstm_problem(rng, T, B, I, H, P)
+    batch_sizes = [sum(n > t for n in lengths) for t in range(T)]
+    rows = np.concatenate([inputs["x"][t, : batch_sizes[t]] for t in range(T)])
+    params = {k: torch.tensor(inputs[k]) for k in ("W", "U", "b", "R")}
+    y, hT, cT = lstm_torch.lstm_layer(
+        torch.tensor(rows), batch_sizes, torch.tensor(inputs["h0"]), torch.tensor(inputs["c0"]),
+        params["W"], params["U"], params["b"], params["R"], reverse=reverse,
+    )
+    offsets = np.cumsum([0, *batch_sizes])
+    for k, n in enumerate(lengths):
+        x_alone = inputs["x"][:n, k : k + 1]
+        if reverse:
+            x_alone = x_alone[::-1].copy()
+        alone = dict(inputs, x=x_alone, h0=inputs["h0"][k : k + 1], c0=inputs["c0"][k : k + 1])
+        y_ref, hT_ref, cT_ref, _ = lstm_forward(**alone)
+        if reverse:
+            y_ref = y_ref[::-1]
+        y_k = torch.stack([y[offsets[t] + k] for t in range(n)])
+        assert_close(y_k, y_ref[:, 0].copy(), f"y of sequence {k}")
+        assert_close(hT[k], hT_ref[0], f"h_T of sequence {k}")
+        assert_close(cT[k], cT_ref[0], f"c_T of sequence {k}")
+
+
+def test_record_holds_the_gates_of_the_forward():
+    inputs, _ = random_lstm_problem(np.random.default_rng(5), 4, 2, 3, 5)
+    _, _, _, cache = lstm_forward(**inputs)
+    record: dict[str, torch.Tensor] = {}
+    t = {k: torch.tensor(v) for k, v in inputs.items()}
+    y, _, _ = lstm_torch.lstm_layer(
+        t["x"].reshape(8, 3), [2] * 4, t["h0"], t["c0"], t["W"], t["U"], t["b"], record=record
+    )
+    for name in ("i", "f", "g", "o", "c"):
+        assert_close(record[name].view(4, 2, 5), getattr(cache, name), f"recorded {name}")
+    assert torch.equal(record["h"], y)
+
+
+def test_backend_choice():
+    assert layer_function("auto") is lstm_torch.lstm_layer
+    assert layer_function("torch") is lstm_torch.lstm_layer
+    with pytest.raises(ValueError, match="backend must be one of"):
+        check_backend("cuda-magic")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    standard = {"projected": False, "recording": False, "training": True}
+    assert pick("auto", device=cpu, **standard) == "vendor"
+    assert pick("torch", device=cpu, **standard) == "torch"
+    assert pick("auto", device=cpu, **(standard | {"recording": True})) == "torch"  # gates need our code
+    assert pick("auto", device=cpu, **(standard | {"projected": True})) == "torch"  # oneDNN refuses projections
+    assert pick("auto", device=cpu, **(standard | {"training": False})) == "vendor"  # oneDNN backward works in eval
+    assert pick("auto", device=cuda, **(standard | {"training": False})) == "torch"  # cuDNN backward does not
+    with torch.no_grad():
+        assert pick("auto", device=cuda, **(standard | {"training": False})) == "vendor"  # no backward to refuse
