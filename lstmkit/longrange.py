@@ -163,8 +163,15 @@ def plot_gradient_flow(grad_norms: dict[str, list[float]], T: int, path: Path) -
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     labels = {"lstm": "lstmkit.LSTM", "rnn": "plain tanh RNN"}
     for kind, norms in grad_norms.items():
-        floor = 1e-30  # log axis: an exact zero (underflow) is drawn at the floor
-        ax.semilogy(range(len(norms)), [max(n, floor) for n in norms], label=labels.get(kind, kind), lw=2)
+        # An exact zero (float32 underflow) has no place on a log axis: leave it out and say where it starts.
+        shown = [n if n > 0 else math.nan for n in norms]
+        (line,) = ax.semilogy(range(len(norms)), shown, label=labels.get(kind, kind), lw=2)
+        zeros = [d for d, n in enumerate(norms) if n == 0]
+        if zeros and zeros[0] > 0:
+            ax.annotate(
+                f"exactly 0 (float32 underflow)\nfrom {zeros[0]} steps back", xy=(zeros[0] - 1, norms[zeros[0] - 1]),
+                xytext=(12, 0), textcoords="offset points", color=line.get_color(), va="center", fontsize=9,
+            )
     ax.set_xlabel("distance from the loss (steps)")
     ax.set_ylabel("mean ||dL/dh_t||")
     ax.set_title(f"Gradient flow through time, adding problem, T={T} (after training)")
@@ -212,7 +219,8 @@ def run_demo(
     far = config.T - 1
     for kind, norms in result.grad_norms.items():
         ratio = norms[far] / norms[0] if norms[0] > 0 else math.nan
-        log(f"{kind.upper():4s} ||dL/dh|| {far} steps back / at the loss: {ratio:.2e}")
+        underflow = " (underflowed to exactly 0 in float32)" if norms[far] == 0 else ""
+        log(f"{kind.upper():4s} ||dL/dh|| {far} steps back / at the loss: {ratio:.2e}{underflow}")
     if out_dir is not None:
         path = plot_gradient_flow(result.grad_norms, config.T, Path(out_dir) / "gradient_flow.png")
         log(f"gradient-flow plot: {path}")
