@@ -1,15 +1,37 @@
-"""The `lstmkit` command. Thin: parse, call an importable function, print."""
+"""The `lstmkit` command. Thin: parse, call an importable function, print.
+
+Every `LstmkitError` (a mistake the user can fix) becomes one line, `Error: ...`, and its exit code; other
+exceptions are bugs and keep their tracebacks.
+"""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import click
 
 import lstmkit
+from lstmkit.errors import ConfigError, LstmkitError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class UserError(click.ClickException):
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Group(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except LstmkitError as error:
+            raise UserError(str(error), error.exit_code) from None
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(lstmkit.__version__, prog_name="lstmkit")
 def main() -> None:
     """lstmkit: the textbook LSTM as a drop-in torch.nn.LSTM, and the tools around it."""
@@ -34,3 +56,83 @@ def demo(out: Path, T: int, hidden: int, epochs: int, seconds: float, seed: int)
         run_demo(config, out_dir=out, log=lambda line: click.echo(line))
     except OSError as error:
         raise click.ClickException(f"cannot write to {out}: {error.strerror or error}") from None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@main.command()
+@click.argument("task")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="The run directory.")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Training data (for tasks that read files).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Number of epochs (also when resuming).")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Wall-clock budget: stop cleanly when it is spent, keeping the best checkpoint.")
+@click.option("--seed", type=int, default=None, help="Random seed (default: the config's, 0).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--quiet", is_flag=True, help="No progress bar or evaluation lines.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes for data-parallel training (torchrun on this machine).")
+@click.option("--preset", "presets", multiple=True, help="A preset name (lstmkit/configs) or TOML path; repeatable.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override one configuration value, e.g. --set train.lr=3e-4; repeatable.")
+def train(task: str, out: Path, data: Path | None, epochs: int | None, minutes: float | None, seed: int | None,
+          resume: bool, quiet: bool, nproc: int, presets: tuple[str, ...], overrides: tuple[str, ...]) -> None:
+    """Train TASK into the run directory --out (tasks: adding)."""
+    from lstmkit import config as cfg
+    from lstmkit.tasks import default_config
+    from lstmkit.train import config_for_resume, train_and_evaluate
+
+    if nproc > 1:
+        args = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc}",
+                "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "lstmkit", "train", task,
+                "--out", str(out)]
+        for flag, value in (("--data", data), ("--epochs", epochs), ("--minutes", minutes), ("--seed", seed)):
+            if value is not None:
+                args += [flag, str(value)]
+        args += ["--resume"] * resume + ["--quiet"] * quiet
+        for preset in presets:
+            args += ["--preset", preset]
+        for override in overrides:
+            args += ["--set", override]
+        sys.exit(subprocess.call(args))
+
+    if resume:
+        if presets or overrides or seed is not None or data is not None:
+            raise ConfigError("a resumed run keeps its configuration: only --epochs and --minutes may change")
+        config = config_for_resume(out, epochs=epochs, minutes=minutes)
+    else:
+        config = default_config(task)
+        for preset in presets:
+            cfg.apply_mapping(config, cfg.load_preset(preset), f"preset {preset}")
+        config.presets = ",".join(presets)
+        cfg.apply_overrides(config, list(overrides))
+        if data is not None:
+            cfg.set_value(config, "data.path", str(data)) if hasattr(config.data, "path") else _no_data(task)
+        for key, value in (("train.epochs", epochs), ("train.minutes", minutes), ("train.seed", seed)):
+            if value is not None:
+                cfg.set_value(config, key, value)
+    if config.task != task:
+        raise ConfigError(f"{out} holds a {config.task!r} run, not {task!r}")
+
+    result = train_and_evaluate(config, out, resume=resume, quiet=quiet)
+    best = f"{result.best_metric:.4f}" if result.best_metric is not None else "n/a"
+    resume_hint = f"continue with: lstmkit train {task} --out {out} --resume"
+    if result.status == "interrupted":
+        click.echo(f"interrupted at step {result.step}; checkpoint saved in {out}; {resume_hint}", err=True)
+        sys.exit(130)
+    messages = {
+        "completed": f"done: {result.epoch} epochs, {result.step} steps; best validation metric {best}; run in {out}",
+        "early_stopped": f"early stop at step {result.step} (no improvement); best validation metric {best}; "
+        f"run in {out}",
+        "time_budget": f"time budget spent at step {result.step}; best validation metric {best} kept; {resume_hint}",
+    }
+    click.echo(messages[result.status], err=quiet)
+
+
+def _no_data(task: str) -> None:
+    raise ConfigError(f"task {task!r} generates its data and takes no --data")

@@ -1,0 +1,196 @@
+"""The run directory, the unit users move around, and crash-safe files inside it.
+
+    RUN/config.json             the resolved configuration, with the format version and lstmkit's version
+    RUN/model.safetensors       the best weights so far (what evaluate / predict / generate load)
+    RUN/checkpoint.safetensors  resume state: last weights, optimiser state, RNG states, data position
+    RUN/metrics.jsonl           one JSON object per evaluation
+    RUN/<task artifacts>        e.g. vocab.json
+
+Every file is written atomically: a temporary file in the same directory, fsync, rename over the old one,
+fsync the directory. A crash (even SIGKILL) leaves the old file or the new one, never half of one. The
+checkpoint is a single safetensors file whose JSON metadata holds everything that is not a tensor, so one
+rename makes the whole resume state consistent. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
+
+import lstmkit
+from lstmkit.errors import RunDirError
+
+FORMAT = "lstmkit.run"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+METRICS_FILE = "metrics.jsonl"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone gives 0600
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` all at once; on failure the old file is untouched and the error says so."""
+    path = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, _FILE_MODE)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+        raise RunDirError(f"could not write {path}: {reason}; {kept}. Free some space, then rerun with --resume") \
+            from None
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable. Not every platform lets a directory be opened for this.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """safetensors file with `metadata` stored as JSON strings in its header."""
+    contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+    header = {key: json.dumps(value) for key, value in metadata.items()}
+    atomic_write_bytes(path, safetensors_bytes(contiguous, metadata=header))
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and metadata of a file written by `save_tensors`; a damaged file is a RunDirError."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunDirError(f"{path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
+        metadata = {key: json.loads(value) for key, value in header.items()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise RunDirError(
+            f"{path} is damaged or not a safetensors file ({detail}); delete it to start over, "
+            "or restore it from a copy"
+        ) from None
+    return tensors, metadata
+
+
+def write_config(run_dir: Path, config_dict: dict[str, Any]) -> None:
+    document = {"format": FORMAT, "format_version": FORMAT_VERSION, "lstmkit_version": lstmkit.__version__}
+    document |= config_dict
+    atomic_write_bytes(Path(run_dir) / CONFIG_FILE, (json.dumps(document, indent=2) + "\n").encode())
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """config.json of a run directory, checked for format and version."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} does not exist; train one with `lstmkit train ... --out {run_dir}`")
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} is not an lstmkit run directory: it has no {CONFIG_FILE}")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunDirError(f"{path} is damaged ({error}); it cannot be read as JSON") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise RunDirError(f"{path} is not an lstmkit run configuration (no \"format\": \"{FORMAT}\")")
+    version = document.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise RunDirError(
+            f"{run_dir} was written by lstmkit {document.get('lstmkit_version', '?')} (run format {version}); "
+            f"this lstmkit {lstmkit.__version__} reads format {FORMAT_VERSION}: upgrade lstmkit"
+        )
+    return document
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> dict[str, Any]:
+    """Load a state dict saved by `save_tensors` into `model`, with every mismatch spelled out."""
+    tensors, metadata = load_tensors(path)
+    check_state_dict(model, tensors, str(path))
+    model.load_state_dict(tensors)
+    return metadata
+
+
+def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    wrong = [f"{k} {tuple(tensors[k].shape)} (model expects {tuple(v.shape)})"
+             for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}")
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected[:3])}{'...' if len(unexpected) > 3 else ''}")
+    if wrong:
+        problems.append(f"wrong shape {', '.join(wrong[:3])}{'...' if len(wrong) > 3 else ''}")
+    if problems:
+        raise RunDirError(
+            f"the weights in {source} do not fit the model its config.json describes ({'; '.join(problems)}); "
+            "was the file copied from another run?"
+        )
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> int:
+    """Append one line to metrics.jsonl, flushed to disk; returns the file's new size in bytes."""
+    path = Path(run_dir) / METRICS_FILE
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+        return handle.tell()
+
+
+def truncate_metrics(run_dir: Path, size: int) -> None:
+    """Drop lines written after the checkpoint being resumed (they will be written again)."""
+    path = Path(run_dir) / METRICS_FILE
+    if path.exists() and path.stat().st_size > size:
+        with open(path, "r+b") as handle:
+            handle.truncate(size)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise RunDirError(f"{path} line {number} is not JSON; the file is damaged") from None
+    return records

@@ -1,0 +1,429 @@
+"""One training loop for every task: optimiser, schedule, clipping, evaluation, early stopping, best-checkpoint
+selection, bf16 autocast, progress, crash-safe checkpoints with bit-exact resume, and data parallelism.
+
+Entry point: `train_and_evaluate(config, run_dir, resume=False)`. The loop, per optimiser step:
+
+    batch = task.make_batch(plan[k], rank, world)      plan fixed by (seed, epoch): resume replays it exactly
+    loss = task.loss(model, batch); backward; clip; step
+    every eval_every steps and at each epoch's end:  evaluate -> metrics.jsonl, model.safetensors if best
+    every checkpoint_every steps, after each evaluation, and on any stop:  checkpoint.safetensors
+
+Bit-exact resume: the checkpoint holds the weights, the optimiser state, every RNG state, the data position
+and the task's carried state; evaluation runs under a forked RNG so it never shifts the training stream.
+Signals (Ctrl-C, SIGTERM), the wall-clock budget and a non-finite loss are acted on between steps only, so
+a checkpoint is never taken half-way through an optimiser update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lstmkit import config as cfg
+from lstmkit import runs
+from lstmkit.errors import LstmkitError, RunDirError
+from lstmkit.tasks import Task, get_task
+
+
+class TrainingStopped(LstmkitError):
+    """Training ended early for a reason the user should see (non-finite loss, a failed save)."""
+
+
+@dataclass
+class TrainResult:
+    status: str  # "completed", "early_stopped", "time_budget" or "interrupted"
+    step: int
+    epoch: int
+    best_metric: float | None
+    run_dir: Path
+
+
+@dataclass
+class Position:
+    """Where training stands: optimiser steps taken, and the next batch to run."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0  # index into the epoch's plan of the next batch
+    best: float | None = None
+    bad_evals: int = 0  # evaluations since the best one (early stopping)
+    metrics_size: int = 0  # bytes of metrics.jsonl written up to this point
+    loss_sum: float = 0.0  # training loss since the last evaluation (for its log line)
+    loss_count: int = 0
+    train_seconds: float = 0.0
+
+
+# --- distribution ----------------------------------------------------------------------------------------
+
+def _init_distributed() -> tuple[int, int, bool]:
+    """(rank, world, whether we created the process group) from torchrun's environment."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, False
+    created = not dist.is_initialized()
+    if created:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size(), created
+
+
+def _all_reduce(values: list[float], world: int, op: str = "sum") -> list[float]:
+    if world == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return tensor.tolist()
+
+
+# --- optimiser and schedule ------------------------------------------------------------------------------
+
+def make_optimizer(model: nn.Module, train: cfg.TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
+
+
+def learning_rate(train: cfg.TrainConfig, step: int, total_steps: int) -> float:
+    """A pure function of the step, so a resumed run needs no scheduler state."""
+    if train.warmup_steps and step < train.warmup_steps:
+        return train.lr * (step + 1) / train.warmup_steps
+    if train.schedule == "constant":
+        return train.lr
+    span = max(1, total_steps - train.warmup_steps)
+    progress = min(1.0, (step - train.warmup_steps) / span)
+    if train.schedule == "cosine":
+        return train.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return train.lr * (1.0 - progress)  # linear
+
+
+# --- checkpoint contents ---------------------------------------------------------------------------------
+
+def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, per_param in state["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{index}.{key}"] = value
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_files(tensors: dict[str, torch.Tensor], saved: dict[str, Any]) -> dict[str, Any]:
+    per_param: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, index, key = name.split(".", 2)
+            per_param.setdefault(int(index), {})[key] = value
+    for index, values in saved["scalars"].items():
+        per_param.setdefault(int(index), {}).update(values)
+    return {"state": per_param, "param_groups": saved["param_groups"]}
+
+
+def _rng_to_files() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{index}"] = state
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np_keys.astype(np.int64))
+    py_version, py_state, py_gauss = random.getstate()
+    return tensors, {
+        "numpy": [np_kind, int(np_pos), int(np_has_gauss), float(np_gauss)],
+        "python": [py_version, list(py_state), py_gauss],
+    }
+
+
+def _rng_from_files(tensors: dict[str, torch.Tensor], saved: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+    kind, pos, has_gauss, gauss = saved["numpy"]
+    np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, state, py_gauss = saved["python"]
+    random.setstate((version, tuple(state), py_gauss))
+
+
+def save_checkpoint(
+    run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, pos: Position
+) -> None:
+    optim_tensors, optim_meta = _optimizer_to_files(optimizer)
+    rng_tensors, rng_meta = _rng_to_files()
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors |= optim_tensors | rng_tensors | {f"task.{k}": v for k, v in task.state_tensors().items()}
+    metadata = {"format": "lstmkit.checkpoint", "position": pos.__dict__, "optimizer": optim_meta, "rng": rng_meta}
+    runs.save_tensors(Path(run_dir) / runs.CHECKPOINT_FILE, tensors, metadata)
+
+
+def load_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, task: Task) -> Position:
+    path = Path(run_dir) / runs.CHECKPOINT_FILE
+    tensors, metadata = runs.load_tensors(path)
+    if metadata.get("format") != "lstmkit.checkpoint" or "position" not in metadata:
+        raise RunDirError(f"{path} is not an lstmkit checkpoint (no resume state in its header)")
+    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    runs.check_state_dict(model, weights, str(path))
+    model.load_state_dict(weights)
+    try:
+        optimizer.load_state_dict(_optimizer_from_files(tensors, metadata["optimizer"]))
+        _rng_from_files(tensors, metadata["rng"])
+    except (KeyError, ValueError, TypeError) as error:
+        raise RunDirError(f"{path} has a damaged resume state ({error}); delete it to start over") from None
+    task.load_state_tensors({k[len("task."):]: v for k, v in tensors.items() if k.startswith("task.")})
+    return Position(**metadata["position"])
+
+
+# --- stop requests ---------------------------------------------------------------------------------------
+
+class StopRequests:
+    """SIGINT / SIGTERM set a flag that the loop reads between steps; a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> StopRequests:
+        with contextlib.suppress(ValueError):  # signals can only be handled in the main thread
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+# --- the loop --------------------------------------------------------------------------------------------
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    run_dir = Path(run_dir)
+    if resume:
+        runs.read_config(run_dir)  # exists, and a format we read
+        if not (run_dir / runs.CHECKPOINT_FILE).is_file():
+            raise RunDirError(
+                f"{run_dir} has no {runs.CHECKPOINT_FILE} to resume from; start a new run without --resume"
+            )
+        return
+    if (run_dir / runs.CONFIG_FILE).exists() or (run_dir / runs.CHECKPOINT_FILE).exists():
+        raise RunDirError(
+            f"{run_dir} already holds a run; continue it with --resume, or choose another --out "
+            "(nothing was overwritten)"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunDirError(f"cannot create run directory {run_dir}: {error.strerror or error}") from None
+
+
+def config_for_resume(run_dir: Path, epochs: int | None = None, minutes: float | None = None) -> cfg.RunConfig:
+    """The saved configuration of a run; only the epoch count and the time budget may change on resume."""
+    saved = runs.read_config(run_dir)
+    config = cfg.RunConfig(task=saved["task"])
+    task_cls = get_task(saved["task"])
+    config.model, config.data = task_cls.ModelConfig(), task_cls.DataConfig()
+    cfg.apply_mapping(config, saved, str(Path(run_dir) / runs.CONFIG_FILE))
+    if epochs is not None:
+        config.train.epochs = epochs
+    if minutes is not None:
+        config.train.minutes = minutes
+    return config
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _device(train: cfg.TrainConfig) -> torch.device:
+    if train.device != "auto":
+        return torch.device(train.device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors anywhere inside tuples, lists and dicts, moved to `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(item, device) for item in batch)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    return batch
+
+
+def train_and_evaluate(
+    config: cfg.RunConfig,
+    run_dir: Path,
+    resume: bool = False,
+    quiet: bool = False,
+) -> TrainResult:
+    """Train `config.task` into `run_dir` (a new run, or the one there with resume=True)."""
+    run_dir = Path(run_dir)
+    rank, world, owns_group = _init_distributed()
+    is_writer = rank == 0
+    train = config.train
+    if is_writer:
+        prepare_run_dir(run_dir, resume)
+    if world > 1:
+        dist.barrier()
+
+    _seed_everything(train.seed)
+    task = get_task(config.task)(config)
+    device = _device(train)
+    model = task.build_model().to(device)
+    optimizer = make_optimizer(model, train)
+    if resume:
+        pos = load_checkpoint(run_dir, model, optimizer, task)
+        if is_writer:
+            runs.truncate_metrics(run_dir, pos.metrics_size)
+    else:
+        pos = Position()
+        if is_writer:
+            runs.write_config(run_dir, cfg.to_dict(config))
+            task.save_artifacts(run_dir)
+    wrapped: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+
+    steps_per_epoch = len(task.train_plan(0))
+    total_steps = steps_per_epoch * train.epochs
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=train.amp == "bf16")
+    better = (lambda a, b: a < b) if task.metric_mode == "min" else (lambda a, b: a > b)
+    status = "completed"
+    start_time = time.monotonic()
+    trained_before = pos.train_seconds
+    progress = _progress_bar(total_steps, pos.step, disable=quiet or not is_writer)
+
+    def elapsed() -> float:
+        return trained_before + time.monotonic() - start_time
+
+    def checkpoint() -> None:
+        pos.train_seconds = elapsed()
+        if is_writer:
+            save_checkpoint(run_dir, model, optimizer, task, pos)
+        if world > 1:
+            dist.barrier()
+
+    def evaluate(epoch: float) -> bool:
+        """Evaluate, log, keep the best weights; returns True when early stopping says stop."""
+        model.eval()
+        with torch.random.fork_rng(devices=[]), autocast:  # evaluation must not shift the training RNG
+            metrics = task.evaluate(model)
+        model.train()
+        value = metrics[task.metric]
+        improved = pos.best is None or better(value, pos.best)
+        record = {
+            "step": pos.step, "epoch": epoch, "split": "valid", **metrics,
+            "train_loss": pos.loss_sum / pos.loss_count if pos.loss_count else None,
+            "lr": optimizer.param_groups[0]["lr"], "best": improved, "elapsed_s": round(elapsed(), 2),
+            "processes": world,
+        }
+        pos.loss_sum, pos.loss_count = 0.0, 0
+        if improved:
+            pos.best, pos.bad_evals = value, 0
+            if is_writer:
+                header = {"format": "lstmkit.model", "task": config.task, "step": pos.step, task.metric: value}
+                runs.save_tensors(run_dir / runs.MODEL_FILE, model.state_dict(), header)
+        else:
+            pos.bad_evals += 1
+        if is_writer:
+            pos.metrics_size = runs.append_metrics(run_dir, record)
+            if not quiet:
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+                progress.write(f"step {pos.step} epoch {epoch:g}: {shown}{' (best)' if improved else ''}")
+        return bool(train.patience) and pos.bad_evals >= train.patience
+
+    model.train()
+    with StopRequests() as stops:
+        while pos.epoch < train.epochs and status == "completed":
+            task.start_epoch(pos.epoch)
+            plan = task.train_plan(pos.epoch)
+            window_count, window_time = 0, time.monotonic()
+            while pos.batch < len(plan):
+                batch = to_device(task.make_batch(plan[pos.batch], rank, world), device)
+                lr = learning_rate(train, pos.step, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with autocast:
+                    loss, count = task.loss(wrapped, batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if train.clip_norm > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), train.clip_norm)
+                # One collective per step carries the loss and every reason to stop, so all ranks agree.
+                loss_value = loss.item()
+                finite = math.isfinite(loss_value)
+                over_budget = train.minutes > 0 and elapsed() - trained_before > 60 * train.minutes
+                loss_sum, counted, nonfinite, stop, budget = _all_reduce(
+                    [loss_value * count if finite else 0.0, count, float(not finite), float(stops.requested),
+                     float(over_budget)], world)
+                if nonfinite:
+                    raise TrainingStopped(
+                        f"the training loss became {loss_value if not finite else 'non-finite on another process'} "
+                        f"at step {pos.step + 1} (epoch {pos.epoch + 1}); the last good checkpoint in {run_dir} is "
+                        "kept. Lower the learning rate (--set train.lr=...) or clip gradients (--set train.clip_norm=1)"
+                    )
+                optimizer.step()
+                pos.step += 1
+                pos.batch += 1
+                pos.loss_sum += loss_sum / max(counted, 1)
+                pos.loss_count += 1
+                window_count += int(counted)
+                if not progress.disable and pos.step % max(1, train.log_every) == 0:
+                    now = time.monotonic()
+                    rate = window_count / max(now - window_time, 1e-9)
+                    progress.set_postfix(
+                        loss=f"{loss_sum / max(counted, 1):.4f}", rate=f"{rate:,.0f} {task.count_unit}/s"
+                    )
+                    window_count, window_time = 0, now
+                progress.update(1)
+                evaluated = bool(train.eval_every) and pos.step % train.eval_every == 0 and pos.batch < len(plan)
+                if evaluated and evaluate(epoch=round(pos.epoch + pos.batch / len(plan), 4)):
+                    status = "early_stopped"
+                if stop or budget:
+                    status = "interrupted" if stop else "time_budget"
+                if evaluated or status != "completed" or pos.step % max(1, train.checkpoint_every) == 0:
+                    checkpoint()
+                if status != "completed":
+                    break
+            if status != "completed":
+                break
+            # The epoch's end: evaluate, then checkpoint at (next epoch, batch 0).
+            pos.epoch, pos.batch = pos.epoch + 1, 0
+            if evaluate(epoch=pos.epoch):
+                status = "early_stopped"
+            checkpoint()
+    progress.close()
+    if owns_group:
+        dist.barrier()
+        dist.destroy_process_group()
+    return TrainResult(status=status, step=pos.step, epoch=pos.epoch, best_metric=pos.best, run_dir=run_dir)
+
+
+def _progress_bar(total: int, initial: int, disable: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=disable, unit="step", dynamic_ncols=True, desc="train")

@@ -1,0 +1,317 @@
+"""The training engine: config, run directory, crash safety, exact resume, faults, distribution."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lstmkit import config as cfg
+from lstmkit import runs
+from lstmkit.errors import ConfigError, RunDirError
+from lstmkit.tasks import default_config
+from lstmkit.tasks.adding import AddingTask
+from lstmkit.train import TrainingStopped, config_for_resume, learning_rate, train_and_evaluate
+
+# A seconds-long adding-problem run: 3 epochs x 20 steps, checkpoints every 7 steps (mid-epoch).
+TINY = [
+    "data.T=12", "data.batches_per_epoch=20", "data.valid_size=64", "model.hidden_size=8",
+    "train.batch_size=16", "train.epochs=3", "train.checkpoint_every=7", "train.lr=0.01",
+]
+
+
+def tiny_config(*extra: str) -> cfg.RunConfig:
+    return cfg.apply_overrides(default_config("adding"), [*TINY, *extra])
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    tensors, _ = runs.load_tensors(run_dir / runs.CHECKPOINT_FILE)
+    return {k: v for k, v in tensors.items() if k.startswith(("model.", "optim."))}
+
+
+def assert_bit_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    differing = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differing, f"not bit-identical: {differing[:5]}"
+
+
+def cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lstmkit", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300, **kwargs)
+
+
+def tiny_cli_args(out: Path, *extra: str) -> list[str]:
+    return ["train", "adding", "--out", str(out), "--quiet", *[a for s in TINY for a in ("--set", s)], *extra]
+
+
+# --- configuration -----------------------------------------------------------------------------------------
+
+def test_overrides_are_type_checked_and_unknown_keys_name_the_closest():
+    config = default_config("adding")
+    cfg.apply_overrides(config, ["train.lr=3e-4", "train.epochs=7", "model.backend=torch", "train.amp=bf16"])
+    assert config.train.lr == 3e-4 and config.train.epochs == 7 and config.train.amp == "bf16"
+    with pytest.raises(ConfigError, match="did you mean 'train.lr'"):
+        cfg.apply_overrides(config, ["train.lrr=1"])
+    with pytest.raises(ConfigError, match="train.epochs must be an integer; got 'many'"):
+        cfg.apply_overrides(config, ["train.epochs=many"])
+    with pytest.raises(ConfigError, match="train.optimizer must be one of 'adam', 'adamw', 'sgd'"):
+        cfg.apply_overrides(config, ["train.optimizer=lbfgs"])
+    with pytest.raises(ConfigError, match="train.lr must be a finite number"):
+        cfg.apply_overrides(config, ["train.lr=nan"])
+    with pytest.raises(ConfigError, match="expects section.key=value"):
+        cfg.apply_overrides(config, ["train.lr"])
+
+
+def test_presets_are_diffs_on_the_defaults(tmp_path):
+    config = default_config("adding")
+    cfg.apply_mapping(config, cfg.load_preset("adding"), "preset adding")
+    assert config.train.lr == 1e-2 and config.data.batches_per_epoch == 50
+    assert config.train.optimizer == "adam"  # untouched default
+    with pytest.raises(ConfigError, match="no preset named 'addng'; did you mean 'adding'"):
+        cfg.load_preset("addng")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nlearning_rate = 1\n")
+    with pytest.raises(ConfigError, match="unknown configuration key 'train.learning_rate'"):
+        cfg.apply_mapping(default_config("adding"), cfg.load_preset(str(bad)), str(bad))
+
+
+def test_learning_rate_schedule():
+    train = cfg.TrainConfig(lr=1.0, warmup_steps=10, schedule="cosine")
+    assert learning_rate(train, 0, 110) == pytest.approx(0.1)
+    assert learning_rate(train, 9, 110) == pytest.approx(1.0)
+    assert learning_rate(train, 10, 110) == pytest.approx(1.0)
+    assert learning_rate(train, 60, 110) == pytest.approx(0.5)
+    assert learning_rate(train, 110, 110) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate(cfg.TrainConfig(lr=2.0, schedule="linear"), 25, 100) == pytest.approx(1.5)
+
+
+# --- the run directory ---------------------------------------------------------------------------------------
+
+def test_a_run_directory_holds_everything_and_reloads(tmp_path):
+    result = train_and_evaluate(tiny_config(), tmp_path / "run", quiet=True)
+    assert result.status == "completed" and result.step == 60 and result.epoch == 3
+    run = tmp_path / "run"
+    saved = runs.read_config(run)
+    assert saved["format_version"] == runs.FORMAT_VERSION and saved["train"]["epochs"] == 3
+    metrics = runs.read_metrics(run)
+    assert [m["step"] for m in metrics] == [20, 40, 60] and all(m["split"] == "valid" for m in metrics)
+    best = min(metrics, key=lambda m: m["mse"])
+    assert result.best_metric == best["mse"]
+    # model.safetensors holds the best weights: reloading them reproduces the best validation MSE.
+    config = config_for_resume(run)
+    task = AddingTask(config)
+    model = task.build_model()
+    header = runs.load_weights(model, run / runs.MODEL_FILE)
+    assert header["step"] == best["step"]
+    model.eval()
+    assert task.evaluate(model)["mse"] == pytest.approx(best["mse"], rel=1e-6)
+    assert oct((run / runs.MODEL_FILE).stat().st_mode & 0o777) != "0o600"  # a normal file, not mkstemp's mode
+
+
+def test_same_seed_same_weights(tmp_path):
+    train_and_evaluate(tiny_config(), tmp_path / "a", quiet=True)
+    train_and_evaluate(tiny_config(), tmp_path / "b", quiet=True)
+    train_and_evaluate(tiny_config("train.seed=1"), tmp_path / "c", quiet=True)
+    assert_bit_identical(final_weights(tmp_path / "a"), final_weights(tmp_path / "b"))
+    assert not torch.equal(final_weights(tmp_path / "a")["model.head.weight"],
+                           final_weights(tmp_path / "c")["model.head.weight"])
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_resume_with_more_epochs_is_exact(tmp_path, optimizer):
+    # A constant rate after warm-up: cosine and linear decay span the planned total, which --epochs changes.
+    extra = [f"train.optimizer={optimizer}", "train.momentum=0.9", "train.warmup_steps=25"]
+    train_and_evaluate(tiny_config(*extra), tmp_path / "full", quiet=True)
+    train_and_evaluate(tiny_config(*extra, "train.epochs=1"), tmp_path / "split", quiet=True)
+    resumed = config_for_resume(tmp_path / "split", epochs=3)
+    result = train_and_evaluate(resumed, tmp_path / "split", resume=True, quiet=True)
+    assert result.step == 60 and [m["step"] for m in runs.read_metrics(tmp_path / "split")] == [20, 40, 60]
+    assert_bit_identical(final_weights(tmp_path / "full"), final_weights(tmp_path / "split"))
+
+
+def test_metrics_logged_after_the_checkpoint_are_dropped_on_resume(tmp_path):
+    """A crash between logging an evaluation and saving the checkpoint must not leave a duplicate line."""
+    run = tmp_path / "run"
+    train_and_evaluate(tiny_config("train.epochs=1"), run, quiet=True)
+    with open(run / runs.METRICS_FILE, "a") as handle:
+        handle.write(json.dumps({"step": 999, "split": "valid", "mse": 1.0}) + "\n")
+    train_and_evaluate(config_for_resume(run, epochs=2), run, resume=True, quiet=True)
+    assert [m["step"] for m in runs.read_metrics(run)] == [20, 40]
+
+
+def test_refuses_to_overwrite_or_resume_nothing(tmp_path):
+    train_and_evaluate(tiny_config("train.epochs=1"), tmp_path / "run", quiet=True)
+    with pytest.raises(RunDirError, match="already holds a run; continue it with --resume"):
+        train_and_evaluate(tiny_config(), tmp_path / "run", quiet=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunDirError, match="is not an lstmkit run directory"):
+        train_and_evaluate(tiny_config(), tmp_path / "empty", resume=True, quiet=True)
+
+
+# --- faults --------------------------------------------------------------------------------------------------
+
+def test_damaged_or_truncated_checkpoint_is_a_clear_error(tmp_path):
+    train_and_evaluate(tiny_config("train.epochs=1"), tmp_path / "run", quiet=True)
+    checkpoint = tmp_path / "run" / runs.CHECKPOINT_FILE
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[: len(data) // 2])
+    with pytest.raises(RunDirError, match="checkpoint.safetensors is damaged or not a safetensors file"):
+        train_and_evaluate(config_for_resume(tmp_path / "run", epochs=2), tmp_path / "run", resume=True, quiet=True)
+    checkpoint.write_bytes(b"\x00" * 100)
+    with pytest.raises(RunDirError, match="damaged"):
+        runs.load_tensors(checkpoint)
+
+
+def test_newer_or_foreign_run_directories_are_refused(tmp_path):
+    train_and_evaluate(tiny_config("train.epochs=1"), tmp_path / "run", quiet=True)
+    path = tmp_path / "run" / runs.CONFIG_FILE
+    document = json.loads(path.read_text())
+    path.write_text(json.dumps(document | {"format_version": 99, "lstmkit_version": "9.0"}))
+    with pytest.raises(RunDirError, match="written by lstmkit 9.0 .*upgrade lstmkit"):
+        runs.read_config(tmp_path / "run")
+    path.write_text("{not json")
+    with pytest.raises(RunDirError, match="config.json is damaged"):
+        runs.read_config(tmp_path / "run")
+    with pytest.raises(RunDirError, match="does not exist"):
+        runs.read_config(tmp_path / "nowhere")
+
+
+def test_weights_of_another_shape_are_named(tmp_path):
+    train_and_evaluate(tiny_config("train.epochs=1"), tmp_path / "run", quiet=True)
+    task = AddingTask(tiny_config("model.hidden_size=9"))
+    with pytest.raises(RunDirError, match=r"wrong shape recurrent.weight_ih_l0 \(32, 2\) \(model expects \(36, 2\)\)"):
+        runs.load_weights(task.build_model(), tmp_path / "run" / runs.MODEL_FILE)
+
+
+def test_full_disk_while_saving_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train_and_evaluate(tiny_config("train.epochs=1"), run, quiet=True)
+    good = (run / runs.CHECKPOINT_FILE).read_bytes()
+    real_fsync = os.fsync
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")  # errno.ENOSPC
+
+    monkeypatch.setattr(runs.os, "fsync", full_disk)
+    with pytest.raises(RunDirError, match="could not write .*: the disk is full; the previous .* is intact"):
+        train_and_evaluate(config_for_resume(run, epochs=2), run, resume=True, quiet=True)
+    monkeypatch.setattr(runs.os, "fsync", real_fsync)
+    assert (run / runs.CHECKPOINT_FILE).read_bytes() == good
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")], "temporary files were left behind"
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    calls = {"n": 0}
+    real_loss = AddingTask.loss
+
+    def loss_turning_nan(self, model, batch):
+        calls["n"] += 1
+        loss, count = real_loss(self, model, batch)
+        return (loss * math.nan if calls["n"] == 12 else loss), count
+
+    monkeypatch.setattr(AddingTask, "loss", loss_turning_nan)
+    with pytest.raises(TrainingStopped, match="loss became nan at step 12 .*last good checkpoint .* is kept"):
+        train_and_evaluate(tiny_config(), run, quiet=True)
+    tensors, header = runs.load_tensors(run / runs.CHECKPOINT_FILE)
+    assert header["position"]["step"] == 7  # the checkpoint before the bad step
+    assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("model."))
+
+
+def test_early_stopping_and_time_budget(tmp_path):
+    result = train_and_evaluate(tiny_config("train.lr=0", "train.eval_every=5", "train.patience=2"),
+                                tmp_path / "patience", quiet=True)
+    assert result.status == "early_stopped" and result.step == 15
+    assert [m["best"] for m in runs.read_metrics(tmp_path / "patience")] == [True, False, False]
+    result = train_and_evaluate(tiny_config("train.minutes=0.000001"), tmp_path / "budget", quiet=True)
+    assert result.status == "time_budget" and result.step == 1
+    assert (tmp_path / "budget" / runs.CHECKPOINT_FILE).is_file()
+
+
+def test_bf16_autocast_trains(tmp_path):
+    result = train_and_evaluate(tiny_config("train.amp=bf16", "train.epochs=1"), tmp_path / "run", quiet=True)
+    assert result.status == "completed" and math.isfinite(result.best_metric)
+
+
+# --- processes, signals, distribution ------------------------------------------------------------------------
+
+def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path):
+    # Two layers with dropout, so the resumed run also needs the exact RNG state.
+    slow = ["--set", "data.T=40", "--set", "model.hidden_size=24", "--epochs", "4",
+            "--set", "model.num_layers=2", "--set", "model.dropout=0.3"]
+    reference = cli(*tiny_cli_args(tmp_path / "reference", *slow))
+    assert reference.returncode == 0, reference.stderr
+    run = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "lstmkit", *tiny_cli_args(run, *slow)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (run / runs.CHECKPOINT_FILE).exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    time.sleep(random.Random().uniform(0.0, 0.3))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    _, header = runs.load_tensors(run / runs.CHECKPOINT_FILE)
+    assert header["position"]["step"] < 80, "killed after the end"
+    resumed = cli("train", "adding", "--out", str(run), "--resume", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_bit_identical(final_weights(run), final_weights(tmp_path / "reference"))
+    kept = [m["mse"] for m in runs.read_metrics(run)]
+    assert kept == [m["mse"] for m in runs.read_metrics(tmp_path / "reference")]  # no duplicated lines either
+
+
+def test_ctrl_c_saves_and_exits_cleanly_then_resumes(tmp_path):
+    run = tmp_path / "run"
+    slow = ["--set", "data.T=40", "--set", "model.hidden_size=24", "--epochs", "4"]
+    process = subprocess.Popen([sys.executable, "-m", "lstmkit", *tiny_cli_args(run, *slow)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / runs.CHECKPOINT_FILE).exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "checkpoint saved" in stderr and "--resume" in stderr
+    step = runs.load_tensors(run / runs.CHECKPOINT_FILE)[1]["position"]["step"]
+    assert 0 < step < 80
+    resumed = cli("train", "adding", "--out", str(run), "--resume", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert runs.load_tensors(run / runs.CHECKPOINT_FILE)[1]["position"]["step"] == 80
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    result = cli("train", "adding", "--out", str(tmp_path / "r"), "--set", "train.lrr=1")
+    assert result.returncode == 2 and result.stderr.strip() == "Error: unknown configuration key 'train.lrr'; " \
+        "did you mean 'train.lr'?"
+    result = cli("train", "adding", "--out", str(tmp_path / "r"), "--data", "x.txt")
+    assert result.returncode == 2 and "generates its data and takes no --data" in result.stderr
+    result = cli("train", "addin", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and "did you mean 'adding'" in result.stderr
+    result = cli("train", "adding", "--out", str(tmp_path / "r"), "--resume")
+    assert result.returncode == 1 and "does not exist" in result.stderr
+    for r in (result,):
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    common = ["--set", "train.eval_every=5", "--set", "train.batch_size=16", "--epochs", "2"]
+    single = cli(*tiny_cli_args(tmp_path / "one", *common))
+    assert single.returncode == 0, single.stderr
+    double = cli(*tiny_cli_args(tmp_path / "two", *common, "--nproc", "2"))
+    assert double.returncode == 0, double.stderr
+    one = [m["mse"] for m in runs.read_metrics(tmp_path / "one")]
+    two = [m["mse"] for m in runs.read_metrics(tmp_path / "two")]
+    assert len(one) == len(two) == 8
+    assert {m["processes"] for m in runs.read_metrics(tmp_path / "two")} == {2}
+    worst = max(abs(a - b) / abs(a) for a, b in zip(one, two, strict=True))
+    assert worst < 1e-4, f"validation MSE curves differ by up to {worst:.2e} relative: {one} vs {two}"
+    assert one[-1] < one[0]  # it did learn something, so the match is not trivial
