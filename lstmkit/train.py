@@ -316,6 +316,7 @@ def train_and_evaluate(
     start_time = time.monotonic()
     trained_before = pos.train_seconds
     progress = _progress_bar(total_steps, pos.step, disable=quiet or not is_writer)
+    board = tensorboard_writer(run_dir) if is_writer else None
 
     def elapsed() -> float:
         return trained_before + time.monotonic() - start_time
@@ -349,6 +350,11 @@ def train_and_evaluate(
                 runs.save_tensors(run_dir / runs.MODEL_FILE, model.state_dict(), header)
         else:
             pos.bad_evals += 1
+        if board is not None:
+            for key, number in record.items():
+                if isinstance(number, float) and key != "elapsed_s":
+                    board.add_scalar(f"valid/{key}" if key in metrics else key, number, pos.step)
+            board.flush()
         if is_writer:
             pos.metrics_size = runs.append_metrics(run_dir, record)
             if not quiet:
@@ -417,10 +423,23 @@ def train_and_evaluate(
                 status = "early_stopped"
             checkpoint()
     progress.close()
+    if board is not None:
+        board.close()
     if owns_group:
         dist.barrier()
         dist.destroy_process_group()
     return TrainResult(status=status, step=pos.step, epoch=pos.epoch, best_metric=pos.best, run_dir=run_dir)
+
+
+def tensorboard_writer(run_dir: Path) -> Any:
+    """A TensorBoard SummaryWriter on RUN/tensorboard when the tensorboard package is installed, else None."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
 
 
 def _progress_bar(total: int, initial: int, disable: bool) -> Any:

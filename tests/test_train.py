@@ -237,6 +237,29 @@ def test_early_stopping_and_time_budget(tmp_path):
     assert (tmp_path / "budget" / runs.CHECKPOINT_FILE).is_file()
 
 
+def test_tensorboard_gets_every_evaluation_when_installed(tmp_path, monkeypatch):
+    from lstmkit import train as train_module
+
+    class FakeWriter:  # stands in for torch.utils.tensorboard.SummaryWriter, so no install is needed
+        scalars: list[tuple[str, float, int]] = []
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append((tag, value, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    writer = FakeWriter()
+    monkeypatch.setattr(train_module, "tensorboard_writer", lambda run_dir: writer)
+    train_and_evaluate(tiny_config("train.epochs=2"), tmp_path / "run", quiet=True)
+    mse = [(step, value) for tag, value, step in writer.scalars if tag == "valid/mse"]
+    assert mse == [(m["step"], m["mse"]) for m in runs.read_metrics(tmp_path / "run")]
+    assert {tag for tag, _, _ in writer.scalars} >= {"valid/mse", "train_loss", "lr"} and writer.closed
+
+
 def test_bf16_autocast_trains(tmp_path):
     result = train_and_evaluate(tiny_config("train.amp=bf16", "train.epochs=1"), tmp_path / "run", quiet=True)
     assert result.status == "completed" and math.isfinite(result.best_metric)
