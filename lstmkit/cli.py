@@ -82,7 +82,7 @@ def _free_port() -> int:
               help="Override one configuration value, e.g. --set train.lr=3e-4; repeatable.")
 def train(task: str, out: Path, data: Path | None, epochs: int | None, minutes: float | None, seed: int | None,
           resume: bool, quiet: bool, nproc: int, presets: tuple[str, ...], overrides: tuple[str, ...]) -> None:
-    """Train TASK into the run directory --out (tasks: adding)."""
+    """Train TASK into the run directory --out (tasks: adding, sentiment, sequences)."""
     from lstmkit import config as cfg
     from lstmkit.tasks import default_config
     from lstmkit.train import config_for_resume, train_and_evaluate
@@ -136,3 +136,83 @@ def train(task: str, out: Path, data: Path | None, epochs: int | None, minutes: 
 
 def _no_data(task: str) -> None:
     raise ConfigError(f"task {task!r} generates its data and takes no --data")
+
+
+def _open_run(run: Path) -> tuple:
+    from lstmkit import runs
+    from lstmkit.tasks import get_task
+
+    task_name = runs.read_config(run).get("task", "?")
+    return get_task(task_name).from_run(run)
+
+
+def _print_metrics(metrics: dict, as_json: bool) -> None:
+    import json
+
+    if as_json:
+        click.echo(json.dumps(metrics))
+        return
+    for key, value in metrics.items():
+        if key == "confusion_matrix":
+            click.echo("confusion matrix (rows: true label, columns: predicted):")
+            for row in value:
+                click.echo("  " + " ".join(f"{n:7d}" for n in row))
+        elif isinstance(value, float):
+            click.echo(f"{key:10s} {value:.4f}")
+        else:
+            click.echo(f"{key:10s} {value}")
+
+
+@main.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--data", default=None, help="Labelled data to score (default: the run's own held-out part).")
+@click.option("--split", type=click.Choice(["valid", "test"]), default="valid", show_default=True,
+              help="Which held-out part of the run's own data, when --data is not given.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
+def evaluate(run: Path, data: str | None, split: str, as_json: bool) -> None:
+    """Score the best model of RUN: accuracy, precision, recall, F1, ROC-AUC, confusion matrix."""
+    task, model = _open_run(run)
+    if data is not None:
+        metrics = task.evaluate_path(model, data)
+    else:
+        examples, labels = task.held_out(split)
+        metrics = task.evaluate_examples(model, examples, labels)
+    metrics = {"labels": task.label_names, **metrics} if hasattr(task, "label_names") else metrics
+    _print_metrics(metrics, as_json)
+
+
+@main.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("texts", nargs=-1)
+@click.option("--file", "file", type=click.Path(path_type=Path), default=None,
+              help="A UTF-8 file with one text per line ('-' for standard input).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per text.")
+def predict(run: Path, texts: tuple[str, ...], file: Path | None, as_json: bool) -> None:
+    """Label and probability for each text, with the best model of a sentiment RUN."""
+    import json
+
+    from lstmkit.errors import DataError
+
+    task, model = _open_run(run)
+    if not hasattr(task, "predict_texts"):
+        raise ConfigError(f"{run} is a {task.name!r} run; predict works on text classifiers (sentiment runs)")
+    inputs = list(texts)
+    if file is not None:
+        try:
+            content = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise DataError(f"file not found: {file}") from None
+        except UnicodeDecodeError as error:
+            raise DataError(f"{file} is not UTF-8 (byte {error.start}); re-encode it, e.g. with iconv") from None
+        inputs += [line for line in content.splitlines() if line.strip()]
+    if not inputs:
+        raise DataError("nothing to predict: give texts as arguments or --file F")
+    empty = [i + 1 for i, text in enumerate(inputs) if not text.strip()]
+    if empty:
+        raise DataError(f"text {empty[0]} is empty; give it some words")
+    for result in task.predict_texts(model, inputs):
+        if as_json:
+            click.echo(json.dumps(result))
+        else:
+            preview = result["text"] if len(result["text"]) <= 60 else result["text"][:57] + "..."
+            click.echo(f"{result['label']}\t{result['probability']:.3f}\t{preview}")

@@ -310,7 +310,7 @@ class LSTM(nn.Module):
         h0, c0 = self._initial_state(hx, batch_sizes[0], is_batched, like, sorted_indices)
         path = ops.pick(
             self.backend, device=like.device, projected=bool(self.proj_size), recording=record is not None,
-            training=self.training,
+            training=self.training, packed=packed,
         )
         if path == "vendor":
             flat_weights = [weight for per_direction in self.all_weights for weight in per_direction]

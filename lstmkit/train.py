@@ -34,7 +34,7 @@ from torch import nn
 from lstmkit import config as cfg
 from lstmkit import runs
 from lstmkit.errors import LstmkitError, RunDirError
-from lstmkit.tasks import Task, get_task
+from lstmkit.tasks import Task, get_task, load_run_config
 
 
 class TrainingStopped(LstmkitError):
@@ -239,11 +239,7 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
 
 def config_for_resume(run_dir: Path, epochs: int | None = None, minutes: float | None = None) -> cfg.RunConfig:
     """The saved configuration of a run; only the epoch count and the time budget may change on resume."""
-    saved = runs.read_config(run_dir)
-    config = cfg.RunConfig(task=saved["task"])
-    task_cls = get_task(saved["task"])
-    config.model, config.data = task_cls.ModelConfig(), task_cls.DataConfig()
-    cfg.apply_mapping(config, saved, str(Path(run_dir) / runs.CONFIG_FILE))
+    config = load_run_config(run_dir)
     if epochs is not None:
         config.train.epochs = epochs
     if minutes is not None:

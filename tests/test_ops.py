@@ -118,6 +118,8 @@ def test_backend_choice():
     assert pick("auto", device=cpu, **(standard | {"recording": True})) == "torch"  # gates need our code
     assert pick("auto", device=cpu, **(standard | {"projected": True})) == "torch"  # oneDNN refuses projections
     assert pick("auto", device=cpu, **(standard | {"training": False})) == "vendor"  # oneDNN backward works in eval
+    assert pick("auto", device=cpu, **(standard | {"packed": True})) == "torch"  # torch's packed CPU path is slow
+    assert pick("auto", device=cuda, **(standard | {"packed": True})) == "vendor"  # cuDNN packs natively
     assert pick("auto", device=cuda, **(standard | {"training": False})) == "torch"  # cuDNN backward does not
     with torch.no_grad():
         assert pick("auto", device=cuda, **(standard | {"training": False})) == "vendor"  # no backward to refuse

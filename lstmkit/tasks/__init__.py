@@ -32,7 +32,8 @@ class Task:
     metric_mode: ClassVar[str] = "min"  # "min" or "max"
     count_unit: ClassVar[str] = "examples"  # what `loss` counts, for the progress bar's rate
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, run_dir: Path | None = None) -> None:
+        """Load the training data; with `run_dir`, load only what inference needs from that run instead."""
         self.config = config
 
     def build_model(self) -> nn.Module:
@@ -64,11 +65,30 @@ class Task:
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         pass
 
+    # What `lstmkit evaluate` / `predict` use; a task without them says so.
+    def evaluate_path(self, model: nn.Module, path: str) -> dict[str, Any]:
+        raise ConfigError(f"task {self.name!r} cannot evaluate a data file")
+
+    def held_out(self, split: str) -> Any:
+        raise ConfigError(f"task {self.name!r} keeps no held-out {split} part")
+
+    @classmethod
+    def from_run(cls, run_dir: Path) -> tuple[Task, nn.Module]:
+        """The task (without its training data) and the best model of a run directory, ready for inference."""
+        from lstmkit import runs
+
+        task = cls(load_run_config(run_dir), run_dir=run_dir)
+        model = task.build_model()
+        runs.load_weights(model, Path(run_dir) / runs.MODEL_FILE)
+        return task, model.eval()
+
 
 def task_classes() -> dict[str, type[Task]]:
     from lstmkit.tasks.adding import AddingTask
+    from lstmkit.tasks.sentiment import SentimentTask
+    from lstmkit.tasks.sequences import SequencesTask
 
-    return {cls.name: cls for cls in (AddingTask,)}
+    return {cls.name: cls for cls in (AddingTask, SentimentTask, SequencesTask)}
 
 
 def get_task(name: str) -> type[Task]:
@@ -83,3 +103,13 @@ def get_task(name: str) -> type[Task]:
 def default_config(name: str) -> RunConfig:
     cls = get_task(name)
     return RunConfig(task=name, model=cls.ModelConfig(), data=cls.DataConfig())
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    """The resolved configuration saved in a run directory, checked against this lstmkit's options."""
+    from lstmkit import config as cfg
+    from lstmkit import runs
+
+    saved = runs.read_config(run_dir)
+    config = default_config(saved.get("task", "?"))
+    return cfg.apply_mapping(config, saved, str(Path(run_dir) / runs.CONFIG_FILE))

@@ -7,6 +7,7 @@ resumed run sees exactly the batches the interrupted one would have seen.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -41,8 +42,8 @@ class AddingTask(Task):
     metric_mode = "min"
     count_unit = "seq"
 
-    def __init__(self, config: RunConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: RunConfig, run_dir: Path | None = None) -> None:
+        super().__init__(config, run_dir)
         data = config.data
         if data.T < 2:
             raise ConfigError(f"data.T must be >= 2 for the adding problem, got {data.T}")

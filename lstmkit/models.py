@@ -1,0 +1,110 @@
+"""Models built on `lstmkit.LSTM` for the applications.
+
+SequenceClassifier: token ids [B, T] (through an Embedding) or feature vectors [B, T, F] -> LSTM -> pooling
+-> Dense. Two classes use one logit and a sigmoid, as the seed recipe's Dense(1, sigmoid); more use softmax.
+
+Variable lengths without waste: batches are padded *after* each sequence (post-padding) and every row
+carries its length. A unidirectional LSTM then runs on the padded tensor (torch's fused kernel, the fast
+path) and pooling reads each row at its own valid steps only; padding after a sequence cannot change its
+earlier states, so this is exact. A bidirectional LSTM would read the padding first in its reverse
+direction, so it gets a PackedSequence instead (lstmkit's packed-row path).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from lstmkit.nn import LSTM
+
+Pooling = Literal["last", "mean", "max"]
+
+
+def pool(output: Tensor, lengths: Tensor, how: str, num_directions: int) -> Tensor:
+    """output: [B, T, D*H] (valid steps first), lengths: [B] -> [B, D*H]."""
+    B, T, width = output.shape
+    lengths = lengths.to(output.device)
+    if how == "last":
+        last = output[torch.arange(B, device=output.device), lengths - 1]  # each row's own last step
+        if num_directions == 1:
+            return last
+        H = width // 2
+        # The reverse direction's summary of the whole sequence is its output at step 0.
+        return torch.cat([last[:, :H], output[:, 0, H:]], dim=1)
+    valid = (torch.arange(T, device=output.device)[None, :] < lengths[:, None]).unsqueeze(2)  # [B, T, 1]
+    if how == "mean":
+        return (output * valid).sum(dim=1) / lengths[:, None].to(output.dtype)
+    if how == "max":
+        return output.masked_fill(~valid, float("-inf")).max(dim=1).values
+    raise ValueError(f"pooling must be 'last', 'mean' or 'max', got {how!r}")
+
+
+class SequenceClassifier(nn.Module):
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        hidden_size: int,
+        vocab_size: int | None = None,
+        embedding_dim: int = 128,
+        input_size: int | None = None,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        pooling: str = "last",
+        backend: str = "auto",
+        init: str = "torch",
+    ) -> None:
+        super().__init__()
+        if (vocab_size is None) == (input_size is None):
+            raise ValueError("give vocab_size (token ids) or input_size (feature vectors), not both")
+        if num_classes < 2:
+            raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0) if vocab_size else None
+        lstm_input = embedding_dim if vocab_size else input_size
+        self.lstm = LSTM(lstm_input, hidden_size, num_layers, batch_first=True, bidirectional=bidirectional,
+                         dropout=dropout if num_layers > 1 else 0.0, backend=backend)
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), 1 if num_classes == 2 else num_classes)
+        pool(torch.zeros(1, 1, hidden_size * self.lstm.num_directions), torch.ones(1, dtype=torch.long),
+             pooling, self.lstm.num_directions)  # checks `pooling` now rather than at the first batch
+        if init == "keras":
+            self.keras_initialization()
+        elif init != "torch":
+            raise ValueError(f"init must be 'torch' or 'keras', got {init!r}")
+
+    @torch.no_grad()
+    def keras_initialization(self) -> None:
+        """The initialisation of the seed's Keras layers: Embedding U(-0.05, 0.05); LSTM kernel Glorot-uniform,
+        recurrent kernel orthogonal, biases 0 but the forget gate's 1 (unit_forget_bias); Dense Glorot-uniform.
+
+        Orthogonal recurrent weights keep ||U h|| = ||h||, which helps a signal survive hundreds of steps."""
+        if self.embedding is not None:
+            nn.init.uniform_(self.embedding.weight, -0.05, 0.05)
+        H = self.lstm.hidden_size
+        for layer in range(self.lstm.num_layers):
+            for direction in range(self.lstm.num_directions):
+                W, U, b_ih, b_hh, _ = self.lstm.layer_weights(layer, direction)
+                nn.init.xavier_uniform_(W)
+                for gate in range(4):  # Keras makes the [H, 4H] kernel orthogonal; per gate block is the same idea
+                    nn.init.orthogonal_(U[gate * H:(gate + 1) * H])
+                if b_ih is not None:
+                    b_ih.zero_()
+                    b_hh.zero_()
+                    b_ih[H:2 * H] = 1.0
+        nn.init.xavier_uniform_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, inputs: Tensor, lengths: Tensor) -> Tensor:
+        """inputs: [B, T] ids or [B, T, F] features, post-padded; lengths: [B] -> logits [B, 1 or C]."""
+        x = self.embedding(inputs) if self.embedding is not None else inputs  # [B, T, E]
+        if self.lstm.bidirectional:
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            output = pad_packed_sequence(self.lstm(packed)[0], batch_first=True)[0]  # [B, T_max, 2H]
+        else:
+            output = self.lstm(x)[0]  # [B, T, H]; steps past each length are computed but never read
+        return self.head(self.dropout(pool(output, lengths, self.pooling, self.lstm.num_directions)))

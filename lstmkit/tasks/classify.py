@@ -1,0 +1,159 @@
+"""What sentiment analysis and numeric-sequence classification share: length buckets, loss, metrics, predict.
+
+A subclass fills in, from its own data: `label_names`, `train_examples` / `valid_examples` (one tensor per
+example: [T_i] token ids or [T_i, F] features), `train_labels` / `valid_labels`, and `model_inputs()` (the
+input-layer arguments of SequenceClassifier).
+
+Batches: each epoch shuffles the examples (seeded by seed and epoch), cuts them into chunks of 50 batches,
+sorts each chunk by length and cuts it into batches, then shuffles the batches. Every batch then holds
+sequences of similar length, so post-padding wastes little.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lstmkit import runs
+from lstmkit.errors import ConfigError, RunDirError
+from lstmkit.metrics import classification_metrics
+from lstmkit.models import SequenceClassifier
+from lstmkit.tasks import Task
+
+EVAL_BATCH = 256
+LABELS_FILE = "labels.json"
+
+
+@dataclass
+class ClassifierModelConfig:
+    embedding_dim: int = 128  # token inputs only
+    hidden_size: int = 64
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0  # between LSTM layers and before the output layer
+    pooling: Literal["last", "mean", "max"] = "last"
+    backend: str = "auto"
+    init: Literal["torch", "keras"] = "torch"  # "keras": the seed's initialisers (see SequenceClassifier)
+
+
+def collate(examples: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Post-pad a list of [T_i] or [T_i, F] tensors: (inputs [B, T_max(, F)], lengths [B])."""
+    lengths = torch.tensor([len(e) for e in examples], dtype=torch.long)
+    padded = examples[0].new_zeros((len(examples), int(lengths.max()), *examples[0].shape[1:]))
+    for row, example in enumerate(examples):
+        padded[row, : len(example)] = example
+    return padded, lengths
+
+
+class ClassifierTask(Task):
+    metric = "accuracy"
+    metric_mode = "max"
+    count_unit = "ex"
+
+    label_names: list[str]
+    train_examples: list[Tensor]
+    train_labels: list[int]
+    valid_examples: list[Tensor]
+    valid_labels: list[int]
+
+    def model_inputs(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def build_model(self) -> nn.Module:
+        m = self.config.model
+        return SequenceClassifier(
+            num_classes=len(self.label_names), hidden_size=m.hidden_size, num_layers=m.num_layers,
+            bidirectional=m.bidirectional, dropout=m.dropout, pooling=m.pooling, backend=m.backend, init=m.init,
+            **self.model_inputs(),
+        )
+
+    # --- training -----------------------------------------------------------------------------------------
+
+    def train_plan(self, epoch: int) -> list[list[int]]:
+        batch_size = self.config.train.batch_size
+        if batch_size < 1:
+            raise ConfigError(f"train.batch_size must be >= 1, got {batch_size}")
+        generator = torch.Generator().manual_seed(self.config.train.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.train_examples), generator=generator).tolist()
+        if not getattr(self.config.data, "bucket", True):
+            return [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+        chunk = 50 * batch_size
+        batches = []
+        for start in range(0, len(order), chunk):
+            part = sorted(order[start:start + chunk], key=lambda i: len(self.train_examples[i]))
+            batches += [part[k:k + batch_size] for k in range(0, len(part), batch_size)]
+        shuffled = torch.randperm(len(batches), generator=generator).tolist()
+        return [batches[i] for i in shuffled]
+
+    def make_batch(self, item: list[int], rank: int, world: int) -> tuple[Tensor, Tensor, Tensor]:
+        share = item[rank::world] or item[:1]  # a batch smaller than the process count repeats one example
+        inputs, lengths = collate([self.train_examples[i] for i in share])
+        return inputs, lengths, torch.tensor([self.train_labels[i] for i in share])
+
+    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, int]:
+        inputs, lengths, labels = batch
+        logits = model(inputs, lengths).float()
+        return self.loss_from_logits(logits, labels), len(labels)
+
+    def loss_from_logits(self, logits: Tensor, labels: Tensor) -> Tensor:
+        if logits.shape[1] == 1:  # two classes: one logit, binary cross-entropy (the seed's sigmoid output)
+            return nn.functional.binary_cross_entropy_with_logits(logits.squeeze(1), labels.float())
+        return nn.functional.cross_entropy(logits, labels)
+
+    # --- evaluation and prediction ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def predict_proba(self, model: nn.Module, examples: list[Tensor]) -> np.ndarray:
+        """[N, C] class probabilities, in the order of `examples` (batched by length for speed)."""
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
+        probabilities = np.zeros((len(examples), len(self.label_names)))
+        for start in range(0, len(order), EVAL_BATCH):
+            rows = order[start:start + EVAL_BATCH]
+            inputs, lengths = collate([examples[i] for i in rows])
+            logits = model(inputs.to(device), lengths.to(device)).float()
+            if logits.shape[1] == 1:
+                p = torch.sigmoid(logits[:, 0])
+                probs = torch.stack([1 - p, p], dim=1)
+            else:
+                probs = torch.softmax(logits, dim=1)
+            probabilities[rows] = probs.cpu().double().numpy()
+        model.train(was_training)
+        return probabilities
+
+    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+        return self.evaluate_examples(model, self.valid_examples, self.valid_labels)
+
+    def evaluate_examples(self, model: nn.Module, examples: list[Tensor], labels: list[int]) -> dict[str, Any]:
+        return classification_metrics(np.asarray(labels), self.predict_proba(model, examples), self.label_names)
+
+    # --- the run directory --------------------------------------------------------------------------------
+
+    def save_labels(self, run_dir: Path) -> None:
+        document = {"format": "lstmkit.labels", "labels": self.label_names}
+        runs.atomic_write_bytes(Path(run_dir) / LABELS_FILE, (json.dumps(document) + "\n").encode())
+
+    @staticmethod
+    def load_labels(run_dir: Path) -> list[str]:
+        path = Path(run_dir) / LABELS_FILE
+        damaged = RunDirError(f"{path} is damaged: expected {{\"format\": \"lstmkit.labels\", \"labels\": [...]}}")
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RunDirError(f"{path} is missing; the run directory is incomplete") from None
+        except (OSError, ValueError):
+            raise damaged from None
+        labels = document.get("labels") if isinstance(document, dict) else None
+        if not isinstance(document, dict) or document.get("format") != "lstmkit.labels" \
+                or not isinstance(labels, list) or len(labels) < 2 \
+                or not all(isinstance(name, str) for name in labels):
+            raise damaged
+        return labels

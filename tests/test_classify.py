@@ -1,0 +1,264 @@
+"""Sentiment and sequence classification: the model, batching, metrics, and the commands end to end."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import assert_close
+
+from lstmkit import config as cfg
+from lstmkit.cli import main
+from lstmkit.data.sequences import load_digits_sequences
+from lstmkit.metrics import classification_metrics
+from lstmkit.models import SequenceClassifier
+from lstmkit.tasks import default_config
+from lstmkit.tasks.classify import collate
+from lstmkit.tasks.sentiment import SentimentTask
+from lstmkit.tasks.sequences import split_indices
+
+REAL_IMDB = Path(__file__).resolve().parents[2] / "shared/data/imdb/imdb_train.jsonl.gz"
+POSITIVE = ["great", "wonderful", "moving", "brilliant", "superb", "loved"]
+NEGATIVE = ["awful", "boring", "dull", "terrible", "waste", "hated"]
+FILLER = ["the", "film", "plot", "actor", "scene", "story", "was", "and", "a", "it", "of", "music"]
+
+
+def write_reviews(path: Path, n: int = 240, seed: int = 0) -> Path:
+    """Labelled texts whose label is carried by a few sentiment words among filler, of varied length."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        label = i % 2
+        words = [rng.choice(FILLER) for _ in range(rng.randint(3, 30))]
+        for _ in range(2):
+            words.insert(rng.randrange(len(words) + 1), rng.choice(POSITIVE if label else NEGATIVE))
+        lines.append(json.dumps({"text": " ".join(words).capitalize() + ".", "label": label}))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+SMALL = ["--set", "data.valid_size=60", "--set", "model.embedding_dim=16", "--set", "model.hidden_size=16",
+         "--set", "train.batch_size=16", "--set", "train.lr=0.01", "--epochs", "4", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def sentiment_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sentiment")
+    data = write_reviews(root / "reviews.jsonl")
+    run = root / "run"
+    result = CliRunner().invoke(main, ["train", "sentiment", "--data", str(data), "--out", str(run), *SMALL])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+# --- the model --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+def test_each_text_scores_the_same_alone_and_in_a_padded_batch(bidirectional, pooling):
+    torch.manual_seed(0)
+    model = SequenceClassifier(num_classes=2, hidden_size=8, vocab_size=50, embedding_dim=6, num_layers=2,
+                               bidirectional=bidirectional, pooling=pooling).eval()
+    examples = [torch.randint(2, 50, (n,)) for n in (7, 1, 12, 4)]
+    inputs, lengths = collate(examples)
+    assert inputs.shape == (4, 12) and lengths.tolist() == [7, 1, 12, 4]
+    assert (inputs[1, 1:] == 0).all()  # post-padding with the pad id
+    batched = model(inputs, lengths)
+    for k, example in enumerate(examples):
+        alone = model(example[None], torch.tensor([len(example)]))
+        assert_close(batched[k], alone[0], f"logit of example {k} ({pooling}, bidirectional={bidirectional})")
+
+
+def test_feature_inputs_and_multiclass_logits():
+    model = SequenceClassifier(num_classes=10, hidden_size=8, input_size=5, pooling="mean")
+    logits = model(torch.randn(3, 6, 5), torch.tensor([6, 2, 4]))
+    assert logits.shape == (3, 10)
+    with pytest.raises(ValueError, match="pooling must be"):
+        SequenceClassifier(num_classes=2, hidden_size=4, input_size=3, pooling="median")
+    with pytest.raises(ValueError, match="not both"):
+        SequenceClassifier(num_classes=2, hidden_size=4, input_size=3, vocab_size=10)
+
+
+def test_keras_initialization():
+    model = SequenceClassifier(num_classes=2, hidden_size=6, vocab_size=30, embedding_dim=4, init="keras")
+    assert model.embedding.weight.abs().max() <= 0.05
+    U = model.lstm.weight_hh_l0
+    for gate in range(4):
+        block = U[gate * 6:(gate + 1) * 6]
+        assert_close(block @ block.T, torch.eye(6), f"U block {gate} is orthogonal")
+    assert torch.equal(model.lstm.bias_ih_l0[6:12], torch.ones(6))
+    assert torch.equal(model.lstm.bias_hh_l0, torch.zeros(24)) and torch.equal(model.head.bias, torch.zeros(1))
+
+
+# --- batching and metrics ---------------------------------------------------------------------------------
+
+def test_length_buckets_cover_every_example_once_and_are_seeded(tmp_path):
+    config = cfg.apply_overrides(default_config("sentiment"), [
+        f"data.path={write_reviews(tmp_path / 'r.jsonl', n=400)}", "data.valid_size=40", "train.batch_size=8"])
+    task = SentimentTask(config)
+    plan = task.train_plan(0)
+    flat = [i for batch in plan for i in batch]
+    assert sorted(flat) == list(range(360))
+    assert plan == task.train_plan(0) and plan != task.train_plan(1)
+    def mean_length_spread(batches):
+        return np.mean([np.ptp([len(task.train_examples[i]) for i in batch]) for batch in batches])
+
+    shuffled = np.random.default_rng(0).permutation(360).tolist()
+    unbucketed = [shuffled[k:k + 8] for k in range(0, 360, 8)]
+    assert mean_length_spread(plan) < mean_length_spread(unbucketed) / 3, "batches should hold similar lengths"
+    assert all(max(task.train_examples[i].max() for i in b) < len(task.vocab) for b in plan)
+
+
+def test_vocabulary_ids_never_pass_the_embedding(tmp_path):
+    config = cfg.apply_overrides(default_config("sentiment"), [
+        f"data.path={write_reviews(tmp_path / 'r.jsonl')}", "data.valid_size=40", "data.num_words=8",
+        "data.maxlen=5"])
+    task = SentimentTask(config)
+    assert len(task.vocab) == 8
+    assert all(e.max() < 8 and 1 <= len(e) <= 5 for e in task.train_examples + task.valid_examples)
+    ids = task.encode(["zebra quokka " * 50])[0]
+    assert ids.tolist() == [1] * 5  # unknown words, truncated to maxlen
+
+
+def test_classification_metrics_by_hand():
+    labels = np.array([0, 0, 1, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.8, 0.2], [0.1, 0.9]])
+    m = classification_metrics(labels, probs, ["neg", "pos"])
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3)
+    assert m["confusion_matrix"] == [[1, 1], [1, 2]]
+    assert m["roc_auc"] == pytest.approx(5 / 6)  # (pos, neg) pairs ranked right: all but (0.2, 0.6)
+    expected_loss = -np.mean(np.log([0.9, 0.4, 0.7, 0.2, 0.9]))
+    assert m["loss"] == pytest.approx(expected_loss)
+
+
+# --- sentiment end to end ---------------------------------------------------------------------------------
+
+def test_sentiment_trains_evaluates_and_predicts(sentiment_run):
+    metrics = [json.loads(line) for line in (sentiment_run / "metrics.jsonl").read_text().splitlines()]
+    assert max(m["accuracy"] for m in metrics) >= 0.9, metrics
+    files = {p.name for p in sentiment_run.iterdir()}
+    assert {"vocab.json", "labels.json", "model.safetensors", "config.json"} <= files
+    runner = CliRunner()
+    result = runner.invoke(main, ["evaluate", str(sentiment_run), "--json"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.output)
+    assert {"accuracy", "precision", "recall", "f1", "roc_auc", "confusion_matrix"} <= scores.keys()
+    assert scores["accuracy"] == pytest.approx(max(m["accuracy"] for m in metrics))
+    assert sum(map(sum, scores["confusion_matrix"])) == 60
+    result = runner.invoke(main, ["predict", str(sentiment_run), "A wonderful, moving and brilliant film.",
+                                  "Boring, dull and a terrible waste.", "--json"])
+    assert result.exit_code == 0, result.output
+    predictions = [json.loads(line) for line in result.output.splitlines()]
+    assert [p["label"] for p in predictions] == ["1", "0"]
+    assert all(0.5 <= p["probability"] <= 1 for p in predictions)
+
+
+def test_predict_from_a_file_and_evaluate_another_file(sentiment_run, tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("superb and loved it\n\nawful, hated it\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["predict", str(sentiment_run), "--file", str(texts)])
+    assert result.exit_code == 0, result.output
+    assert [line.split("\t")[0] for line in result.output.splitlines()] == ["1", "0"]
+    other = write_reviews(tmp_path / "other.csv.jsonl", n=40, seed=5)
+    result = CliRunner().invoke(main, ["evaluate", str(sentiment_run), "--data", str(other), "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["examples"] == 40
+
+
+def _bad_input_cases(tmp_path: Path) -> list[tuple[str, list[str], str]]:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    columns = tmp_path / "columns.csv"
+    columns.write_text("review,sentiment\ngood,1\nbad,0\n")
+    single = tmp_path / "single.jsonl"
+    single.write_text("\n".join(json.dumps({"text": f"text {i}", "label": 1}) for i in range(5)))
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("text,label\ncaf\xe9 good,1\nbad,0\n".encode("latin-1"))
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text(json.dumps({"text": "good", "label": 1}) + "\n" + json.dumps({"text": "  ", "label": 0}))
+    huge = tmp_path / "huge.jsonl"
+    huge.write_text(json.dumps({"text": "word " * 220_000, "label": 1}) + "\n" + json.dumps({"text": "x", "label": 0}))
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("\n".join(json.dumps({"text": "t", "label": v}) for v in (0, 1, 2)))
+    return [
+        ("missing", ["--data", str(tmp_path / "nope.jsonl")], "not found"),
+        ("empty", ["--data", str(empty)], "is empty"),
+        ("columns", ["--data", str(columns)], "no column 'text' (columns present: 'review', 'sentiment')"),
+        ("single class", ["--data", str(single)], "a classifier needs at least two classes"),
+        ("not utf-8", ["--data", str(latin)], "is not UTF-8"),
+        ("empty review", ["--data", str(blank)], "line 2: empty text"),
+        ("1 MB review", ["--data", str(huge)], "over the limit of 200,000"),
+        ("no data", [], "no training data: pass --data PATH"),
+        ("labels", ["--data", str(labels), "--set", "data.valid_size=1"], None),
+    ]
+
+
+def test_bad_training_input_is_one_line_each(tmp_path):
+    runner = CliRunner()
+    for name, args, message in _bad_input_cases(tmp_path):
+        if message is None:
+            continue
+        result = runner.invoke(main, ["train", "sentiment", "--out", str(tmp_path / f"run-{name}"), *args])
+        assert result.exit_code != 0, name
+        assert message in result.output, f"{name}: {result.output}"
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, name
+
+
+def test_labels_outside_the_trained_set_and_runs_of_another_task(sentiment_run, tmp_path):
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("\n".join(json.dumps({"text": "good film", "label": v}) for v in (0, 1, 2)))
+    result = CliRunner().invoke(main, ["evaluate", str(sentiment_run), "--data", str(labels)])
+    assert result.exit_code == 1 and "label '2' is not one of the labels ['0', '1']" in result.output
+    result = CliRunner().invoke(main, ["predict", str(sentiment_run), "x" * 250_000])
+    assert result.exit_code == 1 and "over the limit" in result.output
+    digits_run = tmp_path / "digits"
+    result = CliRunner().invoke(main, ["train", "sequences", "--out", str(digits_run), "--epochs", "1", "--quiet",
+                                       "--set", "model.hidden_size=8"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["predict", str(digits_run), "some text"])
+    assert result.exit_code == 2 and "is a 'sequences' run; predict works on text classifiers" in result.output
+
+
+def test_gzipped_csv_with_other_field_names(tmp_path):
+    path = tmp_path / "reviews.csv.gz"
+    rows = [json.loads(line) for line in write_reviews(tmp_path / "r.jsonl").read_text().splitlines()]
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.write("body,stars\n" + "".join(f"\"{r['text']}\",{r['label']}\n" for r in rows))
+    config = cfg.apply_overrides(default_config("sentiment"), [
+        f"data.path={path}", "data.text_field=body", "data.label_field=stars", "data.valid_size=0.25"])
+    task = SentimentTask(config)
+    assert len(task.train_examples) == 180 and len(task.valid_examples) == 60
+
+
+@pytest.mark.skipif(not REAL_IMDB.exists(), reason="../shared/data/imdb is not present beside the project")
+def test_real_imdb_split_and_vocabulary():
+    config = cfg.apply_overrides(default_config("sentiment"), [f"data.path={REAL_IMDB}"])
+    task = SentimentTask(config)
+    assert len(task.train_examples) == 20_000 and len(task.valid_examples) == 5_000
+    assert len(task.vocab) == 10_000 and task.label_names == ["0", "1"]
+    assert sum(task.valid_labels) == 2_500  # stratified
+    assert max(len(e) for e in task.train_examples) == 500
+
+
+# --- digits -----------------------------------------------------------------------------------------------
+
+def test_digits_train_and_held_out_test(tmp_path):
+    run = tmp_path / "digits"
+    args = ["train", "sequences", "--out", str(run), "--epochs", "3", "--quiet", "--set", "model.hidden_size=32",
+            "--set", "train.lr=0.01"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["evaluate", str(run), "--split", "test", "--json"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.output)
+    digits = load_digits_sequences()
+    expected = len(split_indices(digits.labels, 0.15, 0.15, seed=0)["test"])
+    assert scores["examples"] == expected and 250 < expected < 290 and len(scores["confusion_matrix"]) == 10
+    assert scores["accuracy"] > 0.5, scores  # 3 short epochs; chance is 0.1
