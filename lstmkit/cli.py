@@ -6,8 +6,8 @@ exceptions are bugs and keep their tracebacks.
 
 from __future__ import annotations
 
+import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -85,21 +85,7 @@ def train(task: str, out: Path, data: Path | None, epochs: int | None, minutes: 
     """Train TASK into the run directory --out (tasks: adding, sentiment, sequences)."""
     from lstmkit import config as cfg
     from lstmkit.tasks import default_config
-    from lstmkit.train import config_for_resume, train_and_evaluate
-
-    if nproc > 1:
-        args = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc}",
-                "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "lstmkit", "train", task,
-                "--out", str(out)]
-        for flag, value in (("--data", data), ("--epochs", epochs), ("--minutes", minutes), ("--seed", seed)):
-            if value is not None:
-                args += [flag, str(value)]
-        args += ["--resume"] * resume + ["--quiet"] * quiet
-        for preset in presets:
-            args += ["--preset", preset]
-        for override in overrides:
-            args += ["--set", override]
-        sys.exit(subprocess.call(args))
+    from lstmkit.train import check_run_dir, config_for_resume, train_and_evaluate
 
     if resume:
         if presets or overrides or seed is not None or data is not None:
@@ -112,12 +98,33 @@ def train(task: str, out: Path, data: Path | None, epochs: int | None, minutes: 
         config.presets = ",".join(presets)
         cfg.apply_overrides(config, list(overrides))
         if data is not None:
-            cfg.set_value(config, "data.path", str(data)) if hasattr(config.data, "path") else _no_data(task)
+            if not hasattr(config.data, "path"):
+                _no_data(task)
+            # Saved resolved, so the run's own data is found from any working directory later.
+            cfg.set_value(config, "data.path", str(data.resolve()) if data.exists() else str(data))
         for key, value in (("train.epochs", epochs), ("train.minutes", minutes), ("train.seed", seed)):
             if value is not None:
                 cfg.set_value(config, key, value)
     if config.task != task:
         raise ConfigError(f"{out} holds a {config.task!r} run, not {task!r}")
+    check_run_dir(out, resume)
+    if nproc > 1:
+        # Checked above in this process (one-line errors); then torchrun takes this process's place, so a
+        # Ctrl-C reaches it directly and it forwards it to the workers, which save and stop.
+        args = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc}",
+                "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "lstmkit", "train", task,
+                "--out", str(out)]
+        for flag, value in (("--data", data), ("--epochs", epochs), ("--minutes", minutes), ("--seed", seed)):
+            if value is not None:
+                args += [flag, str(value)]
+        args += ["--resume"] * resume + ["--quiet"] * quiet
+        for preset in presets:
+            args += ["--preset", preset]
+        for override in overrides:
+            args += ["--set", override]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, args)
 
     result = train_and_evaluate(config, out, resume=resume, quiet=quiet)
     best = f"{result.best_metric:.4f}" if result.best_metric is not None else "n/a"

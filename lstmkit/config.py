@@ -63,6 +63,26 @@ class RunConfig:
 
 SECTIONS = ("train", "model", "data")
 
+# Range checks by option name, in whatever section: a value can type-check and still mean nothing.
+_AT_LEAST_ONE = {"epochs", "batch_size", "checkpoint_every", "log_every", "hidden_size", "num_layers",
+                 "embedding_dim", "T", "batches_per_epoch", "num_words", "maxlen", "max_chars", "features"}
+_NON_NEGATIVE = {"lr", "weight_decay", "warmup_steps", "clip_norm", "eval_every", "patience", "minutes", "test_size"}
+_POSITIVE = {"valid_size"}
+_BELOW_ONE = {"dropout", "momentum"}  # in [0, 1)
+
+
+def _check_range(key: str, name: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    if name in _AT_LEAST_ONE and value < 1:
+        raise ConfigError(f"{key} must be at least 1; got {value}")
+    if name in _NON_NEGATIVE and value < 0:
+        raise ConfigError(f"{key} must be 0 or more; got {value}")
+    if name in _POSITIVE and value <= 0:
+        raise ConfigError(f"{key} must be more than 0; got {value}")
+    if name in _BELOW_ONE and not 0 <= value < 1:
+        raise ConfigError(f"{key} must be in [0, 1); got {value}")
+
 
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
@@ -151,7 +171,9 @@ def set_value(config: RunConfig, key: str, value: Any) -> None:
     types_ = _field_types(type(target))
     if name not in types_:
         raise _unknown_key(key, all_keys(config))
-    setattr(target, name, coerce(value, types_[name], key))
+    typed = coerce(value, types_[name], key)
+    _check_range(key, name, typed)
+    setattr(target, name, typed)
 
 
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
@@ -187,7 +209,7 @@ def preset_names() -> list[str]:
 def load_preset(name_or_path: str) -> dict[str, Any]:
     """A preset by name (`lstmkit/configs/NAME.toml`) or by path to a TOML file."""
     path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
+    if path.suffix == ".toml" or path.is_file():
         if not path.is_file():
             raise ConfigError(f"preset file {path} does not exist")
         text = path.read_text(encoding="utf-8")

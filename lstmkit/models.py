@@ -12,15 +12,11 @@ direction, so it gets a PackedSequence instead (lstmkit's packed-row path).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lstmkit.nn import LSTM
-
-Pooling = Literal["last", "mean", "max"]
 
 
 def pool(output: Tensor, lengths: Tensor, how: str, num_directions: int) -> Tensor:

@@ -45,17 +45,14 @@ def _check_forget_bias(value: object) -> float:
     return float(value)
 
 
-def _describe(t: Tensor) -> str:
-    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
-
-
 def _check_tensor_like(name: str, t: object, like: Tensor) -> Tensor:
     """`t` must be a floating tensor with the dtype and device of the parameters (`like`)."""
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}; convert it with .float()")
-    if t.dtype != like.dtype:
+    # Under autocast, torch.nn.LSTM takes lower-precision input for full-precision weights; so do we.
+    if t.dtype != like.dtype and not torch.is_autocast_enabled(like.device.type):
         raise TypeError(
             f"{name} has dtype {t.dtype} but the LSTM's parameters are {like.dtype}; "
             f"convert one of them (e.g. .to({like.dtype}) or model.to({t.dtype}))"
@@ -310,7 +307,7 @@ class LSTM(nn.Module):
         h0, c0 = self._initial_state(hx, batch_sizes[0], is_batched, like, sorted_indices)
         path = ops.pick(
             self.backend, device=like.device, projected=bool(self.proj_size), recording=record is not None,
-            training=self.training, packed=packed,
+            training=self.training, packed=packed, dropout=self.dropout > 0 and self.num_layers > 1,
         )
         if path == "vendor":
             flat_weights = [weight for per_direction in self.all_weights for weight in per_direction]
@@ -454,7 +451,8 @@ class LSTMCell(nn.Module):
         s = f"{self.input_size}, {self.hidden_size}"
         if not self.bias:
             s += ", bias=False"
-        return s + f", forget_bias={self.forget_bias}"
+        s += f", forget_bias={self.forget_bias}"
+        return s + (f", backend={self.backend!r}" if self.backend != "auto" else "")
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         like = self.weight_ih

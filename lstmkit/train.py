@@ -33,7 +33,7 @@ from torch import nn
 
 from lstmkit import config as cfg
 from lstmkit import runs
-from lstmkit.errors import LstmkitError, RunDirError
+from lstmkit.errors import ConfigError, LstmkitError, RunDirError
 from lstmkit.tasks import Task, get_task, load_run_config
 
 
@@ -74,17 +74,41 @@ def _init_distributed() -> tuple[int, int, bool]:
         return 0, 1, False
     created = not dist.is_initialized()
     if created:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            # nccl for the model's gradients, gloo for the small CPU tensors of the per-step agreement.
+            dist.init_process_group(backend="cpu:gloo,cuda:nccl")
+        else:
+            dist.init_process_group(backend="gloo")
     return dist.get_rank(), dist.get_world_size(), created
 
 
-def _all_reduce(values: list[float], world: int, op: str = "sum") -> list[float]:
+def _all_reduce(values: list[float], world: int) -> list[float]:
+    """Sum of each value over all processes (a CPU tensor, so gloo carries it on GPU machines too)."""
     if world == 1:
         return values
     tensor = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def _from_rank0(value: float, world: int) -> float:
+    """Rank 0's value on every process, so decisions taken on it (best, early stop) are the same everywhere."""
+    if world == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    dist.broadcast(tensor, src=0)
+    return tensor.item()
+
+
+def _reseed_for_step(seed: int, step: int, rank: int) -> None:
+    """Make the RNG stream of each step a pure function of (seed, step, rank).
+
+    Dropout then draws the same masks whether or not the run was interrupted before this step, without
+    relying on a saved generator state (which cannot capture, e.g., cuDNN's own dropout state), and each
+    process of a data-parallel run draws its own masks.
+    """
+    torch.manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
 
 
 # --- optimiser and schedule ------------------------------------------------------------------------------
@@ -217,7 +241,8 @@ class StopRequests:
 
 # --- the loop --------------------------------------------------------------------------------------------
 
-def prepare_run_dir(run_dir: Path, resume: bool) -> None:
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse to overwrite a run, or to resume one that is not there; changes nothing on disk."""
     run_dir = Path(run_dir)
     if resume:
         runs.read_config(run_dir)  # exists, and a format we read
@@ -231,6 +256,12 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
             f"{run_dir} already holds a run; continue it with --resume, or choose another --out "
             "(nothing was overwritten)"
         )
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    check_run_dir(run_dir, resume)
+    if resume:
+        return
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -254,8 +285,18 @@ def _seed_everything(seed: int) -> None:
 
 
 def _device(train: cfg.TrainConfig) -> torch.device:
+    if train.device == "cpu":
+        return torch.device("cpu")
+    if train.device.startswith("cuda") and train.device != "auto":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device={train.device} but this torch build or machine has no CUDA GPU; "
+                              "use train.device=cpu (or auto)")
+        try:
+            return torch.device(train.device)
+        except RuntimeError:
+            raise ConfigError(f"train.device={train.device!r} is not a device name (cuda, cuda:1, ...)") from None
     if train.device != "auto":
-        return torch.device(train.device)
+        raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N; got {train.device!r}")
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
@@ -279,7 +320,13 @@ def train_and_evaluate(
     quiet: bool = False,
 ) -> TrainResult:
     """Train `config.task` into `run_dir` (a new run, or the one there with resume=True)."""
-    run_dir = Path(run_dir)
+    with StopRequests() as stops:  # from the start: a Ctrl-C during set-up stops after the first step
+        return _train_and_evaluate(config, Path(run_dir), resume, quiet, stops)
+
+
+def _train_and_evaluate(
+    config: cfg.RunConfig, run_dir: Path, resume: bool, quiet: bool, stops: StopRequests
+) -> TrainResult:
     rank, world, owns_group = _init_distributed()
     is_writer = rank == 0
     train = config.train
@@ -289,10 +336,14 @@ def train_and_evaluate(
         dist.barrier()
 
     _seed_everything(train.seed)
+    # Everything that can reject the configuration or the data runs before the first file is written.
     task = get_task(config.task)(config)
     device = _device(train)
     model = task.build_model().to(device)
     optimizer = make_optimizer(model, train)
+    steps_per_epoch = len(task.train_plan(0))
+    if steps_per_epoch == 0:
+        raise ConfigError("the training data gives no batches; check data.path and train.batch_size")
     if resume:
         pos = load_checkpoint(run_dir, model, optimizer, task)
         if is_writer:
@@ -302,9 +353,13 @@ def train_and_evaluate(
         if is_writer:
             runs.write_config(run_dir, cfg.to_dict(config))
             task.save_artifacts(run_dir)
-    wrapped: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+            # A checkpoint at step 0 right away: a run stopped at any moment after this can be resumed.
+            save_checkpoint(run_dir, model, optimizer, task, pos)
+    if world > 1 and device.type == "cuda":
+        wrapped: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
+    else:
+        wrapped = nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
-    steps_per_epoch = len(task.train_plan(0))
     total_steps = steps_per_epoch * train.epochs
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=train.amp == "bf16")
     better = (lambda a, b: a < b) if task.metric_mode == "min" else (lambda a, b: a > b)
@@ -330,7 +385,7 @@ def train_and_evaluate(
         with torch.random.fork_rng(devices=[]), autocast:  # evaluation must not shift the training RNG
             metrics = task.evaluate(model)
         model.train()
-        value = metrics[task.metric]
+        value = _from_rank0(metrics[task.metric], world)
         improved = pos.best is None or better(value, pos.best)
         record = {
             "step": pos.step, "epoch": epoch, "split": "valid", **metrics,
@@ -359,65 +414,67 @@ def train_and_evaluate(
         return bool(train.patience) and pos.bad_evals >= train.patience
 
     model.train()
-    with StopRequests() as stops:
-        while pos.epoch < train.epochs and status == "completed":
-            task.start_epoch(pos.epoch)
-            plan = task.train_plan(pos.epoch)
-            window_count, window_time = 0, time.monotonic()
-            while pos.batch < len(plan):
-                batch = to_device(task.make_batch(plan[pos.batch], rank, world), device)
-                lr = learning_rate(train, pos.step, total_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                with autocast:
-                    loss, count = task.loss(wrapped, batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if train.clip_norm > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), train.clip_norm)
-                # One collective per step carries the loss and every reason to stop, so all ranks agree.
-                loss_value = loss.item()
-                finite = math.isfinite(loss_value)
-                over_budget = train.minutes > 0 and elapsed() - trained_before > 60 * train.minutes
-                loss_sum, counted, nonfinite, stop, budget = _all_reduce(
-                    [loss_value * count if finite else 0.0, count, float(not finite), float(stops.requested),
-                     float(over_budget)], world)
-                if nonfinite:
-                    raise TrainingStopped(
-                        f"the training loss became {loss_value if not finite else 'non-finite on another process'} "
-                        f"at step {pos.step + 1} (epoch {pos.epoch + 1}); the last good checkpoint in {run_dir} is "
-                        "kept. Lower the learning rate (--set train.lr=...) or clip gradients (--set train.clip_norm=1)"
-                    )
-                optimizer.step()
-                pos.step += 1
-                pos.batch += 1
-                pos.loss_sum += loss_sum / max(counted, 1)
-                pos.loss_count += 1
-                window_count += int(counted)
-                if not progress.disable and pos.step % max(1, train.log_every) == 0:
-                    now = time.monotonic()
-                    rate = window_count / max(now - window_time, 1e-9)
-                    progress.set_postfix(
-                        loss=f"{loss_sum / max(counted, 1):.4f}", rate=f"{rate:,.0f} {task.count_unit}/s"
-                    )
-                    window_count, window_time = 0, now
-                progress.update(1)
-                evaluated = bool(train.eval_every) and pos.step % train.eval_every == 0 and pos.batch < len(plan)
-                if evaluated and evaluate(epoch=round(pos.epoch + pos.batch / len(plan), 4)):
-                    status = "early_stopped"
-                if stop or budget:
-                    status = "interrupted" if stop else "time_budget"
-                if evaluated or status != "completed" or pos.step % max(1, train.checkpoint_every) == 0:
-                    checkpoint()
-                if status != "completed":
-                    break
+    while pos.epoch < train.epochs and status == "completed":
+        task.start_epoch(pos.epoch)
+        plan = task.train_plan(pos.epoch)
+        window_count, window_time = 0, time.monotonic()
+        while pos.batch < len(plan):
+            _reseed_for_step(train.seed, pos.step, rank)
+            batch = to_device(task.make_batch(plan[pos.batch], rank, world), device)
+            lr = learning_rate(train, pos.step, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast:
+                loss, count = task.loss(wrapped, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            # The global gradient norm, clipped when asked (max_norm=inf measures without clipping).
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), train.clip_norm or math.inf)
+            # One collective per step carries the loss and every reason to stop, so all ranks agree.
+            loss_value = loss.item()
+            finite = math.isfinite(loss_value) and math.isfinite(grad_norm.item())
+            over_budget = train.minutes > 0 and elapsed() - trained_before > 60 * train.minutes
+            loss_sum, counted, nonfinite, stop, budget = _all_reduce(
+                [loss_value * count if finite else 0.0, count, float(not finite), float(stops.requested),
+                 float(over_budget)], world)
+            if nonfinite:
+                what = "loss" if not math.isfinite(loss_value) else "gradient"
+                raise TrainingStopped(
+                    f"the training {what} became {loss_value if what == 'loss' else 'non-finite'} at step "
+                    f"{pos.step + 1} (epoch {pos.epoch + 1}); the weights were not updated, and the last "
+                    f"checkpoint in {run_dir} is intact. Lower the learning rate (--set train.lr=...) or "
+                    "clip gradients (--set train.clip_norm=1), then start again or --resume"
+                )
+            optimizer.step()
+            pos.step += 1
+            pos.batch += 1
+            pos.loss_sum += loss_sum / max(counted, 1)
+            pos.loss_count += 1
+            window_count += int(counted)
+            if not progress.disable and pos.step % max(1, train.log_every) == 0:
+                now = time.monotonic()
+                rate = window_count / max(now - window_time, 1e-9)
+                progress.set_postfix(
+                    loss=f"{loss_sum / max(counted, 1):.4f}", rate=f"{rate:,.0f} {task.count_unit}/s"
+                )
+                window_count, window_time = 0, now
+            progress.update(1)
+            evaluated = bool(train.eval_every) and pos.step % train.eval_every == 0 and pos.batch < len(plan)
+            if evaluated and evaluate(epoch=round(pos.epoch + pos.batch / len(plan), 4)):
+                status = "early_stopped"
+            if stop or budget:
+                status = "interrupted" if stop else "time_budget"
+            if evaluated or status != "completed" or pos.step % max(1, train.checkpoint_every) == 0:
+                checkpoint()
             if status != "completed":
                 break
-            # The epoch's end: evaluate, then checkpoint at (next epoch, batch 0).
-            pos.epoch, pos.batch = pos.epoch + 1, 0
-            if evaluate(epoch=pos.epoch):
-                status = "early_stopped"
-            checkpoint()
+        if status != "completed":
+            break
+        # The epoch's end: evaluate, then checkpoint at (next epoch, batch 0).
+        pos.epoch, pos.batch = pos.epoch + 1, 0
+        if evaluate(epoch=pos.epoch):
+            status = "early_stopped"
+        checkpoint()
     progress.close()
     if board is not None:
         board.close()

@@ -12,7 +12,9 @@ import torch
 # (weight_hr_l1 gradient, 3 layers, bidirectional, packed; 2026-11-23, this 2-core CPU). 1e-5 leaves
 # ~20x headroom for other BLAS summation orders; the mutations tried (gate order swapped, a wrong
 # initial state, a missing BPTT term) give relative errors of 1e-2 and above.
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+# bfloat16 (autocast; 8-bit mantissa, 3.9e-3 per rounding): lstmkit's own path against torch.nn.LSTM's,
+# 2 layers, T=20, worst over 5 seeds was 1.2e-2 (2026-11-23); 3e-2 leaves headroom, a wrong gate is ~1.
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 3e-2}
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -386,6 +386,23 @@ def test_lstm_cell_bad_input():
         cell(torch.randn(2, 3, dtype=torch.float64))
 
 
+def test_autocast_input_like_torch_nn_lstm():
+    """Under bf16 autocast an fp32 LSTM takes bf16 input, as torch.nn.LSTM does (e.g. after a Linear)."""
+    torch.manual_seed(4)
+    linear = nn.Linear(8, 16)
+    x = torch.randn(20, 4, 8)
+    for backend in BACKENDS:
+        ours = lstmkit.LSTM(16, 32, 2, backend=backend)
+        theirs = ours.to_torch()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out_a, (h_a, _) = ours(linear(x))
+            out_b, (h_b, _) = theirs(linear(x))
+        assert_close(out_a.float(), out_b.float(), f"output under autocast ({backend})", dtype=torch.bfloat16)
+        assert_close(h_a.float(), h_b.float(), f"h_n under autocast ({backend})", dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match="dtype torch.bfloat16 but the LSTM's parameters are"):
+        lstmkit.LSTM(16, 32)(torch.randn(3, 2, 16, dtype=torch.bfloat16))  # outside autocast: still an error
+
+
 def test_module_api_surface():
     lstm = lstmkit.LSTM(3, 4, 2, bidirectional=True, proj_size=2, batch_first=True)
     assert "proj_size=2" in repr(lstm) and "forget_bias=1.0" in repr(lstm)

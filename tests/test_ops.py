@@ -123,3 +123,5 @@ def test_backend_choice():
     assert pick("auto", device=cuda, **(standard | {"training": False})) == "torch"  # cuDNN backward does not
     with torch.no_grad():
         assert pick("auto", device=cuda, **(standard | {"training": False})) == "vendor"  # no backward to refuse
+    assert pick("auto", device=cuda, **(standard | {"dropout": True})) == "torch"  # cuDNN's dropout state
+    assert pick("auto", device=cpu, **(standard | {"dropout": True})) == "vendor"  # oneDNN uses torch's RNG

@@ -209,6 +209,59 @@ def test_full_disk_while_saving_keeps_the_last_good_checkpoint(tmp_path, monkeyp
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")], "temporary files were left behind"
 
 
+def test_a_finite_loss_with_nan_gradients_also_stops(tmp_path, monkeypatch):
+    real_loss = AddingTask.loss
+
+    def nan_gradient(self, model, batch):
+        loss, count = real_loss(self, model, batch)
+        p = next(model.parameters())
+        return loss + 0.0 * (p - p).abs().sqrt().sum(), count  # value 0, gradient 0 * inf = nan
+
+    monkeypatch.setattr(AddingTask, "loss", nan_gradient)
+    with pytest.raises(TrainingStopped, match="training gradient became non-finite at step 1 .*not updated"):
+        train_and_evaluate(tiny_config(), tmp_path / "run", quiet=True)
+
+
+def test_a_run_stopped_before_its_first_periodic_checkpoint_can_resume(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real_loss = AddingTask.loss
+    monkeypatch.setattr(AddingTask, "loss", lambda self, m, b: (real_loss(self, m, b)[0] * math.nan, 16))
+    with pytest.raises(TrainingStopped):
+        train_and_evaluate(tiny_config(), run, quiet=True)
+    assert runs.load_tensors(run / runs.CHECKPOINT_FILE)[1]["position"]["step"] == 0
+    monkeypatch.setattr(AddingTask, "loss", real_loss)
+    result = train_and_evaluate(config_for_resume(run), run, resume=True, quiet=True)
+    assert result.status == "completed" and result.step == 60
+    train_and_evaluate(tiny_config(), tmp_path / "clean", quiet=True)
+    assert_bit_identical(final_weights(run), final_weights(tmp_path / "clean"))
+
+
+def test_invalid_values_fail_before_anything_is_written(tmp_path):
+    for override, message in [
+        ("train.batch_size=0", "train.batch_size must be at least 1; got 0"),
+        ("model.hidden_size=0", "model.hidden_size must be at least 1"),
+        ("train.lr=-1", "train.lr must be 0 or more"),
+        ("model.dropout=1.5", r"model.dropout must be in \[0, 1\)"),
+        ("model.backend=gpu", "model.backend must be one of 'auto', 'torch'"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            tiny_config(override)
+    for device, message in [("gpu", "train.device must be auto, cpu, cuda or cuda:N"),
+                            ("cuda", "no CUDA GPU")]:
+        if device == "cuda" and torch.cuda.is_available():
+            continue
+        with pytest.raises(ConfigError, match=message):
+            train_and_evaluate(tiny_config(f"train.device={device}"), tmp_path / device, quiet=True)
+        assert not (tmp_path / device / runs.CONFIG_FILE).exists(), "a rejected run left a config behind"
+    train_and_evaluate(tiny_config("train.epochs=1"), tmp_path / "gpu", quiet=True)  # the same --out still works
+
+
+def test_a_folder_does_not_shadow_a_preset(tmp_path, monkeypatch):
+    (tmp_path / "adding").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert cfg.load_preset("adding")["train"]["lr"] == 1e-2
+
+
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     run = tmp_path / "run"
     calls = {"n": 0}
@@ -220,7 +273,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, 
         return (loss * math.nan if calls["n"] == 12 else loss), count
 
     monkeypatch.setattr(AddingTask, "loss", loss_turning_nan)
-    with pytest.raises(TrainingStopped, match="loss became nan at step 12 .*last good checkpoint .* is kept"):
+    with pytest.raises(TrainingStopped, match="loss became nan at step 12 .*the last checkpoint in .* is intact"):
         train_and_evaluate(tiny_config(), run, quiet=True)
     tensors, header = runs.load_tensors(run / runs.CHECKPOINT_FILE)
     assert header["position"]["step"] == 7  # the checkpoint before the bad step
@@ -277,8 +330,8 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "lstmkit", *tiny_cli_args(run, *slow)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not (run / runs.CHECKPOINT_FILE).exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.01)
+    while checkpoint_step(run) < 7 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.01)  # past the first periodic checkpoint: the kill lands mid-epoch, mid-run
     time.sleep(random.Random().uniform(0.0, 0.3))
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -292,13 +345,20 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path):
     assert kept == [m["mse"] for m in runs.read_metrics(tmp_path / "reference")]  # no duplicated lines either
 
 
+def checkpoint_step(run: Path) -> int:
+    try:
+        return runs.load_tensors(run / runs.CHECKPOINT_FILE)[1]["position"]["step"]
+    except RunDirError:  # not written yet
+        return -1
+
+
 def test_ctrl_c_saves_and_exits_cleanly_then_resumes(tmp_path):
     run = tmp_path / "run"
     slow = ["--set", "data.T=40", "--set", "model.hidden_size=24", "--epochs", "4"]
     process = subprocess.Popen([sys.executable, "-m", "lstmkit", *tiny_cli_args(run, *slow)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not (run / runs.CHECKPOINT_FILE).exists() and time.monotonic() < deadline and process.poll() is None:
+    while checkpoint_step(run) < 7 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.01)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
@@ -312,17 +372,19 @@ def test_ctrl_c_saves_and_exits_cleanly_then_resumes(tmp_path):
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    result = cli("train", "adding", "--out", str(tmp_path / "r"), "--set", "train.lrr=1")
-    assert result.returncode == 2 and result.stderr.strip() == "Error: unknown configuration key 'train.lrr'; " \
-        "did you mean 'train.lr'?"
-    result = cli("train", "adding", "--out", str(tmp_path / "r"), "--data", "x.txt")
-    assert result.returncode == 2 and "generates its data and takes no --data" in result.stderr
-    result = cli("train", "addin", "--out", str(tmp_path / "r"))
+    out = str(tmp_path / "r")
+    cases = [
+        (["--set", "train.lrr=1"], 2, "Error: unknown configuration key 'train.lrr'; did you mean 'train.lr'?"),
+        (["--data", "x.txt"], 2, "generates its data and takes no --data"),
+        (["--resume"], 1, "does not exist"),
+        (["--set", "model.hidden_size=0", "--nproc", "2"], 2, "model.hidden_size must be at least 1"),
+    ]
+    for args, code, message in cases:
+        result = cli("train", "adding", "--out", out, *args)
+        assert result.returncode == code and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, args
+    result = cli("train", "addin", "--out", out)
     assert result.returncode == 2 and "did you mean 'adding'" in result.stderr
-    result = cli("train", "adding", "--out", str(tmp_path / "r"), "--resume")
-    assert result.returncode == 1 and "does not exist" in result.stderr
-    for r in (result,):
-        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):

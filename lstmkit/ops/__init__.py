@@ -25,7 +25,14 @@ def check_backend(name: object) -> str:
 
 
 def pick(
-    backend: str, *, device: torch.device, projected: bool, recording: bool, training: bool, packed: bool = False
+    backend: str,
+    *,
+    device: torch.device,
+    projected: bool,
+    recording: bool,
+    training: bool,
+    packed: bool = False,
+    dropout: bool = False,
 ) -> str:
     """"vendor" or "torch" for one call of a full LSTM stack."""
     check_backend(backend)
@@ -41,6 +48,10 @@ def pick(
         return "torch"
     # cuDNN's backward refuses eval mode; lstmkit promises gradients in eval mode too.
     if device.type == "cuda" and not training and torch.is_grad_enabled():
+        return "torch"
+    # cuDNN draws dropout masks from a state of its own that no checkpoint captures; with F.dropout the
+    # masks come from torch's generator, so an interrupted and resumed run repeats them exactly.
+    if device.type == "cuda" and training and dropout:
         return "torch"
     return "vendor"
 

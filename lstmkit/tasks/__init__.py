@@ -70,7 +70,8 @@ class Task:
         raise ConfigError(f"task {self.name!r} cannot evaluate a data file")
 
     def held_out(self, split: str) -> Any:
-        raise ConfigError(f"task {self.name!r} keeps no held-out {split} part")
+        raise ConfigError(f"`lstmkit evaluate` does not score {self.name!r} runs; their validation metrics are "
+                          "in metrics.jsonl")
 
     @classmethod
     def from_run(cls, run_dir: Path) -> tuple[Task, nn.Module]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -24,7 +25,7 @@ class AddingModelConfig:
     hidden_size: int = 64
     num_layers: int = 1
     dropout: float = 0.0
-    backend: str = "auto"
+    backend: Literal["auto", "torch"] = "auto"
 
 
 @dataclass

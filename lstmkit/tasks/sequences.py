@@ -8,6 +8,7 @@ never used in training and `lstmkit evaluate RUN --split test` scores it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,11 @@ from torch import Tensor
 
 from lstmkit.config import RunConfig
 from lstmkit.data.sequences import NumericSequences, load_digits_sequences, load_sequences
-from lstmkit.errors import ConfigError, DataError
+from lstmkit.errors import ConfigError, DataError, RunDirError
+from lstmkit.runs import atomic_write_bytes
 from lstmkit.tasks.classify import ClassifierModelConfig, ClassifierTask
+
+INPUTS_FILE = "inputs.json"
 
 
 @dataclass
@@ -56,11 +60,20 @@ class SequencesTask(ClassifierTask):
 
     def __init__(self, config: RunConfig, run_dir: Path | None = None) -> None:
         super().__init__(config, run_dir)
+        if run_dir is not None:  # inference: the run directory alone is enough; the data loads only if asked
+            self.label_names = self.load_labels(run_dir)
+            self.features = self._load_features(run_dir)
+            self.examples = None
+            return
+        self._load_and_split()
+
+    def _load_and_split(self) -> None:
+        config = self.config
         data = self.load(config.data.path)
-        self.label_names = data.label_names
-        if run_dir is not None and self.load_labels(run_dir) != data.label_names:
+        if getattr(self, "label_names", data.label_names) != data.label_names:
             raise DataError(f"{config.data.path} now has the labels {data.label_names}, but the run was trained on "
-                            f"{self.load_labels(run_dir)}; the data changed since training")
+                            f"{self.label_names}; the data changed since training")
+        self.label_names = data.label_names
         self.features = data.x.shape[2]
         self.parts = split_indices(data.labels, config.data.valid_size, config.data.test_size, config.train.seed)
         examples = self.examples_of(data)
@@ -69,6 +82,20 @@ class SequencesTask(ClassifierTask):
         self.train_labels = [data.labels[i] for i in self.parts["train"]]
         self.valid_examples = [examples[i] for i in self.parts["valid"]]
         self.valid_labels = [data.labels[i] for i in self.parts["valid"]]
+
+    @staticmethod
+    def _load_features(run_dir: Path) -> int:
+        path = Path(run_dir) / INPUTS_FILE
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+            features = document["features"]
+        except FileNotFoundError:
+            raise RunDirError(f"{path} is missing; the run directory is incomplete") from None
+        except (OSError, ValueError, KeyError, TypeError):
+            raise RunDirError(f"{path} is damaged: expected {{\"features\": N}}") from None
+        if not isinstance(features, int) or features < 1:
+            raise RunDirError(f"{path} is damaged: features must be a positive integer, got {features!r}")
+        return features
 
     def load(self, path: str, label_names: list[str] | None = None) -> NumericSequences:
         if path == "digits":
@@ -87,6 +114,8 @@ class SequencesTask(ClassifierTask):
 
     def save_artifacts(self, run_dir: Path) -> None:
         self.save_labels(run_dir)
+        document = {"format": "lstmkit.sequence_inputs", "features": self.features}
+        atomic_write_bytes(Path(run_dir) / INPUTS_FILE, (json.dumps(document) + "\n").encode())
 
     def evaluate_path(self, model: Any, path: str) -> dict[str, Any]:
         data = self.load(path, label_names=self.label_names)
@@ -97,6 +126,8 @@ class SequencesTask(ClassifierTask):
     def held_out(self, split: str) -> tuple[list[Tensor], list[int]]:
         if split not in ("valid", "test"):
             raise ConfigError(f"split must be 'valid' or 'test', got {split!r}")
+        if self.examples is None:
+            self._load_and_split()  # the run's own data, split again by its seed
         if not self.parts[split]:
             raise ConfigError(f"this run has no {split} part (data.{split}_size was 0)")
         return [self.examples[i] for i in self.parts[split]], [self.labels[i] for i in self.parts[split]]
