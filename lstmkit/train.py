@@ -413,71 +413,73 @@ def _train_and_evaluate(
                 progress.write(f"step {pos.step} epoch {epoch:g}: {shown}{' (best)' if improved else ''}")
         return bool(train.patience) and pos.bad_evals >= train.patience
 
-    model.train()
-    while pos.epoch < train.epochs and status == "completed":
-        task.start_epoch(pos.epoch)
-        plan = task.train_plan(pos.epoch)
-        window_count, window_time = 0, time.monotonic()
-        while pos.batch < len(plan):
-            _reseed_for_step(train.seed, pos.step, rank)
-            batch = to_device(task.make_batch(plan[pos.batch], rank, world), device)
-            lr = learning_rate(train, pos.step, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with autocast:
-                loss, count = task.loss(wrapped, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            # The global gradient norm, clipped when asked (max_norm=inf measures without clipping).
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), train.clip_norm or math.inf)
-            # One collective per step carries the loss and every reason to stop, so all ranks agree.
-            loss_value = loss.item()
-            finite = math.isfinite(loss_value) and math.isfinite(grad_norm.item())
-            over_budget = train.minutes > 0 and elapsed() - trained_before > 60 * train.minutes
-            loss_sum, counted, nonfinite, stop, budget = _all_reduce(
-                [loss_value * count if finite else 0.0, count, float(not finite), float(stops.requested),
-                 float(over_budget)], world)
-            if nonfinite:
-                what = "loss" if not math.isfinite(loss_value) else "gradient"
-                raise TrainingStopped(
-                    f"the training {what} became {loss_value if what == 'loss' else 'non-finite'} at step "
-                    f"{pos.step + 1} (epoch {pos.epoch + 1}); the weights were not updated, and the last "
-                    f"checkpoint in {run_dir} is intact. Lower the learning rate (--set train.lr=...) or "
-                    "clip gradients (--set train.clip_norm=1), then start again or --resume"
-                )
-            optimizer.step()
-            pos.step += 1
-            pos.batch += 1
-            pos.loss_sum += loss_sum / max(counted, 1)
-            pos.loss_count += 1
-            window_count += int(counted)
-            if not progress.disable and pos.step % max(1, train.log_every) == 0:
-                now = time.monotonic()
-                rate = window_count / max(now - window_time, 1e-9)
-                progress.set_postfix(
-                    loss=f"{loss_sum / max(counted, 1):.4f}", rate=f"{rate:,.0f} {task.count_unit}/s"
-                )
-                window_count, window_time = 0, now
-            progress.update(1)
-            evaluated = bool(train.eval_every) and pos.step % train.eval_every == 0 and pos.batch < len(plan)
-            if evaluated and evaluate(epoch=round(pos.epoch + pos.batch / len(plan), 4)):
-                status = "early_stopped"
-            if stop or budget:
-                status = "interrupted" if stop else "time_budget"
-            if evaluated or status != "completed" or pos.step % max(1, train.checkpoint_every) == 0:
-                checkpoint()
+    try:
+        model.train()
+        while pos.epoch < train.epochs and status == "completed":
+            task.start_epoch(pos.epoch)
+            plan = task.train_plan(pos.epoch)
+            window_count, window_time = 0, time.monotonic()
+            while pos.batch < len(plan):
+                _reseed_for_step(train.seed, pos.step, rank)
+                batch = to_device(task.make_batch(plan[pos.batch], rank, world), device)
+                lr = learning_rate(train, pos.step, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with autocast:
+                    loss, count = task.loss(wrapped, batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                # The global gradient norm, clipped when asked (max_norm=inf measures without clipping).
+                grad_norm = nn.utils.clip_grad_norm_(model.parameters(), train.clip_norm or math.inf)
+                # One collective per step carries the loss and every reason to stop, so all ranks agree.
+                loss_value = loss.item()
+                finite = math.isfinite(loss_value) and math.isfinite(grad_norm.item())
+                over_budget = train.minutes > 0 and elapsed() - trained_before > 60 * train.minutes
+                loss_sum, counted, nonfinite, stop, budget = _all_reduce(
+                    [loss_value * count if finite else 0.0, count, float(not finite), float(stops.requested),
+                     float(over_budget)], world)
+                if nonfinite:
+                    what = "loss" if not math.isfinite(loss_value) else "gradient"
+                    raise TrainingStopped(
+                        f"the training {what} became {loss_value if what == 'loss' else 'non-finite'} at step "
+                        f"{pos.step + 1} (epoch {pos.epoch + 1}); the weights were not updated, and the last "
+                        f"checkpoint in {run_dir} is intact. Lower the learning rate (--set train.lr=...) or "
+                        "clip gradients (--set train.clip_norm=1), then start again or --resume"
+                    )
+                optimizer.step()
+                pos.step += 1
+                pos.batch += 1
+                pos.loss_sum += loss_sum / max(counted, 1)
+                pos.loss_count += 1
+                window_count += int(counted)
+                if not progress.disable and pos.step % max(1, train.log_every) == 0:
+                    now = time.monotonic()
+                    rate = window_count / max(now - window_time, 1e-9)
+                    progress.set_postfix(
+                        loss=f"{loss_sum / max(counted, 1):.4f}", rate=f"{rate:,.0f} {task.count_unit}/s"
+                    )
+                    window_count, window_time = 0, now
+                progress.update(1)
+                evaluated = bool(train.eval_every) and pos.step % train.eval_every == 0 and pos.batch < len(plan)
+                if evaluated and evaluate(epoch=round(pos.epoch + pos.batch / len(plan), 4)):
+                    status = "early_stopped"
+                if (stop or budget) and status == "completed":
+                    status = "interrupted" if stop else "time_budget"
+                if evaluated or status != "completed" or pos.step % max(1, train.checkpoint_every) == 0:
+                    checkpoint()
+                if status != "completed":
+                    break
             if status != "completed":
                 break
-        if status != "completed":
-            break
-        # The epoch's end: evaluate, then checkpoint at (next epoch, batch 0).
-        pos.epoch, pos.batch = pos.epoch + 1, 0
-        if evaluate(epoch=pos.epoch):
-            status = "early_stopped"
-        checkpoint()
-    progress.close()
-    if board is not None:
-        board.close()
+            # The epoch's end: evaluate, then checkpoint at (next epoch, batch 0).
+            pos.epoch, pos.batch = pos.epoch + 1, 0
+            if evaluate(epoch=pos.epoch):
+                status = "early_stopped"
+            checkpoint()
+    finally:  # also when training stops with an error
+        progress.close()
+        if board is not None:
+            board.close()
     if owns_group:
         dist.barrier()
         dist.destroy_process_group()
