@@ -82,7 +82,7 @@ def _free_port() -> int:
               help="Override one configuration value, e.g. --set train.lr=3e-4; repeatable.")
 def train(task: str, out: Path, data: Path | None, epochs: int | None, minutes: float | None, seed: int | None,
           resume: bool, quiet: bool, nproc: int, presets: tuple[str, ...], overrides: tuple[str, ...]) -> None:
-    """Train TASK into the run directory --out (tasks: adding, sentiment, sequences)."""
+    """Train TASK into the run directory --out (tasks: adding, sentiment, sequences, lm)."""
     from lstmkit import config as cfg
     from lstmkit.tasks import default_config
     from lstmkit.train import check_run_dir, config_for_resume, train_and_evaluate
@@ -223,3 +223,30 @@ def predict(run: Path, texts: tuple[str, ...], file: Path | None, as_json: bool)
         else:
             preview = result["text"] if len(result["text"]) <= 60 else result["text"][:57] + "..."
             click.echo(f"{result['label']}\t{result['probability']:.3f}\t{preview}")
+
+
+@main.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--prompt", default="\n", show_default="a newline", help="Text the model continues.")
+@click.option("--length", type=int, default=500, show_default=True, help="Tokens to generate.")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="Below 1: safer; above: wilder.")
+@click.option("--top-k", type=int, default=None, help="Sample among the k most likely tokens only.")
+@click.option("--top-p", type=float, default=None, help="Sample among the most likely tokens that make up p.")
+@click.option("--greedy", is_flag=True, help="Always the most likely token (no sampling).")
+@click.option("--seed", type=int, default=0, show_default=True, help="The same seed gives the same text.")
+def generate(run: Path, prompt: str, length: int, temperature: float, top_k: int | None, top_p: float | None,
+             greedy: bool, seed: int) -> None:
+    """Continue --prompt with the best model of a language-model RUN, printing each token as it comes."""
+    from lstmkit.sample import check_sampling
+    from lstmkit.sample import generate as generate_tokens
+
+    check_sampling(length, temperature, top_k, top_p)  # before the model loads: a typo fails at once
+    task, model = _open_run(run)
+    if task.name != "lm":
+        raise ConfigError(f"{run} is a {task.name!r} run; generate works on language-model runs (lstmkit train lm)")
+    tokens = generate_tokens(model, task.vocab, prompt, length, temperature, top_k, top_p, greedy, seed)
+    click.echo(prompt, nl=False)
+    for piece in tokens:
+        click.echo(piece, nl=False)
+        sys.stdout.flush()
+    click.echo()

@@ -416,7 +416,7 @@ def _train_and_evaluate(
     try:
         model.train()
         while pos.epoch < train.epochs and status == "completed":
-            task.start_epoch(pos.epoch)
+            task.start_epoch(pos.epoch, pos.batch)
             plan = task.train_plan(pos.epoch)
             window_count, window_time = 0, time.monotonic()
             while pos.batch < len(plan):

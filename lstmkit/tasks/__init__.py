@@ -55,8 +55,9 @@ class Task:
     def save_artifacts(self, run_dir: Path) -> None:
         """Write what a reloaded model needs besides its weights (a vocabulary, a label set)."""
 
-    def start_epoch(self, epoch: int) -> None:
-        """Called before the first batch of each epoch (and of a resumed epoch)."""
+    def start_epoch(self, epoch: int, first_batch: int = 0) -> None:
+        """Called before each epoch's first batch to run: 0, or where a resumed run picks the epoch up (then
+        the state the task carries across batches has just been restored by `load_state_tensors`)."""
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """State carried across batches that a bit-exact resume needs (e.g. a language model's hidden state)."""
@@ -86,10 +87,11 @@ class Task:
 
 def task_classes() -> dict[str, type[Task]]:
     from lstmkit.tasks.adding import AddingTask
+    from lstmkit.tasks.lm import LMTask
     from lstmkit.tasks.sentiment import SentimentTask
     from lstmkit.tasks.sequences import SequencesTask
 
-    return {cls.name: cls for cls in (AddingTask, SentimentTask, SequencesTask)}
+    return {cls.name: cls for cls in (AddingTask, SentimentTask, SequencesTask, LMTask)}
 
 
 def get_task(name: str) -> type[Task]:

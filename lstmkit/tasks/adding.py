@@ -71,7 +71,7 @@ class AddingTask(Task):
         share = batch_size // world  # this process's contiguous slice of the global batch
         return x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share]
 
-    def start_epoch(self, epoch: int) -> None:
+    def start_epoch(self, epoch: int, first_batch: int = 0) -> None:
         self._epoch = epoch
 
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:

@@ -1,0 +1,104 @@
+"""Text generation from a language-model run: greedy or sampled (temperature, top-k, top-p), streamed.
+
+The prompt is read in one forward pass; then each new token is one step of the LSTM from the carried
+(h, c), so the cost per token does not grow with the text. A seeded generator makes the same seed give the
+same text. Tokens are yielded as they are produced, so a caller can print them at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from lstmkit.data.text import EOS, tokenize
+from lstmkit.data.vocab import Vocab
+from lstmkit.errors import ConfigError, DataError
+
+
+def check_sampling(length: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if length < 1:
+        raise ConfigError(f"--length must be at least 1 token, got {length}")
+    if not temperature > 0:
+        raise ConfigError(f"--temperature must be above 0 (1 samples the model as it is; use --greedy for the most "
+                          f"likely token each step), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ConfigError(f"--top-p must be in (0, 1], got {top_p}")
+
+
+def encode_prompt(vocab: Vocab, prompt: str) -> list[int]:
+    """The prompt's ids. Tokens the model never saw are an error, not a silent <unk>: the model would read
+    them as one 'unknown' symbol and continue from a context the user did not write."""
+    if not prompt:
+        raise DataError("the prompt is empty; give at least one character or word with --prompt")
+    tokens = tokenize(prompt, vocab.level)
+    if vocab.level == "word" and tokens and tokens[-1] == EOS and not prompt.endswith("\n"):
+        tokens = tokens[:-1]  # a prompt is not a finished line
+    unknown = sorted({t for t in tokens if t not in vocab})
+    if unknown:
+        shown = ", ".join(repr(t) for t in unknown[:8]) + (", ..." if len(unknown) > 8 else "")
+        what = "characters" if vocab.level == "char" else "words"
+        raise DataError(f"the prompt has {what} this model never saw in training: {shown}; they have no meaning "
+                        f"for it. Leave them out (this is a {vocab.level}-level model)")
+    if not tokens:
+        raise DataError("the prompt has no tokens; give at least one word")
+    return vocab.encode(tokens)
+
+
+def pick_next(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None, greedy: bool,
+              generator: torch.Generator) -> int:
+    """One token id from logits [V]."""
+    if greedy:
+        return int(logits.argmax())
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=0)
+    if top_p is not None and top_p < 1:
+        # Nucleus sampling (Holtzman et al. 2020): the smallest set of tokens whose probability reaches top_p.
+        sorted_probs, order = probs.sort(descending=True)
+        keep = sorted_probs.cumsum(0) - sorted_probs < top_p  # a token is kept if the ones before it fall short
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def generate(
+    model: torch.nn.Module,
+    vocab: Vocab,
+    prompt: str,
+    length: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    greedy: bool = False,
+    seed: int = 0,
+) -> Iterator[str]:
+    """`length` generated tokens as text (a character, or a word with its leading space / a newline), yielded
+    one by one. The arguments and the prompt are checked here, before anything is produced."""
+    check_sampling(length, temperature, top_k, top_p)
+    ids = encode_prompt(vocab, prompt)
+    return _stream(model, vocab, ids, length, temperature, top_k, top_p, greedy, seed)
+
+
+@torch.no_grad()
+def _stream(model: torch.nn.Module, vocab: Vocab, ids: list[int], length: int, temperature: float,
+            top_k: int | None, top_p: float | None, greedy: bool, seed: int) -> Iterator[str]:
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    logits, state = model(torch.tensor(ids, device=device)[:, None])  # the whole prompt at once: [L, 1, V]
+    last = logits[-1, 0].cpu()
+    specials = torch.tensor([vocab.pad_id, vocab.unk_id])
+    for _ in range(length):
+        last[specials] = float("-inf")  # never emit padding or the unknown symbol
+        token = pick_next(last, temperature, top_k, top_p, greedy, generator)
+        text = vocab.id_to_token(token)
+        if vocab.level == "word":
+            text = "\n" if text == EOS else " " + text
+        yield text
+        logits, state = model(torch.tensor([[token]], device=device), state)  # one step: [1, 1, V]
+        last = logits[0, 0].cpu()

@@ -1,0 +1,192 @@
+"""Language modelling: learn a text's next character or word, with truncated BPTT, then generate from it.
+
+The training text becomes B columns read top to bottom (`lstmkit.data.text.batchify`); each step reads one
+window of `bptt` tokens of every column and starts from the (h, c) the previous window ended with,
+detached, so gradients flow `bptt` steps back while the state carries the whole history. The carried
+state is part of the checkpoint, so a resumed run continues exactly. With no `data.path` the model learns
+the documentation texts that ship with Python (`pydoc_data`), so the command works offline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from lstmkit.config import RunConfig
+from lstmkit.data.text import (
+    LMCorpus,
+    batchify,
+    bits_per_char,
+    default_corpus,
+    get_window,
+    num_windows,
+    perplexity,
+    read_corpus,
+    split_text,
+    tokenize,
+)
+from lstmkit.data.vocab import Vocab
+from lstmkit.errors import ConfigError, DataError
+from lstmkit.nn import LSTM
+from lstmkit.tasks import Task
+
+VOCAB_FILE = "vocab.json"
+EVAL_COLUMNS = 10
+
+
+@dataclass
+class LMModelConfig:
+    embedding_dim: int = 256
+    hidden_size: int = 512
+    num_layers: int = 2
+    dropout: float = 0.2  # on the embeddings, between layers and before the output layer
+    tie_weights: bool = False  # share the embedding with the output layer (needs embedding_dim == hidden_size)
+    backend: Literal["auto", "torch"] = "auto"
+
+
+@dataclass
+class LMDataConfig:
+    path: str = ""  # a UTF-8 text file, a folder with ptb.{train,valid,test}.txt, or "" for the built-in corpus
+    level: Literal["char", "word"] = "char"
+    valid_fraction: float = 0.1  # the end of a single text, held out (nanoGPT's split)
+    bptt: int = 128  # steps per window: how far back gradients flow
+    num_words: int = 0  # vocabulary cap (0: every token of the training text)
+
+
+class LanguageModel(nn.Module):
+    """ids [L, B] -> logits [L, B, V]: Embedding -> LSTM -> Linear, time-major, state in and out."""
+
+    def __init__(self, vocab_size: int, m: LMModelConfig) -> None:
+        super().__init__()
+        if m.tie_weights and m.embedding_dim != m.hidden_size:
+            raise ConfigError(f"model.tie_weights needs model.embedding_dim == model.hidden_size; got "
+                              f"{m.embedding_dim} and {m.hidden_size}")
+        self.embedding = nn.Embedding(vocab_size, m.embedding_dim)
+        self.drop = nn.Dropout(m.dropout)
+        self.lstm = LSTM(m.embedding_dim, m.hidden_size, m.num_layers, dropout=m.dropout if m.num_layers > 1 else 0.0,
+                         backend=m.backend)
+        self.head = nn.Linear(m.hidden_size, vocab_size)
+        if m.tie_weights:  # Press & Wolf 2017, Inan et al. 2017: fewer parameters, better perplexity
+            self.head.weight = self.embedding.weight
+
+    def forward(self, ids: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        output, state = self.lstm(self.drop(self.embedding(ids)), state)  # [L, B, H]
+        return self.head(self.drop(output)), state
+
+
+def _detach(state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor] | None:
+    return None if state is None else (state[0].detach(), state[1].detach())
+
+
+class LMTask(Task):
+    name = "lm"
+    ModelConfig = LMModelConfig
+    DataConfig = LMDataConfig
+    metric = "loss"
+    metric_mode = "min"
+    count_unit = "tok"
+
+    def __init__(self, config: RunConfig, run_dir: Path | None = None) -> None:
+        super().__init__(config, run_dir)
+        data = config.data
+        if not 0 < data.valid_fraction < 1:
+            raise ConfigError(f"data.valid_fraction must be in (0, 1), got {data.valid_fraction}")
+        self.state: tuple[Tensor, Tensor] | None = None
+        if run_dir is not None:
+            self.vocab = Vocab.load(Path(run_dir) / VOCAB_FILE)
+            return
+        self.corpus = self.load_corpus()
+        self.vocab = self.corpus.vocab
+        self.train_data = batchify(self.corpus.train, config.train.batch_size, what="the training text")  # [T, B]
+        self.valid_data = batchify(self.corpus.valid, EVAL_COLUMNS, what="the validation text")
+        if num_windows(self.train_data, data.bptt) < 1:  # pragma: no cover - batchify already guarantees T >= 2
+            raise DataError("the training text is shorter than one window")
+
+    def load_corpus(self) -> LMCorpus:
+        data = self.config.data
+        path = Path(data.path).expanduser() if data.path else None
+        if path is not None and path.is_dir():
+            if data.level != "word":
+                raise ConfigError(f"{path} is a folder (read as Penn Treebank); set data.level=word, or give a file")
+            return LMCorpus.from_ptb(path)
+        text = read_corpus(path) if path is not None else default_corpus()
+        train_text, valid_text = split_text(text, data.valid_fraction)
+        return LMCorpus.from_text(train_text, valid_text, data.level, num_words=data.num_words or None)
+
+    def build_model(self) -> nn.Module:
+        return LanguageModel(len(self.vocab), self.config.model)
+
+    def save_artifacts(self, run_dir: Path) -> None:
+        self.vocab.save(Path(run_dir) / VOCAB_FILE)
+
+    # --- training: windows in order, state carried -----------------------------------------------------------
+
+    def train_plan(self, epoch: int) -> list[int]:
+        return list(range(num_windows(self.train_data, self.config.data.bptt)))
+
+    def start_epoch(self, epoch: int, first_batch: int = 0) -> None:
+        if first_batch == 0:
+            self.state = None  # each epoch reads the columns from their start
+
+    def make_batch(self, item: int, rank: int, world: int) -> tuple[Tensor, Tensor]:
+        if self.train_data.shape[1] % world:
+            raise ConfigError(f"train.batch_size={self.train_data.shape[1]} must be divisible by the number of "
+                              f"processes ({world})")
+        x, y = get_window(self.train_data, item, self.config.data.bptt)
+        share = self.train_data.shape[1] // world  # this process's columns
+        return x[:, rank * share:(rank + 1) * share], y[:, rank * share:(rank + 1) * share]
+
+    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, int]:
+        x, y = batch
+        state = None if self.state is None else tuple(s.to(x.device) for s in self.state)
+        logits, state = model(x, state)
+        self.state = _detach(state)  # truncated BPTT: the state goes on, its gradient stops here
+        return nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten()), y.numel()
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        return {} if self.state is None else {"h": self.state[0], "c": self.state[1]}
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        self.state = (tensors["h"], tensors["c"]) if "h" in tensors else None
+
+    # --- evaluation ------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def loss_on(self, model: nn.Module, data: Tensor) -> float:
+        """Mean cross-entropy (nats per token) over a batchified stream, the state carried across windows."""
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        total, count, state = 0.0, 0, None
+        for i in range(num_windows(data, self.config.data.bptt)):
+            x, y = (t.to(device) for t in get_window(data, i, self.config.data.bptt))
+            logits, state = model(x, state)
+            total += nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
+            count += y.numel()
+        model.train(was_training)
+        return total / count
+
+    def metrics_from_loss(self, loss: float) -> dict[str, float]:
+        metrics = {"loss": loss}
+        if self.config.data.level == "char":
+            metrics["bpc"] = bits_per_char(loss)
+        else:
+            metrics["perplexity"] = perplexity(loss)
+        return metrics
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return self.metrics_from_loss(self.loss_on(model, self.valid_data))
+
+    def evaluate_path(self, model: nn.Module, path: str) -> dict[str, Any]:
+        tokens = tokenize(read_corpus(path), self.config.data.level)
+        ids = torch.tensor(self.vocab.encode(tokens), dtype=torch.long)
+        unknown = int((ids == self.vocab.unk_id).sum())
+        data = batchify(ids, EVAL_COLUMNS, what=str(path))
+        return {**self.metrics_from_loss(self.loss_on(model, data)), "tokens": len(tokens), "unknown_tokens": unknown}
+
+    def held_out(self, split: str) -> Any:
+        raise ConfigError("for a language model, pass the text to score with --data FILE")

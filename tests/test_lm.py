@@ -1,0 +1,150 @@
+"""Language modelling: truncated BPTT with carried state, exact resume, generation, evaluation, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from lstmkit import config as cfg
+from lstmkit import runs
+from lstmkit.cli import main
+from lstmkit.sample import generate
+from lstmkit.tasks import default_config
+from lstmkit.tasks.lm import LMTask
+from lstmkit.train import config_for_resume, train_and_evaluate
+
+VERSE = "the cat sat on the mat.\nthe dog ran to the log.\na bird sang in the tree.\n"
+
+
+def write_text(path: Path, repeats: int = 60) -> Path:
+    path.write_text(VERSE * repeats, encoding="utf-8")
+    return path
+
+
+def small(path: Path, *extra: str) -> cfg.RunConfig:
+    return cfg.apply_overrides(default_config("lm"), [
+        f"data.path={path}", "data.bptt=16", "model.embedding_dim=16", "model.hidden_size=32", "model.num_layers=1",
+        "model.dropout=0", "train.batch_size=8", "train.lr=0.01", "train.clip_norm=1", "train.epochs=6",
+        "train.checkpoint_every=5", *extra])
+
+
+@pytest.fixture(scope="module")
+def char_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("lm")
+    run = root / "run"
+    result = train_and_evaluate(small(write_text(root / "verse.txt")), run, quiet=True)
+    assert result.status == "completed"
+    return run
+
+
+def test_a_char_model_learns_a_repeated_text(char_run):
+    metrics = runs.read_metrics(char_run)
+    assert metrics[-1]["loss"] < 0.5 * metrics[0]["loss"], [m["loss"] for m in metrics]
+    assert metrics[-1]["bpc"] == pytest.approx(metrics[-1]["loss"] / 0.6931471805599453)
+    task, model = LMTask.from_run(char_run)
+    text = "".join(generate(model, task.vocab, "the dog ", 12, greedy=True))
+    assert text == "ran to the l"  # the only continuation in the training text
+
+
+def test_generation_is_seeded_and_checked(char_run):
+    task, model = LMTask.from_run(char_run)
+    one = "".join(generate(model, task.vocab, "the ", 60, temperature=1.5, seed=3))
+    assert one == "".join(generate(model, task.vocab, "the ", 60, temperature=1.5, seed=3))
+    assert one != "".join(generate(model, task.vocab, "the ", 60, temperature=1.5, seed=4))
+    greedy = "".join(generate(model, task.vocab, "a bird ", 20, greedy=True))
+    assert "".join(generate(model, task.vocab, "a bird ", 20, top_k=1, seed=9)) == greedy
+    assert len("".join(generate(model, task.vocab, "a", 25, top_p=0.9))) == 25
+    for kwargs, message in [({"length": 0}, "--length must be at least 1"),
+                            ({"length": 5, "temperature": 0}, "--temperature must be above 0"),
+                            ({"length": 5, "top_p": 1.5}, r"--top-p must be in \(0, 1\]")]:
+        with pytest.raises(Exception, match=message):
+            generate(model, task.vocab, "the", **kwargs)
+    with pytest.raises(Exception, match="characters this model never saw in training: 'Z', 'é'"):
+        generate(model, task.vocab, "Zé the", 5)
+
+
+def test_generate_and_evaluate_commands(char_run, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["generate", str(char_run), "--prompt", "the cat ", "--length", "10", "--greedy"])
+    assert result.exit_code == 0 and result.output == "the cat sat on the\n", result.output
+    result = runner.invoke(main, ["generate", str(char_run), "--prompt", "Q", "--length", "5"])
+    assert result.exit_code == 1 and result.output.startswith("Error: the prompt has characters")
+    other = tmp_path / "other.txt"
+    other.write_text(VERSE * 3, encoding="utf-8")
+    result = runner.invoke(main, ["evaluate", str(char_run), "--data", str(other), "--json"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.output)
+    assert {"loss", "bpc"} <= scores.keys() and scores["tokens"] == len(VERSE * 3) and scores["unknown_tokens"] == 0
+
+
+def test_word_level_reports_perplexity_and_refuses_unknown_words(tmp_path):
+    run = tmp_path / "words"
+    train_and_evaluate(small(write_text(tmp_path / "v.txt"), "data.level=word", "data.bptt=6", "train.epochs=3"),
+                       run, quiet=True)
+    metrics = runs.read_metrics(run)
+    assert metrics[-1]["perplexity"] == pytest.approx(2.718281828 ** metrics[-1]["loss"])
+    task, model = LMTask.from_run(run)
+    assert "<eos>" in task.vocab and task.vocab.level == "word"
+    words = "".join(generate(model, task.vocab, "the cat", 4, greedy=True))
+    assert words.startswith(" ") and len(words.split()) == 4
+    with pytest.raises(Exception, match="words this model never saw in training: 'zebra'"):
+        generate(model, task.vocab, "the zebra", 3)
+
+
+def test_resume_mid_epoch_carries_the_state_exactly(tmp_path, monkeypatch):
+    text = write_text(tmp_path / "verse.txt")
+    train_and_evaluate(small(text, "model.num_layers=2", "model.dropout=0.2"), tmp_path / "full", quiet=True)
+    real = LMTask.make_batch
+    calls = {"n": 0}
+
+    def interrupt_at_step_13(self, item, rank, world):
+        calls["n"] += 1
+        if calls["n"] == 13:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, handled between steps
+        return real(self, item, rank, world)
+
+    monkeypatch.setattr(LMTask, "make_batch", interrupt_at_step_13)
+    result = train_and_evaluate(small(text, "model.num_layers=2", "model.dropout=0.2"), tmp_path / "cut", quiet=True)
+    assert result.status == "interrupted" and result.step == 13
+    tensors, header = runs.load_tensors(tmp_path / "cut" / runs.CHECKPOINT_FILE)
+    assert header["position"]["batch"] > 0 and "task.h" in tensors  # mid-epoch, with the carried state
+    monkeypatch.setattr(LMTask, "make_batch", real)
+    train_and_evaluate(config_for_resume(tmp_path / "cut"), tmp_path / "cut", resume=True, quiet=True)
+    full, _ = runs.load_tensors(tmp_path / "full" / runs.CHECKPOINT_FILE)
+    cut, _ = runs.load_tensors(tmp_path / "cut" / runs.CHECKPOINT_FILE)
+    differing = [k for k in full if k.startswith("model.") and not torch.equal(full[k], cut[k])]
+    assert not differing, differing
+
+
+def test_bad_input_is_one_line_each(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    binary = tmp_path / "binary.bin"
+    binary.write_bytes(b"abc\x00\x01\x02" * 10)
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("hello")
+    cases = [
+        (["--data", str(empty)], "is empty"),
+        (["--data", str(binary)], "is not a text file: NUL byte at byte offset 3"),
+        (["--data", str(tiny), "--set", "train.batch_size=32"], "too few for 32 columns"),
+        (["--data", str(tmp_path / "missing.txt")], "file not found"),
+        (["--set", "data.level=words"], "data.level must be one of 'char', 'word'"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(main, ["train", "lm", "--out", str(tmp_path / "r"), "--quiet", *args])
+        assert result.exit_code != 0 and message in result.output, (args, result.output)
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, args
+
+
+def test_the_built_in_corpus_needs_no_data(tmp_path):
+    config = cfg.apply_overrides(default_config("lm"), ["model.hidden_size=8", "model.embedding_dim=8",
+                                                       "model.num_layers=1", "data.bptt=32", "train.batch_size=64"])
+    task = LMTask(config)
+    assert len(task.vocab) > 80 and task.train_data.shape[1] == 64  # Python's own documentation text
+    assert task.vocab.level == "char"
