@@ -94,7 +94,10 @@ def train(task: str, out: Path, data: Path | None, epochs: int | None, minutes: 
     else:
         config = default_config(task)
         for preset in presets:
-            cfg.apply_mapping(config, cfg.load_preset(preset), f"preset {preset}")
+            mapping = cfg.load_preset(preset)
+            if mapping.get("task", task) != task:
+                raise ConfigError(f"preset {preset!r} is for task {mapping['task']!r}, not {task!r}")
+            cfg.apply_mapping(config, mapping, f"preset {preset}")
         config.presets = ",".join(presets)
         cfg.apply_overrides(config, list(overrides))
         if data is not None:
@@ -172,12 +175,15 @@ def _print_metrics(metrics: dict, as_json: bool) -> None:
 
 @main.command()
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--data", default=None, help="Labelled data to score (default: the run's own held-out part).")
+@click.option("--data", default=None,
+              help="Data to score: labelled examples, or a text for a language model (default: the run's own "
+                   "held-out part, for classifiers).")
 @click.option("--split", type=click.Choice(["valid", "test"]), default="valid", show_default=True,
               help="Which held-out part of the run's own data, when --data is not given.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
 def evaluate(run: Path, data: str | None, split: str, as_json: bool) -> None:
-    """Score the best model of RUN: accuracy, precision, recall, F1, ROC-AUC, confusion matrix."""
+    """Score the best model of RUN: classifiers give accuracy, precision, recall, F1, ROC-AUC and the confusion
+    matrix; language models give loss (nats/token) and bits per character or perplexity."""
     task, model = _open_run(run)
     if data is not None:
         metrics = task.evaluate_path(model, data)

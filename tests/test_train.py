@@ -84,6 +84,20 @@ def test_presets_are_diffs_on_the_defaults(tmp_path):
         cfg.apply_mapping(default_config("adding"), cfg.load_preset(str(bad)), str(bad))
 
 
+def test_every_shipped_preset_applies_to_its_task():
+    names = cfg.preset_names()
+    assert {"adding", "imdb", "imdb_bilstm", "digits", "char_lm"} <= set(names)
+    for name in names:
+        mapping = cfg.load_preset(name)
+        config = default_config(mapping["task"])  # each preset names its task
+        cfg.apply_mapping(config, mapping, f"preset {name}")  # and every key in it exists and type-checks
+
+
+def test_a_preset_for_another_task_is_refused(tmp_path):
+    result = cli("train", "sentiment", "--preset", "char_lm", "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and "preset 'char_lm' is for task 'lm', not 'sentiment'" in result.stderr
+
+
 def test_learning_rate_schedule():
     train = cfg.TrainConfig(lr=1.0, warmup_steps=10, schedule="cosine")
     assert learning_rate(train, 0, 110) == pytest.approx(0.1)
