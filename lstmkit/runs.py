@@ -83,7 +83,15 @@ def _fsync_dir(directory: Path) -> None:
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
     """safetensors file with `metadata` stored as JSON strings in its header."""
-    contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+    contiguous: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
+    for name, t in tensors.items():
+        t = t.detach().contiguous().cpu()
+        # safetensors refuses two names on one storage (tied weights: embedding and output layer); the second
+        # name gets its own copy, and loading both into a tied model writes the same values twice.
+        storage = t.untyped_storage().data_ptr()
+        contiguous[name] = t.clone() if storage in storages else t
+        storages.add(storage)
     header = {key: json.dumps(value) for key, value in metadata.items()}
     atomic_write_bytes(path, safetensors_bytes(contiguous, metadata=header))
 

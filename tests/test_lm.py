@@ -122,6 +122,18 @@ def test_resume_mid_epoch_carries_the_state_exactly(tmp_path, monkeypatch):
     assert not differing, differing
 
 
+def test_tied_weights_save_resume_and_stay_tied(tmp_path):
+    run = tmp_path / "tied"
+    config = small(write_text(tmp_path / "v.txt"), "data.level=word", "data.bptt=6", "train.epochs=1",
+                   "model.embedding_dim=32", "model.tie_weights=true")
+    train_and_evaluate(config, run, quiet=True)
+    train_and_evaluate(config_for_resume(run, epochs=2), run, resume=True, quiet=True)
+    task, model = LMTask.from_run(run)
+    assert model.head.weight is model.embedding.weight  # still one parameter after loading
+    tensors, _ = runs.load_tensors(run / runs.MODEL_FILE)
+    assert torch.equal(tensors["head.weight"], tensors["embedding.weight"])
+
+
 def test_bad_input_is_one_line_each(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
