@@ -115,10 +115,28 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, metadata
 
 
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    """A small JSON file of a run directory (config, labels, ...), written atomically."""
+    atomic_write_bytes(Path(path), (json.dumps(document, indent=2) + "\n").encode())
+
+
+def read_json(path: Path, kind: str) -> dict[str, Any]:
+    """A JSON object written by `write_json` whose "format" is `kind`; missing or damaged: a RunDirError."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunDirError(f"{path} is missing; the run directory is incomplete") from None
+    except (OSError, ValueError) as error:  # ValueError: bad JSON or bad UTF-8
+        raise RunDirError(f"{path} is damaged ({error}); it cannot be read as JSON") from None
+    if not isinstance(document, dict) or document.get("format") != kind:
+        raise RunDirError(f"{path} is not the file lstmkit expects there (no \"format\": \"{kind}\")")
+    return document
+
+
 def write_config(run_dir: Path, config_dict: dict[str, Any]) -> None:
     document = {"format": FORMAT, "format_version": FORMAT_VERSION, "lstmkit_version": lstmkit.__version__}
-    document |= config_dict
-    atomic_write_bytes(Path(run_dir) / CONFIG_FILE, (json.dumps(document, indent=2) + "\n").encode())
+    write_json(Path(run_dir) / CONFIG_FILE, document | config_dict)
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
@@ -129,12 +147,7 @@ def read_config(run_dir: Path) -> dict[str, Any]:
         raise RunDirError(f"run directory {run_dir} does not exist; train one with `lstmkit train ... --out {run_dir}`")
     if not path.is_file():
         raise RunDirError(f"{run_dir} is not an lstmkit run directory: it has no {CONFIG_FILE}")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RunDirError(f"{path} is damaged ({error}); it cannot be read as JSON") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise RunDirError(f"{path} is not an lstmkit run configuration (no \"format\": \"{FORMAT}\")")
+    document = read_json(path, FORMAT)
     version = document.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise RunDirError(

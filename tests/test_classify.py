@@ -221,6 +221,25 @@ def test_labels_outside_the_trained_set_and_runs_of_another_task(sentiment_run, 
     assert result.exit_code == 2 and "is a 'sequences' run; predict works on text classifiers" in result.output
 
 
+def test_a_damaged_or_missing_run_artifact_is_one_line(sentiment_run, tmp_path):
+    import shutil
+
+    for name, content, message in [("labels.json", "{broken", "labels.json is damaged"),
+                                   ("labels.json", '{"format": "lstmkit.labels", "labels": ["only"]}',
+                                    "must be a list of at least two names"),
+                                   ("labels.json", None, "labels.json is missing"),
+                                   ("vocab.json", '{"format": "other"}', "not an lstmkit vocabulary")]:
+        run = tmp_path / f"copy-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(sentiment_run, run)
+        if content is None:
+            (run / name).unlink()
+        else:
+            (run / name).write_text(content)
+        result = CliRunner().invoke(main, ["predict", str(run), "good film"])
+        assert result.exit_code == 1 and message in result.output, (name, content, result.output)
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
 def test_gzipped_csv_with_other_field_names(tmp_path):
     path = tmp_path / "reviews.csv.gz"
     rows = [json.loads(line) for line in write_reviews(tmp_path / "r.jsonl").read_text().splitlines()]

@@ -11,7 +11,6 @@ sequences of similar length, so post-padding wastes little.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -138,22 +137,12 @@ class ClassifierTask(Task):
     # --- the run directory --------------------------------------------------------------------------------
 
     def save_labels(self, run_dir: Path) -> None:
-        document = {"format": "lstmkit.labels", "labels": self.label_names}
-        runs.atomic_write_bytes(Path(run_dir) / LABELS_FILE, (json.dumps(document) + "\n").encode())
+        runs.write_json(Path(run_dir) / LABELS_FILE, {"format": "lstmkit.labels", "labels": self.label_names})
 
     @staticmethod
     def load_labels(run_dir: Path) -> list[str]:
         path = Path(run_dir) / LABELS_FILE
-        damaged = RunDirError(f"{path} is damaged: expected {{\"format\": \"lstmkit.labels\", \"labels\": [...]}}")
-        try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise RunDirError(f"{path} is missing; the run directory is incomplete") from None
-        except (OSError, ValueError):
-            raise damaged from None
-        labels = document.get("labels") if isinstance(document, dict) else None
-        if not isinstance(document, dict) or document.get("format") != "lstmkit.labels" \
-                or not isinstance(labels, list) or len(labels) < 2 \
-                or not all(isinstance(name, str) for name in labels):
-            raise damaged
+        labels = runs.read_json(path, "lstmkit.labels").get("labels")
+        if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(name, str) for name in labels):
+            raise RunDirError(f"{path} is damaged: \"labels\" must be a list of at least two names")
         return labels

@@ -30,7 +30,7 @@ from lstmkit.data.text import (
     tokenize,
 )
 from lstmkit.data.vocab import Vocab
-from lstmkit.errors import ConfigError, DataError
+from lstmkit.errors import ConfigError
 from lstmkit.nn import LSTM
 from lstmkit.tasks import Task
 
@@ -103,8 +103,6 @@ class LMTask(Task):
         self.vocab = self.corpus.vocab
         self.train_data = batchify(self.corpus.train, config.train.batch_size, what="the training text")  # [T, B]
         self.valid_data = batchify(self.corpus.valid, EVAL_COLUMNS, what="the validation text")
-        if num_windows(self.train_data, data.bptt) < 1:  # pragma: no cover - batchify already guarantees T >= 2
-            raise DataError("the training text is shorter than one window")
 
     def load_corpus(self) -> LMCorpus:
         data = self.config.data

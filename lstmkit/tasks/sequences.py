@@ -8,7 +8,6 @@ never used in training and `lstmkit evaluate RUN --split test` scores it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from torch import Tensor
 from lstmkit.config import RunConfig
 from lstmkit.data.sequences import NumericSequences, load_digits_sequences, load_sequences
 from lstmkit.errors import ConfigError, DataError, RunDirError
-from lstmkit.runs import atomic_write_bytes
+from lstmkit.runs import read_json, write_json
 from lstmkit.tasks.classify import ClassifierModelConfig, ClassifierTask
 
 INPUTS_FILE = "inputs.json"
@@ -86,14 +85,8 @@ class SequencesTask(ClassifierTask):
     @staticmethod
     def _load_features(run_dir: Path) -> int:
         path = Path(run_dir) / INPUTS_FILE
-        try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-            features = document["features"]
-        except FileNotFoundError:
-            raise RunDirError(f"{path} is missing; the run directory is incomplete") from None
-        except (OSError, ValueError, KeyError, TypeError):
-            raise RunDirError(f"{path} is damaged: expected {{\"features\": N}}") from None
-        if not isinstance(features, int) or features < 1:
+        features = read_json(path, "lstmkit.sequence_inputs").get("features")
+        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
             raise RunDirError(f"{path} is damaged: features must be a positive integer, got {features!r}")
         return features
 
@@ -114,8 +107,7 @@ class SequencesTask(ClassifierTask):
 
     def save_artifacts(self, run_dir: Path) -> None:
         self.save_labels(run_dir)
-        document = {"format": "lstmkit.sequence_inputs", "features": self.features}
-        atomic_write_bytes(Path(run_dir) / INPUTS_FILE, (json.dumps(document) + "\n").encode())
+        write_json(Path(run_dir) / INPUTS_FILE, {"format": "lstmkit.sequence_inputs", "features": self.features})
 
     def evaluate_path(self, model: Any, path: str) -> dict[str, Any]:
         data = self.load(path, label_names=self.label_names)
