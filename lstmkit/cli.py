@@ -148,14 +148,6 @@ def _no_data(task: str) -> None:
     raise ConfigError(f"task {task!r} generates its data and takes no --data")
 
 
-def _open_run(run: Path) -> tuple:
-    from lstmkit import runs
-    from lstmkit.tasks import get_task
-
-    task_name = runs.read_config(run).get("task", "?")
-    return get_task(task_name).from_run(run)
-
-
 def _print_metrics(metrics: dict, as_json: bool) -> None:
     import json
 
@@ -184,7 +176,9 @@ def _print_metrics(metrics: dict, as_json: bool) -> None:
 def evaluate(run: Path, data: str | None, split: str, as_json: bool) -> None:
     """Score the best model of RUN: classifiers give accuracy, precision, recall, F1, ROC-AUC and the confusion
     matrix; language models give loss (nats/token) and bits per character or perplexity."""
-    task, model = _open_run(run)
+    from lstmkit.tasks import open_run
+
+    task, model = open_run(run)
     if data is not None:
         metrics = task.evaluate_path(model, data)
     else:
@@ -205,8 +199,9 @@ def predict(run: Path, texts: tuple[str, ...], file: Path | None, as_json: bool)
     import json
 
     from lstmkit.errors import DataError
+    from lstmkit.tasks import open_run
 
-    task, model = _open_run(run)
+    task, model = open_run(run)
     if not hasattr(task, "predict_texts"):
         raise ConfigError(f"{run} is a {task.name!r} run; predict works on text classifiers (sentiment runs)")
     inputs = list(texts)
@@ -247,7 +242,9 @@ def generate(run: Path, prompt: str, length: int, temperature: float, top_k: int
     from lstmkit.sample import generate as generate_tokens
 
     check_sampling(length, temperature, top_k, top_p)  # before the model loads: a typo fails at once
-    task, model = _open_run(run)
+    from lstmkit.tasks import open_run
+
+    task, model = open_run(run)
     if task.name != "lm":
         raise ConfigError(f"{run} is a {task.name!r} run; generate works on language-model runs (lstmkit train lm)")
     tokens = generate_tokens(model, task.vocab, prompt, length, temperature, top_k, top_p, greedy, seed)

@@ -75,11 +75,13 @@ class Task:
                           "in metrics.jsonl")
 
     @classmethod
-    def from_run(cls, run_dir: Path) -> tuple[Task, nn.Module]:
-        """The task (without its training data) and the best model of a run directory, ready for inference."""
+    def from_run(cls, run_dir: Path, config: RunConfig | None = None) -> tuple[Task, nn.Module]:
+        """The task (without its training data) and the best model of a run directory, ready for inference.
+
+        `config`: the run's configuration when the caller has already read it (see `open_run`)."""
         from lstmkit import runs
 
-        task = cls(load_run_config(run_dir), run_dir=run_dir)
+        task = cls(config or load_run_config(run_dir), run_dir=run_dir)
         model = task.build_model()
         runs.load_weights(model, Path(run_dir) / runs.MODEL_FILE)
         return task, model.eval()
@@ -106,6 +108,12 @@ def get_task(name: str) -> type[Task]:
 def default_config(name: str) -> RunConfig:
     cls = get_task(name)
     return RunConfig(task=name, model=cls.ModelConfig(), data=cls.DataConfig())
+
+
+def open_run(run_dir: Path) -> tuple[Task, nn.Module]:
+    """The task and best model of any run directory, its config.json read once."""
+    config = load_run_config(run_dir)
+    return get_task(config.task).from_run(run_dir, config)
 
 
 def load_run_config(run_dir: Path) -> RunConfig:
