@@ -38,6 +38,7 @@ CONFIGS = {
     "b": BenchConfig("b", 64, 100, 256, 256),
     "c": BenchConfig("c: 2 layers", 32, 128, 64, 512, layers=2),
     "d": BenchConfig("d: batch 1", 1, 100, 128, 256, modes=("infer",)),
+    "g": BenchConfig("g: streaming", 1, 100, 128, 256, modes=("stream",)),
 }
 
 
@@ -119,20 +120,73 @@ def bench_config(cfg: BenchConfig, repeats: int) -> list[dict[str, object]]:
     return rows
 
 
+def bench_streaming(cfg: BenchConfig, repeats: int) -> list[dict[str, object]]:
+    """One token per call, the state carried: how generation and online use drive an LSTM. Each contender
+    reads the same cfg.T tokens one call at a time; lstmkit's is an LSTMStream."""
+    torch.manual_seed(0)
+    ours = lstmkit.LSTM(cfg.I, cfg.H, cfg.layers)
+    reference = ours.to_torch().eval()
+    cell = LoopLSTM(reference).cell
+    stream = lstmkit.LSTMStream(ours, batch_size=cfg.B)
+    tokens = torch.randn(cfg.T, cfg.B, cfg.I)
+
+    def run_nn_lstm() -> torch.Tensor:
+        state = None
+        for t in range(cfg.T):
+            out, state = reference(tokens[t: t + 1], state)
+        return out[0]
+
+    def run_lstmkit_module() -> torch.Tensor:
+        state = None
+        for t in range(cfg.T):
+            out, state = ours(tokens[t: t + 1], state)
+        return out[0]
+
+    def run_cell() -> torch.Tensor:
+        state = None
+        for t in range(cfg.T):
+            state = cell(tokens[t], state)
+        return state[0]
+
+    def run_stream() -> torch.Tensor:
+        stream.reset()
+        for t in range(cfg.T):
+            out = stream.step(tokens[t])
+        return out
+
+    contenders = {"nn.LSTM": run_nn_lstm, "lstmkit stream": run_stream, "lstmkit module": run_lstmkit_module,
+                  "loop cell": run_cell}
+    with torch.inference_mode():
+        expected = run_nn_lstm()
+        for name, run in contenders.items():
+            rel = ((run() - expected).abs().max() / expected.abs().max()).item()
+            if rel > 1e-4:
+                raise SystemExit(f"{name}: last state differs from torch.nn.LSTM ({rel:.2e}); not timing it")
+        times: dict[str, list[float]] = {name: [] for name in contenders}
+        for _ in range(repeats):
+            for name, run in contenders.items():
+                times[name].append(time_call(run))
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    return [{"config": cfg.name, "mode": "stream", "impl": name, "ms": seconds * 1e3,
+             "speedup_vs_nn.LSTM": medians["nn.LSTM"] / seconds, "tokens_per_s": cfg.B * cfg.T / seconds}
+            for name, seconds in medians.items()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--configs", default="a,b,c,d", help="comma-separated subset of " + ",".join(CONFIGS))
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
     args = parser.parse_args()
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         raise SystemExit(f"unknown config {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    print(f"{'config':16s} {'mode':6s} {'impl':13s} {'ms':>9s} {'x nn.LSTM':>10s} {'tokens/s':>11s}")
+    print(f"{'config':16s} {'mode':6s} {'impl':15s} {'ms':>9s} {'x nn.LSTM':>10s} {'tokens/s':>11s}")
     for name in names:
-        for row in bench_config(CONFIGS[name], args.repeats):
-            print(f"{row['config']:16s} {row['mode']:6s} {row['impl']:13s} {row['ms']:9.2f} "
+        cfg = CONFIGS[name]
+        for row in (bench_streaming if "stream" in cfg.modes else bench_config)(cfg, args.repeats):
+            print(f"{row['config']:16s} {row['mode']:6s} {row['impl']:15s} {row['ms']:9.2f} "
                   f"{row['speedup_vs_nn.LSTM']:10.2f} {row['tokens_per_s']:11.0f}", flush=True)
 
 

@@ -253,3 +253,106 @@ def generate(run: Path, prompt: str, length: int, temperature: float, top_k: int
         click.echo(piece, nl=False)
         sys.stdout.flush()
     click.echo()
+
+
+@main.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("text")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory for the heatmaps (gates_layer0.png, ...) and, with --json, trace.json.")
+@click.option("--json", "as_json", is_flag=True, help="Also write the raw values of every gate as trace.json.")
+@click.option("--max-units", type=click.IntRange(min=1), default=None, help="Plot only the first N units.")
+def inspect(run: Path, text: str, out: Path, as_json: bool, max_units: int | None) -> None:
+    """Heatmaps (token × unit) of the input, forget and output gates and the memory cell of every layer of
+    RUN's LSTM reading TEXT ('-' reads standard input). Tokens the model does not know are marked *."""
+    import json
+
+    from lstmkit.introspect import trace_text
+    from lstmkit.plots import gate_heatmaps
+    from lstmkit.tasks import open_run
+
+    if text == "-":
+        text = sys.stdin.read()
+    task, model = open_run(run)
+    result = trace_text(task, model, text)
+    try:
+        paths = gate_heatmaps(result, out, max_units=max_units)
+        if as_json:
+            paths.append(out / "trace.json")
+            (out / "trace.json").write_text(json.dumps(result.to_json()), encoding="utf-8")
+    except OSError as error:
+        raise UserError(f"cannot write to {out}: {error.strerror or error}") from None
+    if result.prediction and "label" in result.prediction:
+        click.echo(f"prediction: {result.prediction['label']} ({result.prediction['probability']:.3f})")
+    elif result.prediction:
+        shown = ", ".join(f"{p['token']!r} {p['probability']:.2f}" for p in result.prediction["next"])
+        click.echo(f"next token: {shown}")
+    unknown = sum(result.unknown)
+    layers, directions = result.num_layers, len(result.layers) // result.num_layers
+    click.echo(f"{len(result.tokens)} tokens{f' ({unknown} unknown to the model, marked *)' if unknown else ''}; "
+               f"{layers} layer{'s' * (layers > 1)}{f' × {directions} directions' if directions > 1 else ''} of "
+               f"{result.hidden_size} units")
+    for path in paths:
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("run", type=click.Path(path_type=Path), required=False)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The PNG to write (default: RUN/curves.png, or gradient_flow.png with --gradient-flow).")
+@click.option("--gradient-flow", is_flag=True,
+              help="Instead of a run: train an LSTM and a plain RNN briefly on the adding problem and plot how "
+                   "the gradient reaches back through time in each (the long-range demo's plot).")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="With --gradient-flow: training time per model.")
+def plot(run: Path | None, out: Path | None, gradient_flow: bool, seconds: float) -> None:
+    """Training curves of RUN (loss, its metric, learning rate) from metrics.jsonl as a PNG."""
+    if gradient_flow:
+        if run is not None:
+            raise ConfigError("--gradient-flow trains its own two models; give no RUN with it")
+        from lstmkit.longrange import DemoConfig, plot_gradient_flow, run_demo
+
+        out = out or Path("gradient_flow.png")
+        result = run_demo(DemoConfig(seconds_per_model=seconds), out_dir=None, log=lambda line: click.echo(line))
+        try:
+            click.echo(f"wrote {plot_gradient_flow(result.grad_norms, DemoConfig().T, out)}")
+        except OSError as error:
+            raise UserError(f"cannot write {out}: {error.strerror or error}") from None
+        return
+    if run is None:
+        raise ConfigError("give a run directory to plot (or --gradient-flow)")
+    from lstmkit import runs
+    from lstmkit.plots import training_curves
+    from lstmkit.tasks import load_run_config
+
+    config = load_run_config(run)
+    out = out or run / "curves.png"
+    try:
+        path = training_curves(runs.read_metrics(run), out, title=f"{run.name} ({config.task})")
+    except OSError as error:
+        raise UserError(f"cannot write {out}: {error.strerror or error}") from None
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("runs_", metavar="RUN [RUN ...]", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; 0.0.0.0 exposes the models to your network.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--max-chars", type=click.IntRange(min=1), default=5000, show_default=True,
+              help="Longest text a request may send.")
+@click.option("--max-generate", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Most tokens one generate request may ask for.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Seconds a request may wait for and use a model.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Model calls running at once; the others wait (up to --timeout).")
+def serve(runs_: tuple[Path, ...], host: str, port: int, max_chars: int, max_generate: int, timeout: float,
+          concurrency: int) -> None:
+    """Serve RUNs: a JSON API (docs at /docs) and a page at / that shows the gates and memory cell on the text
+    you type, predictions of sentiment runs and streamed generation of language-model runs."""
+    from lstmkit.web.app import Limits
+    from lstmkit.web.app import serve as run_server
+
+    limits = Limits(max_chars=max_chars, max_generate=max_generate, timeout_s=timeout, concurrency=concurrency)
+    run_server(list(runs_), host=host, port=port, limits=limits)

@@ -8,12 +8,14 @@ autograd graph: a loss built from them backpropagates, in train or eval mode.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
+from lstmkit.errors import ConfigError, DataError
 from lstmkit.nn import LSTM
 
 
@@ -75,3 +77,77 @@ def trace(lstm: LSTM, input: Tensor | PackedSequence, hx: tuple[Tensor, Tensor] 
         for per_layer in record
     ]
     return LSTMTrace(output=output, h_n=h_n, c_n=c_n, layers=layers, lengths=lengths)
+
+
+# --- a run's model on a user's text: what `lstmkit inspect`, the plots and the web page show ---------------
+
+# The names users read, in the textbook's order (6.51-6.56), for the fields of GateTrace.
+GATE_NAMES = {"i": "input", "f": "forget", "o": "output", "g": "candidate", "c": "cell", "h": "hidden"}
+
+
+@dataclass
+class TextTrace:
+    """The gates and memory cell of a run's LSTM on one text, as plain numbers.
+
+    `layers[k]` is one layer and direction: {"layer", "direction", and for each of GATE_NAMES' values a
+    [T, H] float32 array}. `unknown[t]` says token t is outside the vocabulary (the model read `<unk>`)."""
+
+    task: str
+    level: str  # "word" or "char"
+    tokens: list[str]
+    unknown: list[bool]
+    layers: list[dict[str, Any]]
+    prediction: dict[str, Any] | None
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.layers[0]["cell"].shape[1])
+
+    @property
+    def num_layers(self) -> int:
+        return 1 + max(entry["layer"] for entry in self.layers)
+
+    def to_json(self, decimals: int = 4) -> dict[str, Any]:
+        """JSON-ready: arrays become nested lists rounded to `decimals` (the page needs no more)."""
+        def values(array: np.ndarray) -> list:
+            return np.round(array.astype(np.float64), decimals).tolist()
+
+        return {
+            "task": self.task, "level": self.level, "tokens": self.tokens, "unknown": self.unknown,
+            "hidden_size": self.hidden_size, "num_layers": self.num_layers,
+            "directions": ["forward", "reverse"][: len(self.layers) // self.num_layers],
+            "layers": [{key: values(value) if isinstance(value, np.ndarray) else value for key, value in entry.items()}
+                       for entry in self.layers],
+            "prediction": self.prediction,
+        }
+
+
+@torch.no_grad()
+def trace_text(task: Any, model: torch.nn.Module, text: str, max_tokens: int | None = None) -> TextTrace:
+    """Run a sentiment or language-model run's model on `text` and keep every gate of every token.
+
+    The tokens are exactly what the model reads (a sentiment run's tokenizer and truncation, a language
+    model's characters or words). Raises ConfigError for runs that do not read text."""
+    encode = getattr(task, "encode_text", None)
+    if encode is None:
+        raise ConfigError(f"this is a {task.name!r} run, which does not read text; inspect works on sentiment and "
+                          "language-model runs")
+    tokens, ids = encode(text)
+    if max_tokens is not None and len(ids) > max_tokens:
+        raise DataError(f"the text has {len(ids):,} tokens, over the limit of {max_tokens:,}; shorten it")
+    model.eval()
+    lstm = model.lstm
+    device = next(model.parameters()).device
+    id_tensor = torch.tensor(ids, dtype=torch.long, device=device)
+    id_tensor = id_tensor[None, :] if lstm.batch_first else id_tensor[:, None]
+    gate_trace = trace(lstm, model.embedding(id_tensor))
+    layers = []
+    for layer, per_direction in enumerate(gate_trace.layers):
+        for direction, gates in enumerate(per_direction):
+            entry: dict[str, Any] = {"layer": layer, "direction": "forward" if direction == 0 else "reverse"}
+            for field, name in GATE_NAMES.items():
+                entry[name] = getattr(gates, field)[:, 0].float().cpu().numpy()  # [T, H] of the one sequence
+            layers.append(entry)
+    prediction = task.predict_trace(model, gate_trace) if hasattr(task, "predict_trace") else None
+    return TextTrace(task=task.name, level=task.vocab.level, tokens=tokens,
+                     unknown=[i == task.vocab.unk_id for i in ids], layers=layers, prediction=prediction)

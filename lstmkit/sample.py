@@ -7,7 +7,7 @@ same text. Tokens are yielded as they are produced, so a caller can print them a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -90,15 +90,55 @@ def _stream(model: torch.nn.Module, vocab: Vocab, ids: list[int], length: int, t
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
+    never = [vocab.pad_id, vocab.unk_id]  # never emit padding or the unknown symbol
     logits, state = model(torch.tensor(ids, device=device)[:, None])  # the whole prompt at once: [L, 1, V]
     last = logits[-1, 0].cpu()
-    specials = torch.tensor([vocab.pad_id, vocab.unk_id])
+    last[never] = float("-inf")
+    step = _token_stepper(model, state, device, never)
     for _ in range(length):
-        last[specials] = float("-inf")  # never emit padding or the unknown symbol
         token = pick_next(last, temperature, top_k, top_p, greedy, generator)
         text = vocab.id_to_token(token)
         if vocab.level == "word":
             text = "\n" if text == EOS else " " + text
         yield text
-        logits, state = model(torch.tensor([[token]], device=device), state)  # one step: [1, 1, V]
-        last = logits[0, 0].cpu()
+        last = step(token)
+
+
+def _token_stepper(model: torch.nn.Module, state: tuple[Tensor, Tensor], device: torch.device,
+                   never: list[int]) -> Callable[[int], Tensor]:
+    """token id -> the next logits [V] on the CPU, -inf at the ids in `never`. A language model with an
+    lstmkit.LSTM steps through an LSTMStream (one GEMM per layer, no allocation); any other model is called
+    with one token at a time."""
+    from lstmkit.nn import LSTM
+    from lstmkit.stream import LSTMStream
+
+    lstm, embedding, head = (getattr(model, name, None) for name in ("lstm", "embedding", "head"))
+    if not (isinstance(lstm, LSTM) and not lstm.bidirectional and isinstance(embedding, torch.nn.Embedding)
+            and isinstance(head, torch.nn.Linear)):
+        def call_model(token: int) -> Tensor:
+            nonlocal state
+            logits, state = model(torch.tensor([[token]], device=device), state)
+            last = logits[0, 0].cpu()
+            last[never] = float("-inf")
+            return last
+
+        return call_model
+
+    stream = LSTMStream(lstm, batch_size=1, hx=state)
+    table, head_t = embedding.weight, head.weight.t()
+    # The head's bias with -inf at the ids never emitted: the masking costs nothing per token.
+    head_bias = torch.zeros(1, head_t.shape[1], dtype=head_t.dtype, device=device)
+    if head.bias is not None:
+        head_bias[0] = head.bias
+    head_bias[0, never] = float("-inf")
+    token_id = torch.zeros(1, dtype=torch.long, device=device)
+    logits = torch.empty(1, head_t.shape[1], dtype=head_t.dtype, device=device)
+    on_cpu = logits.device.type == "cpu"
+
+    def stream_step(token: int) -> Tensor:
+        token_id.fill_(token)
+        torch.index_select(table, 0, token_id, out=stream.input_buffer)  # the embedding, written in place
+        torch.addmm(head_bias, stream.step(), head_t, out=logits)  # the dropouts are off in eval mode
+        return logits[0] if on_cpu else logits[0].cpu()  # read by pick_next before the next step overwrites it
+
+    return stream_step

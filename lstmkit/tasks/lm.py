@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from lstmkit.config import RunConfig
 from lstmkit.data.text import (
+    EOS,
     LMCorpus,
     batchify,
     bits_per_char,
@@ -30,7 +31,7 @@ from lstmkit.data.text import (
     tokenize,
 )
 from lstmkit.data.vocab import Vocab
-from lstmkit.errors import ConfigError
+from lstmkit.errors import ConfigError, DataError
 from lstmkit.nn import LSTM
 from lstmkit.tasks import Task
 
@@ -188,3 +189,23 @@ class LMTask(Task):
 
     def held_out(self, split: str) -> Any:
         raise ConfigError("for a language model, pass the text to score with --data FILE")
+
+    # --- what `lstmkit inspect` and the web page call ---------------------------------------------------
+
+    def encode_text(self, text: str) -> tuple[list[str], list[int]]:
+        """The tokens of `text` as this model reads them, and their ids (unknown tokens read as <unk>)."""
+        tokens = tokenize(text, self.vocab.level)
+        if self.vocab.level == "word" and tokens and tokens[-1] == EOS and not text.endswith("\n"):
+            tokens = tokens[:-1]  # the text is not a finished line
+        if not tokens:
+            raise DataError("the text is empty; type at least one character or word")
+        return tokens, self.vocab.encode(tokens)
+
+    def predict_trace(self, model: nn.Module, gate_trace: Any, top: int = 5) -> dict[str, Any]:
+        """The `top` most likely next tokens after the traced text, from the traced forward's last output."""
+        logits = model.head(gate_trace.output[-1, 0]).float()
+        logits[[self.vocab.pad_id, self.vocab.unk_id]] = float("-inf")
+        probs = torch.softmax(logits, 0)
+        values, ids = probs.topk(min(top, len(probs)))
+        return {"next": [{"token": self.vocab.id_to_token(int(i)), "probability": float(p)}
+                         for p, i in zip(values, ids, strict=True)]}

@@ -20,6 +20,7 @@ from lstmkit.config import RunConfig
 from lstmkit.data.reviews import LabelledTexts, load_labelled_text, train_validation_split
 from lstmkit.data.vocab import Vocab, tokenize_words
 from lstmkit.errors import ConfigError, DataError
+from lstmkit.models import pool
 from lstmkit.tasks.classify import ClassifierModelConfig, ClassifierTask
 
 VOCAB_FILE = "vocab.json"
@@ -124,16 +125,39 @@ class SentimentTask(ClassifierTask):
         labelled = self.load(path, label_names=self.label_names)
         return self.evaluate_examples(model, self.encode(labelled.texts, labelled.source), labelled.labels)
 
-    def predict_texts(self, model: Any, texts: list[str]) -> list[dict[str, Any]]:
-        """Label and probabilities per text: what Keras' removed `predict_classes` should have been."""
+    def check_length(self, texts: list[str]) -> None:
         for i, text in enumerate(texts):
             if len(text) > self.config.data.max_chars:
                 raise DataError(f"text {i + 1} has {len(text):,} characters, over the limit of "
                                 f"{self.config.data.max_chars:,} (data.max_chars of this run)")
+
+    def predict_texts(self, model: Any, texts: list[str]) -> list[dict[str, Any]]:
+        """Label and probabilities per text: what Keras' removed `predict_classes` should have been."""
+        self.check_length(texts)
         probabilities = self.predict_proba(model, self.encode(texts, source="input"))
-        results = []
-        for text, probs in zip(texts, probabilities, strict=True):
-            best = int(probs.argmax())
-            results.append({"text": text, "label": self.label_names[best], "probability": float(probs[best]),
-                            "probabilities": {name: float(p) for name, p in zip(self.label_names, probs, strict=True)}})
-        return results
+        return [{"text": text, **self.labelled(probs)} for text, probs in zip(texts, probabilities, strict=True)]
+
+    def labelled(self, probs: Any) -> dict[str, Any]:
+        best = int(probs.argmax())
+        return {"label": self.label_names[best], "probability": float(probs[best]),
+                "probabilities": {name: float(p) for name, p in zip(self.label_names, probs, strict=True)}}
+
+    # --- what `lstmkit inspect` and the web page call ---------------------------------------------------
+
+    def encode_text(self, text: str) -> tuple[list[str], list[int]]:
+        """The tokens the model reads of `text` (tokenized and truncated as in training) and their ids."""
+        self.check_length([text])
+        tokens = tokenize_words(text)
+        if not tokens:
+            raise DataError("the text has no words; type some")
+        maxlen = self.config.data.maxlen
+        if len(tokens) > maxlen:
+            tokens = tokens[-maxlen:] if self.config.data.truncating == "pre" else tokens[:maxlen]
+        return tokens, self.vocab.encode(tokens)
+
+    def predict_trace(self, model: Any, gate_trace: Any) -> dict[str, Any]:
+        """The prediction for a traced text, from the traced forward's own output ([1, T, D*H])."""
+        output = gate_trace.output
+        logits = model.head(pool(output, gate_trace.lengths, model.pooling, model.lstm.num_directions)).float()[0]
+        probs = torch.softmax(logits, 0) if len(logits) > 1 else torch.cat([1 - logits.sigmoid(), logits.sigmoid()])
+        return self.labelled(probs.double().cpu().numpy())
