@@ -39,21 +39,30 @@ def main() -> None:
 
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_out"), show_default=True,
-              help="Directory for the gradient-flow plot.")
+              help="Directory for the gradient-flow plot and the language model's run.")
 @click.option("--steps", "T", type=click.IntRange(min=2), default=100, show_default=True,
               help="Sequence length T of the adding problem.")
 @click.option("--hidden", type=click.IntRange(min=1), default=64, show_default=True, help="Hidden size of both models.")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=75.0, show_default=True,
-              help="Wall-clock cap on each model's training.")
+              help="Wall-clock cap on each adding-problem model's training.")
+@click.option("--lm-minutes", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Training time of the character language model (0: skip it and its sample).")
 @click.option("--seed", type=int, default=0, show_default=True)
-def demo(out: Path, T: int, hidden: int, epochs: int, seconds: float, seed: int) -> None:
-    """Long-range memory: LSTM vs a plain tanh RNN on the adding problem, and their gradient flow."""
-    from lstmkit.longrange import DemoConfig, run_demo
+def demo(out: Path, T: int, hidden: int, epochs: int, seconds: float, lm_minutes: float, seed: int) -> None:
+    """The tour: long-range memory (LSTM vs a plain RNN on the adding problem, and their gradient flow), then a
+    character language model trained on Python's own documentation, and text generated from it."""
+    from lstmkit.demo import run_tour
+    from lstmkit.longrange import DemoConfig
 
     config = DemoConfig(T=T, hidden_size=hidden, epochs=epochs, seconds_per_model=seconds, seed=seed)
+
+    def write(piece: str) -> None:
+        click.echo(piece, nl=False)
+        sys.stdout.flush()
+
     try:
-        run_demo(config, out_dir=out, log=lambda line: click.echo(line))
+        run_tour(out, config, lm_minutes, log=lambda line: click.echo(line), write=write)
     except OSError as error:
         raise click.ClickException(f"cannot write to {out}: {error.strerror or error}") from None
 

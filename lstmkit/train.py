@@ -465,6 +465,10 @@ def _train_and_evaluate(
                     status = "early_stopped"
                 if (stop or budget) and status == "completed":
                     status = "interrupted" if stop else "time_budget"
+                if status == "time_budget" and pos.best is None and not evaluated:
+                    # A budget shorter than the first evaluation still leaves a model to use.
+                    evaluated = True
+                    evaluate(epoch=round(pos.epoch + pos.batch / len(plan), 4))
                 if evaluated or status != "completed" or pos.step % max(1, train.checkpoint_every) == 0:
                     checkpoint()
                 if status != "completed":

@@ -302,6 +302,9 @@ def test_early_stopping_and_time_budget(tmp_path):
     result = train_and_evaluate(tiny_config("train.minutes=0.000001"), tmp_path / "budget", quiet=True)
     assert result.status == "time_budget" and result.step == 1
     assert (tmp_path / "budget" / runs.CHECKPOINT_FILE).is_file()
+    # Stopped before its first scheduled evaluation, the run is evaluated once, so it has a model to use.
+    assert result.best_metric is not None and (tmp_path / "budget" / runs.MODEL_FILE).is_file()
+    assert [m["step"] for m in runs.read_metrics(tmp_path / "budget")] == [1]
 
 
 def test_tensorboard_gets_every_evaluation_when_installed(tmp_path, monkeypatch):
