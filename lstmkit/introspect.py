@@ -7,6 +7,7 @@ autograd graph: a loss built from them backpropagates, in train or eval mode.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -107,17 +108,19 @@ class TextTrace:
     def num_layers(self) -> int:
         return 1 + max(entry["layer"] for entry in self.layers)
 
-    def to_json(self, decimals: int = 4) -> dict[str, Any]:
-        """JSON-ready: arrays become nested lists rounded to `decimals` (the page needs no more)."""
-        def values(array: np.ndarray) -> list:
-            return np.round(array.astype(np.float64), decimals).tolist()
-
+    def to_json(self, decimals: int = 4, layers: Sequence[int] | None = None,
+                gates: Sequence[str] | None = None) -> dict[str, Any]:
+        """JSON-ready: arrays become nested lists rounded to `decimals` (the page needs no more). `layers` and
+        `gates` keep only those (the description of the model stays whole)."""
+        names = [name for name in GATE_NAMES.values() if gates is None or name in gates]
+        kept = [entry for entry in self.layers if layers is None or entry["layer"] in layers]
         return {
             "task": self.task, "level": self.level, "tokens": self.tokens, "unknown": self.unknown,
             "hidden_size": self.hidden_size, "num_layers": self.num_layers,
             "directions": ["forward", "reverse"][: len(self.layers) // self.num_layers],
-            "layers": [{key: values(value) if isinstance(value, np.ndarray) else value for key, value in entry.items()}
-                       for entry in self.layers],
+            "layers": [{"layer": entry["layer"], "direction": entry["direction"],
+                        **{name: np.round(entry[name].astype(np.float64), decimals).tolist() for name in names}}
+                       for entry in kept],
             "prediction": self.prediction,
         }
 

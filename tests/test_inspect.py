@@ -52,7 +52,7 @@ def check_textbook_identities(entry: dict, name: str) -> None:
     assert (c - (f * previous + i * g)).abs().max() < 1e-5, f"{name}: c_t != f c_(t-1) + i c~"
     assert (h - o * torch.tanh(c)).abs().max() < 1e-5, f"{name}: h_t != o tanh(c_t)"
     for gate in ("input", "forget", "output"):
-        assert 0 <= entry[gate].min() and entry[gate].max() <= 1, f"{name}: {gate} gate outside [0, 1]"
+        assert entry[gate].min() >= 0 and entry[gate].max() <= 1, f"{name}: {gate} gate outside [0, 1]"
 
 
 def test_a_sentiment_trace_is_what_the_model_reads_and_predicts(bilstm_run):
