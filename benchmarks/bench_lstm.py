@@ -1,15 +1,21 @@
-"""lstmkit.LSTM vs torch.nn.LSTM vs a Python loop over nn.LSTMCell, timed in the same run.
+"""lstmkit.LSTM vs torch.nn.LSTM (oneDNN on and off) vs a Python loop over nn.LSTMCell, timed in the same run.
 
-"lstmkit" is the default backend="auto"; "lstmkit/torch" is lstmkit's portable implementation.
-Every path is first checked against torch.nn.LSTM with the same weights; only then is it timed.
-Ratios (baseline time / lstmkit time, > 1 means lstmkit is faster) come from interleaved repeats in one
-process, so machine noise hits all contenders alike. Run: `make bench` or
-`python benchmarks/bench_lstm.py [--repeats N] [--configs a,b,d]`.
+"lstmkit" is the default backend="auto"; "lstmkit/torch" is lstmkit's portable implementation;
+"lstmkit/op" its torch.library custom op with hand-written BPTT (backend="op"); "nn.LSTM -oneDNN" is
+torch.nn.LSTM with `torch.backends.mkldnn` disabled (its native path). Every path is first checked against
+torch.nn.LSTM with the same weights; only then is it timed. Ratios (nn.LSTM time / this time, > 1 means
+faster than nn.LSTM) come from interleaved repeats in one process, so machine noise hits all contenders
+alike. GFLOP/s counts the LSTM's matmul work (forward 2·B·T·4H·(I+P) per layer and direction, plus
+2·B·T·H·P for a projection; a train step 3× that) and is shown as a fraction of this machine's GEMM peak,
+measured in the same run. bf16 runs under `torch.autocast("cpu", torch.bfloat16)`.
+
+Run: `make bench` or `python benchmarks/bench_lstm.py [--repeats N] [--configs a,b,e] [--dtypes fp32,bf16]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import statistics
 import time
@@ -21,6 +27,8 @@ from torch import nn
 
 import lstmkit
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -30,7 +38,19 @@ class BenchConfig:
     I: int
     H: int
     layers: int = 1
+    proj: int = 0
+    bidirectional: bool = False
     modes: tuple[str, ...] = ("train", "infer")
+
+    def flops(self, mode: str) -> float:
+        """Matmul FLOPs of one call: forward, or forward + backward (3x) for a train step."""
+        P = self.proj or self.H
+        D = 2 if self.bidirectional else 1
+        total = 0.0
+        for layer in range(self.layers):
+            width = self.I if layer == 0 else D * P
+            total += D * 2 * self.B * self.T * (4 * self.H * (width + P) + (self.H * P if self.proj else 0))
+        return total * (3 if mode == "train" else 1)
 
 
 CONFIGS = {
@@ -38,6 +58,8 @@ CONFIGS = {
     "b": BenchConfig("b", 64, 100, 256, 256),
     "c": BenchConfig("c: 2 layers", 32, 128, 64, 512, layers=2),
     "d": BenchConfig("d: batch 1", 1, 100, 128, 256, modes=("infer",)),
+    "e": BenchConfig("e: proj 64", 64, 100, 256, 256, proj=64),
+    "f": BenchConfig("f: bi, 2 layers", 64, 100, 256, 256, layers=2, bidirectional=True),
     "g": BenchConfig("g: streaming", 1, 100, 128, 256, modes=("stream",)),
 }
 
@@ -59,20 +81,38 @@ class LoopLSTM(nn.Module):
         return torch.stack(outputs, dim=1)
 
 
+class WithoutOneDNN(nn.Module):
+    """torch.nn.LSTM with oneDNN switched off around each call: torch's native CPU path."""
+
+    def __init__(self, reference: nn.LSTM) -> None:
+        super().__init__()
+        self.lstm = reference
+
+    def forward(self, x: torch.Tensor) -> tuple:
+        with torch.backends.mkldnn.flags(enabled=False):
+            return self.lstm(x)
+
+
 def first_output(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     out = module(x)
     return out[0] if isinstance(out, tuple) else out
 
 
-def validate(candidate: nn.Module, reference: nn.LSTM, x: torch.Tensor, name: str) -> None:
+def autocast(dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    return torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+
+
+def validate(candidate: nn.Module, reference: nn.LSTM, x: torch.Tensor, name: str, dtype: torch.dtype) -> None:
     xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    ya, yb = first_output(candidate, xa), first_output(reference, xb)
-    dy = torch.randn_like(yb)
-    (ya * dy).sum().backward()
-    (yb * dy).sum().backward()
-    for what, a, b in (("output", ya, yb), ("input grad", xa.grad, xb.grad)):
+    with autocast(dtype):
+        ya, yb = first_output(candidate, xa), first_output(reference, xb)
+    dy = torch.randn_like(yb.float())
+    (ya.float() * dy).sum().backward()
+    (yb.float() * dy).sum().backward()
+    tolerance = 1e-4 if dtype == torch.float32 else 5e-2  # bf16: 8-bit mantissa (tests/conftest.py: 3e-2)
+    for what, a, b in (("output", ya.float(), yb.float()), ("input grad", xa.grad, xb.grad)):
         rel = ((a - b).abs().max() / b.abs().max()).item()
-        if rel > 1e-4:
+        if rel > tolerance:
             raise SystemExit(f"{name}: {what} differs from torch.nn.LSTM (relative error {rel:.2e}); not timing it")
 
 
@@ -82,27 +122,41 @@ def time_call(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def bench_config(cfg: BenchConfig, repeats: int) -> list[dict[str, object]]:
+def gemm_peak(dtype: torch.dtype, repeats: int = 5) -> float:
+    """GFLOP/s of a large square GEMM in this dtype, now: the ceiling the ratios are read against."""
+    n = 2048
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)
+    best = min(time_call(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def bench_config(cfg: BenchConfig, repeats: int, dtype: torch.dtype) -> list[dict[str, object]]:
     torch.manual_seed(0)
-    ours = lstmkit.LSTM(cfg.I, cfg.H, cfg.layers, batch_first=True)  # backend="auto"
+    ours = lstmkit.LSTM(cfg.I, cfg.H, cfg.layers, batch_first=True, proj_size=cfg.proj,
+                        bidirectional=cfg.bidirectional)  # backend="auto"
     reference = ours.to_torch()
     portable = lstmkit.LSTM.from_torch(reference, backend="torch")
-    contenders: dict[str, nn.Module] = {"nn.LSTM": reference, "lstmkit": ours, "lstmkit/torch": portable}
-    if cfg.layers == 1:
+    contenders: dict[str, nn.Module] = {"nn.LSTM": reference, "nn.LSTM -oneDNN": WithoutOneDNN(reference),
+                                        "lstmkit": ours, "lstmkit/torch": portable,
+                                        "lstmkit/op": lstmkit.LSTM.from_torch(reference, backend="op")}
+    if cfg.layers == 1 and not cfg.proj and not cfg.bidirectional:
         contenders["loop cell"] = LoopLSTM(reference)
     x = torch.randn(cfg.B, cfg.T, cfg.I)
     for name, module in contenders.items():
         if module is not reference:
-            validate(module, reference, x, name)
+            validate(module, reference, x, name, dtype)
 
     rows = []
     for mode in cfg.modes:
         def step(module: nn.Module, mode: str = mode) -> None:
             if mode == "infer":
-                with torch.no_grad():
+                with torch.no_grad(), autocast(dtype):
                     first_output(module, x)
             else:
-                first_output(module, x).sum().backward()
+                with autocast(dtype):
+                    out = first_output(module, x)
+                out.float().sum().backward()
 
         for module in contenders.values():  # warm-up
             step(module)
@@ -116,6 +170,7 @@ def bench_config(cfg: BenchConfig, repeats: int) -> list[dict[str, object]]:
             rows.append({
                 "config": cfg.name, "mode": mode, "impl": name, "ms": seconds * 1e3,
                 "speedup_vs_nn.LSTM": base / seconds, "tokens_per_s": cfg.B * cfg.T / seconds,
+                "gflops": cfg.flops(mode) / seconds / 1e9,
             })
     return rows
 
@@ -168,7 +223,8 @@ def bench_streaming(cfg: BenchConfig, repeats: int) -> list[dict[str, object]]:
                 times[name].append(time_call(run))
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     return [{"config": cfg.name, "mode": "stream", "impl": name, "ms": seconds * 1e3,
-             "speedup_vs_nn.LSTM": medians["nn.LSTM"] / seconds, "tokens_per_s": cfg.B * cfg.T / seconds}
+             "speedup_vs_nn.LSTM": medians["nn.LSTM"] / seconds, "tokens_per_s": cfg.B * cfg.T / seconds,
+             "gflops": cfg.flops("infer") / seconds / 1e9}
             for name, seconds in medians.items()]
 
 
@@ -176,18 +232,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
+    parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated subset of " + ",".join(DTYPES))
     args = parser.parse_args()
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CONFIGS]
-    if unknown:
-        raise SystemExit(f"unknown config {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    for what, chosen, known in (("config", names, CONFIGS), ("dtype", dtypes, DTYPES)):
+        unknown = [n for n in chosen if n not in known]
+        if unknown:
+            raise SystemExit(f"unknown {what} {unknown[0]!r}; choose from {', '.join(known)}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    print(f"{'config':16s} {'mode':6s} {'impl':15s} {'ms':>9s} {'x nn.LSTM':>10s} {'tokens/s':>11s}")
+    peaks = {d: gemm_peak(DTYPES[d]) for d in dtypes}
+    print("GEMM peak now (2048^3): " + ", ".join(f"{d} {peak:.0f} GFLOP/s" for d, peak in peaks.items()))
+    print(f"{'config':17s} {'dtype':5s} {'mode':6s} {'impl':16s} {'ms':>9s} {'x nn.LSTM':>10s} {'tokens/s':>11s} "
+          f"{'GFLOP/s':>8s} {'% peak':>7s}")
     for name in names:
         cfg = CONFIGS[name]
-        for row in (bench_streaming if "stream" in cfg.modes else bench_config)(cfg, args.repeats):
-            print(f"{row['config']:16s} {row['mode']:6s} {row['impl']:15s} {row['ms']:9.2f} "
-                  f"{row['speedup_vs_nn.LSTM']:10.2f} {row['tokens_per_s']:11.0f}", flush=True)
+        for dtype_name in dtypes if "stream" not in cfg.modes else ["fp32"]:
+            rows = (bench_streaming(cfg, args.repeats) if "stream" in cfg.modes
+                    else bench_config(cfg, args.repeats, DTYPES[dtype_name]))
+            for row in rows:
+                print(f"{row['config']:17s} {dtype_name:5s} {row['mode']:6s} {row['impl']:16s} {row['ms']:9.2f} "
+                      f"{row['speedup_vs_nn.LSTM']:10.2f} {row['tokens_per_s']:11.0f} {row['gflops']:8.1f} "
+                      f"{100 * row['gflops'] / peaks[dtype_name]:6.1f}%", flush=True)
 
 
 if __name__ == "__main__":

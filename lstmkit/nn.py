@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from lstmkit import ops
-from lstmkit.ops import lstm_vendor
+from lstmkit.ops import lstm_op, lstm_vendor
 
 GATE_ORDER = ("i", "f", "g", "o")  # PyTorch's order of the four row blocks of weight_ih / weight_hh / biases
 
@@ -301,10 +301,10 @@ class LSTM(nn.Module):
             if T == 0 or B == 0:
                 raise ValueError(f"input is empty (T={T} steps, B={B} sequences); an LSTM needs T >= 1 and B >= 1")
             x = x.reshape(T * B, feat)
-            batch_sizes = [B] * T
-            sorted_indices = None
+            batch_sizes = None  # all T steps are full; made a list only where a path needs one (an op does not,
+            sorted_indices = None  # so T stays symbolic under torch.export)
 
-        h0, c0 = self._initial_state(hx, batch_sizes[0], is_batched, like, sorted_indices)
+        h0, c0 = self._initial_state(hx, batch_sizes[0] if packed else B, is_batched, like, sorted_indices)
         path = ops.pick(
             self.backend, device=like.device, projected=bool(self.proj_size), recording=record is not None,
             training=self.training, packed=packed, dropout=self.dropout > 0 and self.num_layers > 1,
@@ -320,14 +320,20 @@ class LSTM(nn.Module):
                 y, h_n, c_n = lstm_vendor.lstm_stack(x.view(T, B, -1), None, *vendor_args)
                 x = y.reshape(T * B, y.shape[2])
         else:
-            x, h_n, c_n = self._run_layers(x, batch_sizes, h0, c0, record)
+            x, h_n, c_n = self._run_layers(x, batch_sizes, h0, c0, record, packed, steps=None if packed else (T, B))
         return self._assemble(x, h_n, c_n, packed, is_batched, input)
 
     def _run_layers(
-        self, x: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, record: list | None
+        self, x: Tensor, batch_sizes: list[int] | None, h0: Tensor, c0: Tensor, record: list | None,
+        packed: bool = False, steps: tuple[int, int] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """lstmkit's own computation, layer by layer: x [N, I] packed rows -> ([N, D*P], h_n, c_n)."""
-        layer_fn = ops.layer_function(self.backend)
+        """lstmkit's own computation, layer by layer: x [N, I] packed rows -> ([N, D*P], h_n, c_n).
+
+        A full batch comes with batch_sizes=None and steps=(T, B)."""
+        layer_fn = ops.layer_function(self.backend, packed=packed, recording=record is not None)
+        if batch_sizes is None:
+            T, B = steps
+            batch_sizes = (T, B) if layer_fn is lstm_op.layer else [B] * T
         final_h, final_c = [], []
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout and self.training:

@@ -5,6 +5,9 @@ Backends a user can name:
            against the NumPy oracle, and the one that records gates.
   "auto"   the fastest correct path per call: torch's fused vendor kernel (`lstm_vendor`, what
            torch.nn.LSTM runs) where it computes exactly the standard LSTM, else "torch".
+  "op"     each layer is one `torch.library` custom op with a hand-written backward (`lstm_op`): what
+           torch.compile(fullgraph=True) and torch.export see as one node per layer, whatever T is.
+           Packed input and gate recording go to "torch".
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from collections.abc import Callable
 
 import torch
 
-from lstmkit.ops import lstm_torch
+from lstmkit.ops import lstm_op, lstm_torch
 
-BACKENDS = ("auto", "torch")
+BACKENDS = ("auto", "torch", "op")
 
 
 def check_backend(name: object) -> str:
@@ -34,9 +37,9 @@ def pick(
     packed: bool = False,
     dropout: bool = False,
 ) -> str:
-    """"vendor" or "torch" for one call of a full LSTM stack."""
+    """"vendor" or "torch" (lstmkit's own layers, see `layer_function`) for one call of a full LSTM stack."""
     check_backend(backend)
-    if backend == "torch" or recording:
+    if backend in ("torch", "op") or recording:
         return "torch"
     # oneDNN takes no packed input: torch then runs a native fallback 4x slower than lstmkit's packed rows
     # (train step, B=32 T<=300 I=128 H=64: 301 ms vs 80 ms; bidirectional 510 vs 128; 2 cores, 2026-11-23).
@@ -56,9 +59,11 @@ def pick(
     return "vendor"
 
 
-def layer_function(backend: str) -> Callable:
+def layer_function(backend: str, packed: bool = False, recording: bool = False) -> Callable:
     """The function that runs one LSTM layer in one direction with lstmkit's own code."""
     check_backend(backend)
+    if backend == "op" and not packed and not recording:
+        return lstm_op.layer
     return lstm_torch.lstm_layer
 
 

@@ -46,6 +46,8 @@ class LMModelConfig:
     num_layers: int = 2
     dropout: float = 0.2  # on the embeddings, between layers and before the output layer
     tie_weights: bool = False  # share the embedding with the output layer (needs embedding_dim == hidden_size)
+    init_range: float = 0.0  # > 0: embedding and output weights uniform in ±init_range, output bias 0 (Zaremba et
+    # al. 2014 use 0.1); 0: torch's defaults, whose N(0, 1) embedding makes large initial logits when tied
     backend: Literal["auto", "torch"] = "auto"
 
 
@@ -73,6 +75,12 @@ class LanguageModel(nn.Module):
         self.head = nn.Linear(m.hidden_size, vocab_size)
         if m.tie_weights:  # Press & Wolf 2017, Inan et al. 2017: fewer parameters, better perplexity
             self.head.weight = self.embedding.weight
+        if m.init_range < 0:
+            raise ConfigError(f"model.init_range must be >= 0, got {m.init_range}")
+        if m.init_range > 0:
+            nn.init.uniform_(self.embedding.weight, -m.init_range, m.init_range)
+            nn.init.uniform_(self.head.weight, -m.init_range, m.init_range)  # the same tensor when tied
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, ids: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         output, state = self.lstm(self.drop(self.embedding(ids)), state)  # [L, B, H]
