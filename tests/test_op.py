@@ -123,3 +123,12 @@ def test_packed_input_and_traces_take_the_portable_path():
     assert_close(model(packed)[0].data, portable(packed)[0].data, "packed")
     x = torch.randn(4, 1, 3)
     assert_close(lstmkit.trace(model, x)[0].h, model(x)[0], "trace h is the op's output")
+
+
+def test_under_autocast_the_op_takes_bf16_input_like_the_torch_backend():
+    model = lstmkit.LSTM(8, 16, 2, backend="op")
+    portable = lstmkit.LSTM.from_torch(model.to_torch(), backend="torch")
+    x = torch.randn(5, 2, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_op, y_torch = model(x.bfloat16())[0], portable(x.bfloat16())[0]
+    assert_close(y_op.float(), y_torch.float(), "bf16 input under autocast", dtype=torch.bfloat16)

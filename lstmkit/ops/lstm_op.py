@@ -32,6 +32,12 @@ def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, W: Tensor, U: Tensor, b: Tenso
 
     Returns y [T, B, P], h_T [B, P], c_T [B, H], and what the backward needs: the activated gates [T, B, 4H]
     and the cells [T, B, H], both in processing order (reversed in time when `reverse`)."""
+    with torch.autocast(x.device.type, enabled=False):  # autocast reaches in here; `out=` GEMMs cannot mix dtypes
+        return _forward(x, h0, c0, W, U, b, R, reverse)
+
+
+def _forward(x: Tensor, h0: Tensor, c0: Tensor, W: Tensor, U: Tensor, b: Tensor | None, R: Tensor | None,
+             reverse: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     T, B, _ = x.shape
     H = c0.shape[1]
     x = _flip(x, reverse)
@@ -66,6 +72,13 @@ def lstm_layer_backward(dy: Tensor, dh_T: Tensor, dc_T: Tensor, x: Tensor, h0: T
                         U: Tensor, R: Tensor | None, y: Tensor, gates: Tensor, cells: Tensor, reverse: bool,
                         has_bias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """BPTT of `lstm_layer`: (dx, dh0, dc0, dW, dU, db, dR); db is empty without a bias, dR without R."""
+    with torch.autocast(x.device.type, enabled=False):
+        return _backward_impl(dy, dh_T, dc_T, x, h0, c0, W, U, R, y, gates, cells, reverse, has_bias)
+
+
+def _backward_impl(dy: Tensor, dh_T: Tensor, dc_T: Tensor, x: Tensor, h0: Tensor, c0: Tensor, W: Tensor,
+                   U: Tensor, R: Tensor | None, y: Tensor, gates: Tensor, cells: Tensor, reverse: bool,
+                   has_bias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     T, B, _ = x.shape
     H = c0.shape[1]
     x, y, dy = _flip(x, reverse), _flip(y, reverse), _flip(dy, reverse)
@@ -139,7 +152,7 @@ def layer(x: Tensor, steps: tuple[int, int], h0: Tensor, c0: Tensor, W: Tensor, 
     """`lstm_torch.lstm_layer`'s signature over the op, for full-length batches: x [T*B, I] rows and
     steps = (T, B) in place of batch_sizes (a list of T ints would fix T under torch.export)."""
     T, B = steps
-    if x.dtype != W.dtype:  # autocast does not reach inside a custom op: compute in the weights' dtype
+    if x.dtype != W.dtype:  # bf16 input under autocast: the op computes in the weights' dtype (as "torch" does)
         x, h0, c0 = x.to(W.dtype), h0.to(W.dtype), c0.to(W.dtype)
     y, h_T, c_T, _, _ = lstm_layer(x.view(T, B, -1), h0, c0, W, U, b, R, reverse)
     return y.view(T * B, -1), h_T, c_T
