@@ -38,3 +38,22 @@ def assert_close(actual, expected, name: str, dtype: torch.dtype | None = None) 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def random_lstm_configs(count: int, seed: int, bidirectional: bool = True) -> list[dict]:
+    """Random lstmkit.LSTM / torch.nn.LSTM constructor arguments plus a problem size: T, B and whether to pass an
+    initial state (hx). Odd sizes, T=1 and B=1 are in the draw."""
+    import random
+
+    rng = random.Random(seed)
+    configs = []
+    for _ in range(count):
+        hidden = rng.choice([1, 4, 7, 13, 16])
+        configs.append({
+            "input_size": rng.choice([1, 3, 8, 9]), "hidden_size": hidden, "num_layers": rng.randint(1, 3),
+            "bias": rng.random() < 0.8, "batch_first": rng.random() < 0.5,
+            "bidirectional": bidirectional and rng.random() < 0.5,
+            "proj_size": rng.choice([0, 0, hidden - 1]) if hidden > 1 else 0,
+            "T": rng.choice([1, 2, 7, 9]), "B": rng.choice([1, 3, 5]), "hx": rng.random() < 0.5,
+        })
+    return configs

@@ -3,12 +3,10 @@ backend and torch.nn.LSTM; opcheck; torch.compile(fullgraph=True) and torch.expo
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close
+from conftest import assert_close, random_lstm_configs
 from test_ops import GRAD_NAMES, SHAPES
 
 import lstmkit
@@ -42,21 +40,7 @@ def test_the_op_matches_the_oracle(shape, reverse):
         assert_close(g, flip(grads_ref[name]) if name == "dx" else grads_ref[name], name)
 
 
-def random_configs(count: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    configs = []
-    for _ in range(count):
-        hidden = rng.choice([1, 4, 7, 16])
-        configs.append({
-            "input_size": rng.choice([1, 3, 8]), "hidden_size": hidden, "num_layers": rng.randint(1, 3),
-            "bias": rng.random() < 0.8, "batch_first": rng.random() < 0.5, "bidirectional": rng.random() < 0.5,
-            "proj_size": rng.choice([0, 0, hidden - 1]) if hidden > 1 else 0,
-            "T": rng.choice([1, 2, 9]), "B": rng.choice([1, 3]), "hx": rng.random() < 0.5,
-        })
-    return configs
-
-
-@pytest.mark.parametrize("config", random_configs(10, seed=5), ids=lambda c: "-".join(map(str, c.values())))
+@pytest.mark.parametrize("config", random_lstm_configs(10, seed=5), ids=lambda c: "-".join(map(str, c.values())))
 def test_op_backend_equals_torch_backend_and_nn_lstm(config):
     config = dict(config)
     T, B, with_hx = config.pop("T"), config.pop("B"), config.pop("hx")

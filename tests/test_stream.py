@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
-from conftest import assert_close
+from conftest import assert_close, random_lstm_configs
 from test_lm import small, write_text
 
 from lstmkit import LSTM
@@ -16,23 +14,12 @@ from lstmkit.tasks import open_run
 from lstmkit.train import train_and_evaluate
 
 
-def random_configs(count: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    configs = []
-    for _ in range(count):
-        hidden = rng.choice([1, 3, 8, 13])
-        configs.append({
-            "input_size": rng.choice([1, 4, 9]), "hidden_size": hidden, "num_layers": rng.randint(1, 3),
-            "bias": rng.random() < 0.8, "proj_size": rng.choice([0, 0, max(1, hidden - 2)]) if hidden > 1 else 0,
-            "batch": rng.choice([1, 2, 5]), "T": rng.choice([1, 2, 7]), "with_hx": rng.random() < 0.5,
-        })
-    return configs
-
-
-@pytest.mark.parametrize("config", random_configs(12, seed=3), ids=lambda c: "-".join(f"{v}" for v in c.values()))
+@pytest.mark.parametrize("config", random_lstm_configs(12, seed=3, bidirectional=False),
+                         ids=lambda c: "-".join(f"{v}" for v in c.values()))
 def test_steps_equal_the_whole_sequence_forward_in_float64(config):
     config = dict(config)
-    B, T, with_hx = config.pop("batch"), config.pop("T"), config.pop("with_hx")
+    B, T, with_hx = config.pop("B"), config.pop("T"), config.pop("hx")
+    config["batch_first"] = False  # a stream takes [B, I] per step whatever the module's layout
     lstm = LSTM(**config).double()
     x = torch.randn(T, B, config["input_size"], dtype=torch.float64)
     L, H = config["num_layers"], config["hidden_size"]
