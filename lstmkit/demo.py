@@ -41,10 +41,10 @@ def run_tour(out_dir: Path, adding: DemoConfig, lm_minutes: float, sample_length
     if run_dir.exists():
         shutil.rmtree(run_dir)  # the demo's own output from an earlier run: start afresh
     result = train_and_evaluate(config, run_dir)
-    if result.best_metric is None:  # a budget too short for even one evaluation (tests use one)
-        log(f"stopped after {result.step} steps, before the first evaluation; run in {run_dir}")
-    else:
-        log(f"best validation loss {result.best_metric:.3f} nats/char after {result.step} steps; run in {run_dir}")
+    if result.status == "interrupted":
+        log(f"interrupted at step {result.step}; the run so far is in {run_dir}")
+        return
+    log(f"best validation loss {result.best_metric:.3f} nats/char after {result.step} steps; run in {run_dir}")
     log(f"\n== 3. Generated from it (lstmkit generate {run_dir} --prompt {TOUR_PROMPT!r} --temperature 0.7) ==")
     task, model = open_run(run_dir)
     write(TOUR_PROMPT)

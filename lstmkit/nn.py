@@ -10,7 +10,8 @@ handling as torch, so `load_state_dict` works in both directions. Additions:
   sigma(1) = 0.73 instead of 0.5, so early training does not wipe the memory cell (Gers et al. 2000;
   Jozefowicz et al. 2015). `forget_bias=0.0` is exactly torch's initialisation. Nothing to shift when
   `bias=False`.
-* `backend`: "auto" or "torch" (the portable backend, see `lstmkit.ops`).
+* `backend`: "auto", "torch" (the portable backend) or "op" (a torch.library custom op per layer); see
+  `lstmkit.ops`.
 * Gradients work in eval mode too, and every gate can be read with `lstmkit.trace`.
 """
 

@@ -111,10 +111,11 @@ def _token_stepper(model: torch.nn.Module, state: tuple[Tensor, Tensor], device:
     with one token at a time."""
     from lstmkit.nn import LSTM
     from lstmkit.stream import LSTMStream
+    from lstmkit.tasks.lm import LanguageModel
 
-    lstm, embedding, head = (getattr(model, name, None) for name in ("lstm", "embedding", "head"))
-    if not (isinstance(lstm, LSTM) and not lstm.bidirectional and isinstance(embedding, torch.nn.Embedding)
-            and isinstance(head, torch.nn.Linear)):
+    # Only lstmkit's own LanguageModel is known to be exactly Embedding -> LSTM -> Linear; another model with
+    # parts of those names may do more in its forward, so it is called as it is.
+    if not (type(model) is LanguageModel and isinstance(model.lstm, LSTM) and not model.lstm.bidirectional):
         def call_model(token: int) -> Tensor:
             nonlocal state
             logits, state = model(torch.tensor([[token]], device=device), state)
@@ -124,8 +125,9 @@ def _token_stepper(model: torch.nn.Module, state: tuple[Tensor, Tensor], device:
 
         return call_model
 
-    stream = LSTMStream(lstm, batch_size=1, hx=state)
-    table, head_t = embedding.weight, head.weight.t()
+    stream = LSTMStream(model.lstm, batch_size=1, hx=state)
+    head = model.head
+    table, head_t = model.embedding.weight, head.weight.t()
     # The head's bias with -inf at the ids never emitted: the masking costs nothing per token.
     head_bias = torch.zeros(1, head_t.shape[1], dtype=head_t.dtype, device=device)
     if head.bias is not None:

@@ -116,3 +116,12 @@ def test_under_autocast_the_op_takes_bf16_input_like_the_torch_backend():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y_op, y_torch = model(x.bfloat16())[0], portable(x.bfloat16())[0]
     assert_close(y_op.float(), y_torch.float(), "bf16 input under autocast", dtype=torch.bfloat16)
+
+
+def test_under_autocast_the_op_takes_fp32_input_with_bf16_states():
+    model = lstmkit.LSTM(4, 6, backend="op")
+    portable = lstmkit.LSTM.from_torch(model.to_torch(), backend="torch")
+    x, hx = torch.randn(3, 2, 4), (torch.randn(1, 2, 6).bfloat16(), torch.randn(1, 2, 6).bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_op, y_torch = model(x, hx)[0], portable(x, hx)[0]
+    assert_close(y_op.float(), y_torch.float(), "fp32 input, bf16 states", dtype=torch.bfloat16)

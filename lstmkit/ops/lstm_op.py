@@ -152,7 +152,7 @@ def layer(x: Tensor, steps: tuple[int, int], h0: Tensor, c0: Tensor, W: Tensor, 
     """`lstm_torch.lstm_layer`'s signature over the op, for full-length batches: x [T*B, I] rows and
     steps = (T, B) in place of batch_sizes (a list of T ints would fix T under torch.export)."""
     T, B = steps
-    if x.dtype != W.dtype:  # bf16 input under autocast: the op computes in the weights' dtype (as "torch" does)
-        x, h0, c0 = x.to(W.dtype), h0.to(W.dtype), c0.to(W.dtype)
+    # bf16 input or states under autocast: the op computes in the weights' dtype (as "torch" does).
+    x, h0, c0 = (t if t.dtype == W.dtype else t.to(W.dtype) for t in (x, h0, c0))
     y, h_T, c_T, _, _ = lstm_layer(x.view(T, B, -1), h0, c0, W, U, b, R, reverse)
     return y.view(T * B, -1), h_T, c_T

@@ -25,7 +25,7 @@ class AddingModelConfig:
     hidden_size: int = 64
     num_layers: int = 1
     dropout: float = 0.0
-    backend: Literal["auto", "torch"] = "auto"
+    backend: Literal["auto", "torch", "op"] = "auto"
 
 
 @dataclass

@@ -37,7 +37,7 @@ class ClassifierModelConfig:
     bidirectional: bool = False
     dropout: float = 0.0  # between LSTM layers and before the output layer
     pooling: Literal["last", "mean", "max"] = "last"
-    backend: Literal["auto", "torch"] = "auto"
+    backend: Literal["auto", "torch", "op"] = "auto"
     init: Literal["torch", "keras"] = "torch"  # "keras": the seed's initialisers (see SequenceClassifier)
 
 

@@ -48,7 +48,7 @@ class LMModelConfig:
     tie_weights: bool = False  # share the embedding with the output layer (needs embedding_dim == hidden_size)
     init_range: float = 0.0  # > 0: embedding and output weights uniform in ±init_range, output bias 0 (Zaremba et
     # al. 2014 use 0.1); 0: torch's defaults, whose N(0, 1) embedding makes large initial logits when tied
-    backend: Literal["auto", "torch"] = "auto"
+    backend: Literal["auto", "torch", "op"] = "auto"
 
 
 @dataclass

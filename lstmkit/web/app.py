@@ -392,7 +392,7 @@ def create_app(run_dirs: Sequence[Path], limits: Limits | None = None) -> FastAP
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("error while answering %s %s", request.method, request.url.path)
+        # Starlette re-raises after this answer, so uvicorn's log gets the traceback once.
         return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the server log has the details"},
                             status_code=500)
 
