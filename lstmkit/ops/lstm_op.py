@@ -154,5 +154,5 @@ def layer(x: Tensor, steps: tuple[int, int], h0: Tensor, c0: Tensor, W: Tensor, 
     T, B = steps
     # bf16 input or states under autocast: the op computes in the weights' dtype (as "torch" does).
     x, h0, c0 = (t if t.dtype == W.dtype else t.to(W.dtype) for t in (x, h0, c0))
-    y, h_T, c_T, _, _ = lstm_layer(x.view(T, B, -1), h0, c0, W, U, b, R, reverse)
+    y, h_T, c_T, _, _ = lstm_layer(x.reshape(T, B, -1), h0, c0, W, U, b, R, reverse)
     return y.view(T * B, -1), h_T, c_T
