@@ -50,6 +50,16 @@ def collate(examples: list[Tensor]) -> tuple[Tensor, Tensor]:
     return padded, lengths
 
 
+def class_probabilities(logits: Tensor) -> Tensor:
+    """[N, C] probabilities from the classifier's logits: one logit (two classes, the seed's sigmoid output)
+    gives [1 - p, p]; more give a softmax."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        p = torch.sigmoid(logits[:, 0])
+        return torch.stack([1 - p, p], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
 class ClassifierTask(Task):
     metric = "accuracy"
     metric_mode = "max"
@@ -118,13 +128,8 @@ class ClassifierTask(Task):
         for start in range(0, len(order), EVAL_BATCH):
             rows = order[start:start + EVAL_BATCH]
             inputs, lengths = collate([examples[i] for i in rows])
-            logits = model(inputs.to(device), lengths.to(device)).float()
-            if logits.shape[1] == 1:
-                p = torch.sigmoid(logits[:, 0])
-                probs = torch.stack([1 - p, p], dim=1)
-            else:
-                probs = torch.softmax(logits, dim=1)
-            probabilities[rows] = probs.cpu().double().numpy()
+            logits = model(inputs.to(device), lengths.to(device))
+            probabilities[rows] = class_probabilities(logits).cpu().double().numpy()
         model.train(was_training)
         return probabilities
 

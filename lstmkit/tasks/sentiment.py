@@ -21,7 +21,7 @@ from lstmkit.data.reviews import LabelledTexts, load_labelled_text, train_valida
 from lstmkit.data.vocab import Vocab, tokenize_words
 from lstmkit.errors import ConfigError, DataError
 from lstmkit.models import pool
-from lstmkit.tasks.classify import ClassifierModelConfig, ClassifierTask
+from lstmkit.tasks.classify import ClassifierModelConfig, ClassifierTask, class_probabilities
 
 VOCAB_FILE = "vocab.json"
 
@@ -90,11 +90,14 @@ class SentimentTask(ClassifierTask):
     def _ids(self, tokens: list[str], source: str, index: int) -> Tensor:
         if not tokens:
             raise DataError(f"{source}: text {index + 1} has no words after tokenizing; remove it or give it text")
-        ids = self.vocab.encode(tokens)
+        return torch.tensor(self.vocab.encode(self.truncate(tokens)), dtype=torch.long)
+
+    def truncate(self, tokens: list[str]) -> list[str]:
+        """At most data.maxlen tokens: the last ones ("pre", as Keras does) or the first ("post")."""
         maxlen = self.config.data.maxlen
-        if len(ids) > maxlen:
-            ids = ids[-maxlen:] if self.config.data.truncating == "pre" else ids[:maxlen]
-        return torch.tensor(ids, dtype=torch.long)
+        if len(tokens) <= maxlen:
+            return tokens
+        return tokens[-maxlen:] if self.config.data.truncating == "pre" else tokens[:maxlen]
 
     def encode(self, texts: list[str], source: str = "input") -> list[Tensor]:
         return [self._ids(tokenize_words(text), source, i) for i, text in enumerate(texts)]
@@ -150,14 +153,10 @@ class SentimentTask(ClassifierTask):
         tokens = tokenize_words(text)
         if not tokens:
             raise DataError("the text has no words; type some")
-        maxlen = self.config.data.maxlen
-        if len(tokens) > maxlen:
-            tokens = tokens[-maxlen:] if self.config.data.truncating == "pre" else tokens[:maxlen]
+        tokens = self.truncate(tokens)
         return tokens, self.vocab.encode(tokens)
 
     def predict_trace(self, model: Any, gate_trace: Any) -> dict[str, Any]:
         """The prediction for a traced text, from the traced forward's own output ([1, T, D*H])."""
-        output = gate_trace.output
-        logits = model.head(pool(output, gate_trace.lengths, model.pooling, model.lstm.num_directions)).float()[0]
-        probs = torch.softmax(logits, 0) if len(logits) > 1 else torch.cat([1 - logits.sigmoid(), logits.sigmoid()])
-        return self.labelled(probs.double().cpu().numpy())
+        pooled = pool(gate_trace.output, gate_trace.lengths, model.pooling, model.lstm.num_directions)
+        return self.labelled(class_probabilities(model.head(pooled))[0].double().cpu().numpy())
