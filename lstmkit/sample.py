@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from lstmkit.data.text import EOS, tokenize
+from lstmkit.data.text import EOS, tokenize_open
 from lstmkit.data.vocab import Vocab
 from lstmkit.errors import ConfigError, DataError
 
@@ -34,9 +34,7 @@ def encode_prompt(vocab: Vocab, prompt: str) -> list[int]:
     them as one 'unknown' symbol and continue from a context the user did not write."""
     if not prompt:
         raise DataError("the prompt is empty; give at least one character or word with --prompt")
-    tokens = tokenize(prompt, vocab.level)
-    if vocab.level == "word" and tokens and tokens[-1] == EOS and not prompt.endswith("\n"):
-        tokens = tokens[:-1]  # a prompt is not a finished line
+    tokens = tokenize_open(prompt, vocab.level)
     unknown = sorted({t for t in tokens if t not in vocab})
     if unknown:
         shown = ", ".join(repr(t) for t in unknown[:8]) + (", ..." if len(unknown) > 8 else "")

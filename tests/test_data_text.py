@@ -24,6 +24,7 @@ from lstmkit.data.text import (
     read_corpus,
     split_text,
     tokenize,
+    tokenize_open,
 )
 from lstmkit.data.vocab import PAD, UNK
 from lstmkit.errors import DataError
@@ -105,6 +106,13 @@ def test_tokenize_char_level():
     assert tokenize("Ab c\n", "char") == ["A", "b", " ", "c", "\n"]
     with pytest.raises(ValueError, match="level"):
         tokenize("x", "byte")
+
+
+def test_an_open_text_ends_without_eos_unless_its_line_is_finished():
+    assert tokenize_open("the cat sat", "word") == ["the", "cat", "sat"]
+    assert tokenize_open("the cat\nsat", "word") == ["the", "cat", EOS, "sat"]
+    assert tokenize_open("the cat\n", "word") == ["the", "cat", EOS]
+    assert tokenize_open("ab", "char") == ["a", "b"] and tokenize_open("", "word") == []
 
 
 def test_vocab_from_training_text_only():

@@ -94,6 +94,15 @@ def tokenize(text: str, level: str) -> list[str]:
     return tokens
 
 
+def tokenize_open(text: str, level: str) -> list[str]:
+    """Tokens of a text the model is to continue (a prompt, a traced text): `tokenize`, except that at word
+    level a text not ending in a newline is an unfinished line, so it gets no final `<eos>`."""
+    tokens = tokenize(text, level)
+    if level == "word" and tokens and tokens[-1] == EOS and not text.endswith("\n"):
+        tokens = tokens[:-1]
+    return tokens
+
+
 def build_lm_vocab(tokens: Sequence[str], level: str, num_words: int | None = None, min_freq: int = 1) -> Vocab:
     """The vocabulary of a token stream: `<pad>` 0, `<unk>` 1, `<eos>` 2 (word level only), then by frequency.
 

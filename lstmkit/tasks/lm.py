@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from lstmkit.config import RunConfig
 from lstmkit.data.text import (
-    EOS,
     LMCorpus,
     batchify,
     bits_per_char,
@@ -29,6 +28,7 @@ from lstmkit.data.text import (
     read_corpus,
     split_text,
     tokenize,
+    tokenize_open,
 )
 from lstmkit.data.vocab import Vocab
 from lstmkit.errors import ConfigError, DataError
@@ -202,9 +202,7 @@ class LMTask(Task):
 
     def encode_text(self, text: str) -> tuple[list[str], list[int]]:
         """The tokens of `text` as this model reads them, and their ids (unknown tokens read as <unk>)."""
-        tokens = tokenize(text, self.vocab.level)
-        if self.vocab.level == "word" and tokens and tokens[-1] == EOS and not text.endswith("\n"):
-            tokens = tokens[:-1]  # the text is not a finished line
+        tokens = tokenize_open(text, self.vocab.level)
         if not tokens:
             raise DataError("the text is empty; type at least one character or word")
         return tokens, self.vocab.encode(tokens)
