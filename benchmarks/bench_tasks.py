@@ -25,7 +25,7 @@ from torch import nn
 
 from lstmkit import config as cfg
 from lstmkit.data.vocab import pad_sequences
-from lstmkit.tasks import default_config
+from lstmkit.tasks import preset_config
 from lstmkit.tasks.sentiment import SentimentTask
 from lstmkit.train import train_and_evaluate
 
@@ -89,8 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.data.exists():
         raise SystemExit(f"{args.data} not found; pass --data PATH to the IMDB train split (JSON lines)")
-    config = default_config("sentiment")
-    cfg.apply_mapping(config, cfg.load_preset("imdb"), "preset imdb")
+    config = preset_config("sentiment", ["imdb"])
     cfg.apply_overrides(config, [f"data.path={args.data}", f"train.epochs={args.epochs}", f"train.seed={args.seed}"])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}; "
           f"IMDB seed recipe, {args.epochs} epochs")

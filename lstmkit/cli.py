@@ -93,7 +93,7 @@ def train(task: str, out: Path, data: Path | None, epochs: int | None, minutes: 
           resume: bool, quiet: bool, nproc: int, presets: tuple[str, ...], overrides: tuple[str, ...]) -> None:
     """Train TASK into the run directory --out (tasks: adding, sentiment, sequences, lm)."""
     from lstmkit import config as cfg
-    from lstmkit.tasks import default_config
+    from lstmkit.tasks import preset_config
     from lstmkit.train import check_run_dir, config_for_resume, train_and_evaluate
 
     if resume:
@@ -101,13 +101,7 @@ def train(task: str, out: Path, data: Path | None, epochs: int | None, minutes: 
             raise ConfigError("a resumed run keeps its configuration: only --epochs and --minutes may change")
         config = config_for_resume(out, epochs=epochs, minutes=minutes)
     else:
-        config = default_config(task)
-        for preset in presets:
-            mapping = cfg.load_preset(preset)
-            if mapping.get("task", task) != task:
-                raise ConfigError(f"preset {preset!r} is for task {mapping['task']!r}, not {task!r}")
-            cfg.apply_mapping(config, mapping, f"preset {preset}")
-        config.presets = ",".join(presets)
+        config = preset_config(task, presets)
         cfg.apply_overrides(config, list(overrides))
         if data is not None:
             if not hasattr(config.data, "path"):

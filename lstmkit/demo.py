@@ -28,14 +28,12 @@ def run_tour(out_dir: Path, adding: DemoConfig, lm_minutes: float, sample_length
     if lm_minutes <= 0:
         return
     from lstmkit.sample import generate
-    from lstmkit.tasks import default_config, open_run
+    from lstmkit.tasks import open_run, preset_config
     from lstmkit.train import train_and_evaluate
 
     run_dir = out_dir / "char_lm"
     log(f"\n== 2. A character language model, {lm_minutes:g} minutes on Python's own documentation ==")
-    config = default_config("lm")
-    cfg.apply_mapping(config, cfg.load_preset("tour_lm"), "preset tour_lm")
-    config.presets = "tour_lm"
+    config = preset_config("lm", ["tour_lm"])
     cfg.set_value(config, "train.minutes", lm_minutes)
     cfg.set_value(config, "train.seed", adding.seed)
     if run_dir.exists():

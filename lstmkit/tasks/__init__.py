@@ -110,6 +110,21 @@ def default_config(name: str) -> RunConfig:
     return RunConfig(task=name, model=cls.ModelConfig(), data=cls.DataConfig())
 
 
+def preset_config(name: str, presets: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """The task's defaults with `presets` (names or TOML paths) applied in order; a preset for another task
+    is refused."""
+    from lstmkit import config as cfg
+
+    config = default_config(name)
+    for preset in presets:
+        mapping = cfg.load_preset(preset)
+        if mapping.get("task", name) != name:
+            raise ConfigError(f"preset {preset!r} is for task {mapping['task']!r}, not {name!r}")
+        cfg.apply_mapping(config, mapping, f"preset {preset}")
+    config.presets = ",".join(presets)
+    return config
+
+
 def open_run(run_dir: Path) -> tuple[Task, nn.Module]:
     """The task and best model of any run directory, its config.json read once."""
     config = load_run_config(run_dir)
