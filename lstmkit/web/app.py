@@ -37,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 
 import lstmkit
 from lstmkit.errors import ConfigError, LstmkitError
-from lstmkit.introspect import GATE_NAMES, TextTrace, trace_text
+from lstmkit.introspect import GATE_NAMES, trace_text
 from lstmkit.sample import generate
 from lstmkit.tasks import open_run
 
@@ -331,12 +331,6 @@ def check_chars(text: str, what: str, limits: Limits) -> None:
                                  f"{limits.max_chars:,}; shorten it")
 
 
-def trace_json(trace: TextTrace, layers: Sequence[int] | None = None, gates: Sequence[str] | None = None,
-               decimals: int = 4) -> dict[str, Any]:
-    """TextTrace.to_json, restricted to some layers and gates (the rest of the description stays whole)."""
-    return trace.to_json(decimals, layers=layers, gates=gates)
-
-
 class RefuseHugeBodies:
     """ASGI middleware: a 413 for a Content-Length over `max_bytes`, before the body is read (plain ASGI, so that
     streamed responses pass through untouched)."""
@@ -444,7 +438,7 @@ def create_app(run_dirs: Sequence[Path], limits: Limits | None = None) -> FastAP
     async def trace(body: TraceRequest) -> Response:
         run = pick_run(runs, body.run, TEXT_TASKS, "/api/trace")
         check_chars(body.text, "the text", limits)
-        num_layers = run.info()["num_layers"]
+        num_layers = run.model.lstm.num_layers  # text runs (lm, sentiment) all read with an LSTM
         wrong = sorted({layer for layer in body.layers or [] if not 0 <= layer < num_layers})
         if wrong:
             has = "only layer 0" if num_layers == 1 else f"layers 0 to {num_layers - 1}"
@@ -452,7 +446,7 @@ def create_app(run_dirs: Sequence[Path], limits: Limits | None = None) -> FastAP
 
         def traced() -> bytes:
             text_trace = trace_text(run.task, run.model, body.text, max_tokens=limits.max_tokens)
-            payload = {"run": run.name, **trace_json(text_trace, body.layers, body.gates, body.decimals)}
+            payload = {"run": run.name, **text_trace.to_json(body.decimals, layers=body.layers, gates=body.gates)}
             return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
         return Response(await slots.call(traced), media_type="application/json")
