@@ -52,13 +52,13 @@ class LSTMStream:
         self._widths = [lstm.input_size] + [P] * (lstm.num_layers - 1)  # each layer's input width
         self._xh = [empty(B, width + P) for width in self._widths]
         self._c = [empty(B, H) for _ in range(lstm.num_layers)]
-        self._gates = [empty(B, 4 * H) for _ in range(lstm.num_layers)]
         self._tanh_c = empty(B, H)
         self._unprojected = empty(B, H) if lstm.proj_size else None
         # Every view a step touches, made once: slicing costs as much as a small op at batch 1. The gate rows
         # are stored in the order (i, f, o, c~), so the three sigmoids are one call and the tanh another.
         self._layers = []
-        for width, xh, c, gates in zip(self._widths, self._xh, self._c, self._gates, strict=True):
+        for width, xh, c in zip(self._widths, self._xh, self._c, strict=True):
+            gates = empty(B, 4 * H)
             self._layers.append((xh, xh[:, :width], xh[:, width:], c, gates, gates[:, : 3 * H], gates[:, 3 * H:],
                                  gates[:, :H], gates[:, H: 2 * H], gates[:, 2 * H: 3 * H]))
         self.refresh()
