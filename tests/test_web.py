@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from test_lm import small, write_text
 
 from lstmkit import config as cfg
 from lstmkit.errors import ConfigError, LstmkitError
@@ -36,7 +37,6 @@ GATE_RANGES = {"input": (0, 1), "forget": (0, 1), "output": (0, 1), "candidate":
 POSITIVE = ["great", "wonderful", "moving", "superb", "loved"]
 NEGATIVE = ["awful", "boring", "dull", "terrible", "hated"]
 FILLER = ["the", "film", "plot", "actor", "scene", "was", "and", "a", "it", "of"]
-VERSE = "the cat sat on the mat.\nthe dog ran to the log.\na bird sang in the tree.\n"
 
 
 # --- tiny runs, trained here in a few seconds ------------------------------------------------------------
@@ -74,11 +74,8 @@ def make_sentiment_run(root: Path) -> Path:
 
 
 def make_char_run(root: Path) -> Path:
-    data = root / "verse.txt"
-    data.write_text(VERSE * 40, encoding="utf-8")
-    config = cfg.apply_overrides(default_config("lm"), [
-        f"data.path={data}", "data.bptt=16", "model.embedding_dim=8", "model.hidden_size=16", "model.num_layers=1",
-        "model.dropout=0", "train.batch_size=8", "train.lr=0.01", "train.epochs=2"])
+    config = small(write_text(root / "verse.txt", repeats=40), "model.embedding_dim=8", "model.hidden_size=16",
+                   "train.epochs=2")
     run = root / "verse"
     with one_thread():
         assert train_and_evaluate(config, run, quiet=True).status == "completed"
