@@ -10,8 +10,8 @@ handling as torch, so `load_state_dict` works in both directions. Additions:
   sigma(1) = 0.73 instead of 0.5, so early training does not wipe the memory cell (Gers et al. 2000;
   Jozefowicz et al. 2015). `forget_bias=0.0` is exactly torch's initialisation. Nothing to shift when
   `bias=False`.
-* `backend`: "auto", "torch" (the portable backend) or "op" (a torch.library custom op per layer); see
-  `lstmkit.ops`.
+* `backend`: "auto", "torch" (the portable backend), "op" (a torch.library custom op per layer) or "cpu"
+  (the fused C kernel); see `lstmkit.ops`.
 * Gradients work in eval mode too, and every gate can be read with `lstmkit.trace`.
 """
 
@@ -309,6 +309,7 @@ class LSTM(nn.Module):
         path = ops.pick(
             self.backend, device=like.device, projected=bool(self.proj_size), recording=record is not None,
             training=self.training, packed=packed, dropout=self.dropout > 0 and self.num_layers > 1,
+            dtype=like.dtype, needs_grad=torch.is_grad_enabled() and (like.requires_grad or x.requires_grad),
         )
         if path == "vendor":
             flat_weights = [weight for per_direction in self.all_weights for weight in per_direction]

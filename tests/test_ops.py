@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import assert_close
 
-from lstmkit.ops import check_backend, layer_function, lstm_torch, pick
+from lstmkit.ops import check_backend, layer_function, lstm_cpu, lstm_torch, pick
 from lstmkit.reference import lstm_backward, lstm_forward, random_lstm_problem
 
 SHAPES = [(1, 1, 1, 1, None), (1, 2, 3, 4, None), (63, 1, 2, 3, None), (6, 3, 4, 5, 2), (5, 4, 3, 7, None)]
@@ -107,7 +107,10 @@ def test_record_holds_the_gates_of_the_forward():
 
 
 def test_backend_choice():
-    assert layer_function("auto") is lstm_torch.lstm_layer
+    assert layer_function("auto") is lstm_cpu.lstm_layer  # which hands what it cannot run to lstm_torch
+    assert layer_function("cpu") is lstm_cpu.lstm_layer
+    assert layer_function("auto", recording=True) is lstm_torch.lstm_layer
+    assert layer_function("cpu", recording=True) is lstm_torch.lstm_layer
     assert layer_function("torch") is lstm_torch.lstm_layer
     with pytest.raises(ValueError, match="backend must be one of"):
         check_backend("cuda-magic")
@@ -125,3 +128,9 @@ def test_backend_choice():
         assert pick("auto", device=cuda, **(standard | {"training": False})) == "vendor"  # no backward to refuse
     assert pick("auto", device=cuda, **(standard | {"dropout": True})) == "torch"  # cuDNN's dropout state
     assert pick("auto", device=cpu, **(standard | {"dropout": True})) == "vendor"  # oneDNN uses torch's RNG
+    # float32 on the CPU with the C kernel: it where it measured faster (train steps), oneDNN for inference.
+    kernel = "torch" if lstm_cpu.available() else "vendor"
+    assert pick("auto", device=cpu, **standard, needs_grad=True) == kernel
+    assert pick("auto", device=cpu, **standard, needs_grad=False) == "vendor"
+    assert pick("auto", device=cpu, **standard, needs_grad=True, dtype=torch.bfloat16) == "vendor"
+    assert pick("cpu", device=cpu, **standard) == "torch"

@@ -7,7 +7,13 @@ Backends a user can name:
            torch.nn.LSTM runs) where it computes exactly the standard LSTM, else "torch".
   "op"     each layer is one `torch.library` custom op with a hand-written backward (`lstm_op`): what
            torch.compile(fullgraph=True) and torch.export see as one node per layer, whatever T is.
-           Packed input and gate recording go to "torch".
+           Packed input and gate recording go to "torch". On the CPU in float32 its time loops are the
+           C kernel's.
+  "cpu"    the fused CPU kernel (`lstm_cpu`: the time loops of forward and BPTT in C around MKL's GEMMs,
+           both cores busy). What it cannot run (gate recording, GPU tensors, other dtypes, a machine
+           without a C compiler) goes to "torch".
+"auto" on the CPU in float32 takes the C kernel where it measured faster than torch's fused kernel (train
+steps, projections, packed input; BENCHMARKS.md) and torch's elsewhere (inference of plain full batches).
 """
 
 from __future__ import annotations
@@ -16,9 +22,9 @@ from collections.abc import Callable
 
 import torch
 
-from lstmkit.ops import lstm_op, lstm_torch
+from lstmkit.ops import lstm_cpu, lstm_op, lstm_torch
 
-BACKENDS = ("auto", "torch", "op")
+BACKENDS = ("auto", "torch", "op", "cpu")
 
 
 def check_backend(name: object) -> str:
@@ -36,11 +42,21 @@ def pick(
     training: bool,
     packed: bool = False,
     dropout: bool = False,
+    dtype: torch.dtype = torch.float32,
+    needs_grad: bool = False,
 ) -> str:
-    """"vendor" or "torch" (lstmkit's own layers, see `layer_function`) for one call of a full LSTM stack."""
+    """"vendor" or "torch" (lstmkit's own layers, see `layer_function`) for one call of a full LSTM stack.
+
+    dtype: the parameters' dtype; needs_grad: whether a backward will follow."""
     check_backend(backend)
-    if backend in ("torch", "op") or recording:
+    if backend in ("torch", "op", "cpu") or recording:
         return "torch"
+    if device.type == "cpu" and dtype == torch.float32 and lstm_cpu.available():
+        # The C kernel against oneDNN (2 cores, bench_lstm.py, 2026-11-23): train steps 1.2-1.6x faster;
+        # inference of a plain full batch 0.8x (oneDNN keeps the input projection in cache; we stream it).
+        if needs_grad or packed or projected:
+            return "torch"
+        return "vendor"
     # oneDNN takes no packed input: torch then runs a native fallback 4x slower than lstmkit's packed rows
     # (train step, B=32 T<=300 I=128 H=64: 301 ms vs 80 ms; bidirectional 510 vs 128; 2 cores, 2026-11-23).
     if packed and device.type == "cpu":
@@ -62,8 +78,12 @@ def pick(
 def layer_function(backend: str, packed: bool = False, recording: bool = False) -> Callable:
     """The function that runs one LSTM layer in one direction with lstmkit's own code."""
     check_backend(backend)
-    if backend == "op" and not packed and not recording:
+    if recording:
+        return lstm_torch.lstm_layer
+    if backend == "op" and not packed:
         return lstm_op.layer
+    if backend in ("cpu", "auto"):
+        return lstm_cpu.lstm_layer  # itself hands what it cannot run to lstm_torch
     return lstm_torch.lstm_layer
 
 

@@ -1,0 +1,313 @@
+/* lstmkit's fused CPU LSTM layer: the time loop of the forward and of BPTT, in plain C.
+ *
+ * Built at first use by lstmkit/ops/lstm_cpu.py (cc -O3 -march=native, no torch or Python headers) and
+ * called through ctypes with raw float32 pointers. The GEMMs are MKL's, taken from the libtorch_cpu that
+ * torch already loaded (addresses handed over by lstm_cpu.py); nothing here links against torch.
+ *
+ * What runs here is only what must run step by step (Appleyard et al. 2016):
+ *   forward, per step t:  a_t += U h_{t-1}            one GEMM on U packed once (MKL "packed GEMM")
+ *                         i, f, o = sigma(.), g = tanh(.)          eq. 6.51-6.54, one pass over the row
+ *                         c_t = f c_{t-1} + i g;  h_t = o tanh(c_t)   eq. 6.55-6.56, same pass
+ *                         h_t = R h_t                  (projection, proj_size > 0)
+ *   backward, per step:   dz_t from the saved gates and cells, then dh_{t-1} = U^T dz_t
+ * The input projection W x_t + b of every step comes in precomputed (one big GEMM in torch), and the
+ * weight gradients (dW, dU, dR, db) are big GEMMs in torch after the loop.
+ *
+ * Rows (sequences) never interact, so each thread takes a contiguous block of rows and runs the whole time
+ * loop on it: no barrier per step. Rows are packed as in torch's PackedSequence: step t holds
+ * batch_sizes[t] rows starting at offsets[t], longest sequences first, so finished sequences drop out of
+ * the GEMMs. The running state h, c lives in [B, P] / [B, H] buffers that start as h0, c0: a row keeps its
+ * final state once its sequence ends (forward) or holds h0 until its sequence starts (reverse).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* CBLAS constants (mkl_cblas.h). */
+enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112, PACKED = 151, B_MATRIX = 162 };
+
+typedef size_t (*pack_get_size_fn)(int identifier, int m, int n, int k);
+typedef void (*pack_fn)(int layout, int identifier, int trans, int m, int n, int k, float alpha,
+                        const float *src, int ld, float *dest);
+typedef void (*compute_fn)(int layout, int transa, int transb, int m, int n, int k, const float *a, int lda,
+                           const float *b, int ldb, float beta, float *c, int ldc);
+typedef int (*set_threads_local_fn)(int nthreads);
+
+static pack_get_size_fn blas_pack_get_size;
+static pack_fn blas_pack;
+static compute_fn blas_compute;
+static set_threads_local_fn blas_set_threads_local;
+
+int lk_version(void) { return 1; }
+
+void lk_init(void *pack_get_size, void *pack, void *compute, void *set_threads_local) {
+    blas_pack_get_size = (pack_get_size_fn)pack_get_size;
+    blas_pack = (pack_fn)pack;
+    blas_compute = (compute_fn)compute;
+    blas_set_threads_local = (set_threads_local_fn)set_threads_local;
+}
+
+/* ---- pointwise math, written so that gcc vectorises the loops that inline it ---- */
+
+/* e^x for x in [-87, 87] (clamped, so that 1 + e^x stays in lk_recip's range), rel. error ~1e-7: x = n ln2 + r, |r| <= ln2/2, e^r by its Taylor
+ * series to r^7 (next term < 1e-8 relative), 2^n built in the exponent bits. NaN stays NaN. */
+static inline float lk_exp(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 87.0f ? 87.0f : x;
+    float n = __builtin_rintf(x * 1.44269504088896341f);
+    float r = x - n * 0.693145751953125f;  /* ln2 split in two (Cody & Waite) so r keeps its low bits */
+    r = r - n * 1.42860682030941723212e-6f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union { int32_t i; float f; } scale;
+    scale.i = ((int32_t)n + 127) << 23;
+    return p * scale.f;
+}
+
+/* 1/a for a in [1, 2^126] by Newton's iteration r <- r (2 - a r) from the classic bit-trick estimate (12%
+ * error; three iterations square it down to ~1e-7). Vectorised it costs a third of a division, which is the
+ * slowest instruction of the pass (five per element), and it keeps NaN a NaN without -ffast-math. */
+static inline float lk_recip(float a) {
+    union { int32_t i; float f; } r;
+    r.f = a;
+    r.i = 0x7EF311C3 - r.i;
+    float x = r.f;
+    x = x * (2.0f - a * x);
+    x = x * (2.0f - a * x);
+    x = x * (2.0f - a * x);
+    return x;
+}
+
+static inline float lk_sigmoid(float x) { return lk_recip(1.0f + lk_exp(-x)); }
+
+/* tanh from e^{-2|x|}; below |x| = 1/16 its odd series (to x^7), where 1 - e^{-2|x|} would cancel. */
+static inline float lk_tanh(float x) {
+    float ax = __builtin_fabsf(x);
+    float e = lk_exp(-2.0f * ax);
+    float t = (1.0f - e) * lk_recip(1.0f + e);
+    t = x < 0.0f ? -t : t;
+    float x2 = x * x;
+    float series = x + x * x2 * (-1.0f / 3.0f + x2 * (2.0f / 15.0f + x2 * (-17.0f / 315.0f)));
+    return ax < 0.0625f ? series : t;
+}
+
+/* One row of the forward's pointwise pass: a = [a_i | a_f | a_g | a_o] pre-activations in, activated
+ * gates out (kept for the backward); c: c_{t-1} in, c_t out; m = o tanh(c_t). */
+static void forward_row(int H, float *restrict a, float *restrict c, float *restrict cell_out,
+                        float *restrict m) {
+    float *restrict ai = a, *restrict af = a + H, *restrict ag = a + 2 * H, *restrict ao = a + 3 * H;
+    for (int j = 0; j < H; j++) {
+        float i = lk_sigmoid(ai[j]), f = lk_sigmoid(af[j]), g = lk_tanh(ag[j]), o = lk_sigmoid(ao[j]);
+        float cn = f * c[j] + i * g; /* 6.55 */
+        ai[j] = i; af[j] = f; ag[j] = g; ao[j] = o;
+        c[j] = cn;
+        cell_out[j] = cn;
+        m[j] = o * lk_tanh(cn); /* 6.56 */
+    }
+}
+
+/* One row of BPTT's pointwise pass. z: activated gates of the step; cell = c_t; c_prev = c_{t-1};
+ * dm = dL/dm_t (m = o tanh c, before any projection); dc: dL/dc_t carried from step t+1 in,
+ * dL/dc_{t-1} out; dz: gradients of the four pre-activations out. */
+static void backward_row(int H, const float *restrict z, const float *restrict cell,
+                         const float *restrict c_prev, const float *restrict dm, float *restrict dc,
+                         float *restrict dz) {
+    const float *restrict zi = z, *restrict zf = z + H, *restrict zg = z + 2 * H, *restrict zo = z + 3 * H;
+    float *restrict di = dz, *restrict df = dz + H, *restrict dg = dz + 2 * H, *restrict dout = dz + 3 * H;
+    for (int j = 0; j < H; j++) {
+        float i = zi[j], f = zf[j], g = zg[j], o = zo[j];
+        float tc = lk_tanh(cell[j]);
+        float d = dc[j] + dm[j] * o * (1.0f - tc * tc);
+        di[j] = d * g * i * (1.0f - i);
+        df[j] = d * c_prev[j] * f * (1.0f - f);
+        dg[j] = d * i * (1.0f - g * g);
+        dout[j] = dm[j] * tc * o * (1.0f - o);
+        dc[j] = d * f;
+    }
+}
+
+/* ---- the time loops, one block of rows [r0, r1) per thread ---- */
+
+/* Pack op(src) (k x n) once for every step's GEMM. NULL if out of memory. */
+static float *pack_b(int trans, int m, int n, int k, const float *src, int ld) {
+    float *dest = (float *)malloc(blas_pack_get_size(B_MATRIX, m, n, k));
+    if (dest) blas_pack(ROW_MAJOR, B_MATRIX, trans, m, n, k, 1.0f, src, ld, dest);
+    return dest;
+}
+
+
+typedef struct {
+    int T, H, P, reverse, r0, r1;
+    const int64_t *batch_sizes, *offsets;
+    const float *U, *R;               /* [4H, P], [P, H] (R NULL without a projection) */
+    int status;                       /* 0, or -1 when the packed weights could not be allocated */
+    float *gates;                     /* [N, 4H]: input projection in, activated gates out */
+    float *cells;                     /* [N, H] */
+    float *y;                         /* [N, P] */
+    float *h_prev;                    /* [N, P] h_{t-1} of each row (for dU), or NULL */
+    float *m_out;                     /* [N, H] o tanh(c) before the projection (for dR), or NULL */
+    float *h, *c;                     /* [B, P], [B, H]: running state, h0/c0 in, final state out */
+} forward_job;
+
+/* How many of the rows [r0, r1) step t holds. */
+static int active_rows(const int64_t *batch_sizes, int r0, int r1, int t) {
+    int64_t end = batch_sizes[t] < r1 ? batch_sizes[t] : r1;
+    return end > r0 ? (int)(end - r0) : 0;
+}
+
+static void *forward_rows(void *arg) {
+    forward_job *job = (forward_job *)arg;
+    const int H = job->H, P = job->P, G = 4 * job->H;
+    const int rows = job->r1 - job->r0;
+    int previous_threads = blas_set_threads_local(1); /* the threads are ours: one MKL thread each */
+    /* Each thread packs its own copy: MKL keeps per-call workspace in the packed buffer, and one shared
+     * buffer made two threads' GEMMs as slow as one thread doing both (measured). */
+    float *U_packed = pack_b(TRANS, rows, G, P, job->U, P);                  /* B = U^T: P x 4H */
+    float *R_packed = job->R ? pack_b(TRANS, rows, P, H, job->R, H) : NULL;  /* B = R^T: H x P */
+    float *m_scratch = job->R && !job->m_out ? (float *)malloc(sizeof(float) * (size_t)rows * H) : NULL;
+    if (!U_packed || (job->R && !R_packed) || (job->R && !job->m_out && !m_scratch)) {
+        job->status = -1;
+        job->T = 0; /* skip the loop, free what was had */
+    }
+    for (int s = 0; s < job->T; s++) {
+        int t = job->reverse ? job->T - 1 - s : s;
+        int n = active_rows(job->batch_sizes, job->r0, job->r1, t);
+        if (n == 0) continue;
+        int64_t row = job->offsets[t] + job->r0;
+        float *a = job->gates + row * G;
+        float *h_in = job->h + (int64_t)job->r0 * P;
+        if (job->h_prev) {
+            memcpy(job->h_prev + row * P, h_in, sizeof(float) * (size_t)n * P);
+            h_in = job->h_prev + row * P;
+        }
+        blas_compute(ROW_MAJOR, NO_TRANS, PACKED, n, G, P, h_in, P, U_packed, G, 1.0f, a, G);
+        float *m_rows = R_packed ? (job->m_out ? job->m_out + row * H : m_scratch) : job->y + row * P;
+        for (int r = 0; r < n; r++)
+            forward_row(H, a + (int64_t)r * G, job->c + (int64_t)(job->r0 + r) * H, job->cells + (row + r) * H,
+                        m_rows + (int64_t)r * H);
+        if (R_packed) /* h_t = R m_t */
+            blas_compute(ROW_MAJOR, NO_TRANS, PACKED, n, P, H, m_rows, H, R_packed, P, 0.0f,
+                         job->y + row * P, P);
+        memcpy(job->h + (int64_t)job->r0 * P, job->y + row * P, sizeof(float) * (size_t)n * P);
+    }
+    free(m_scratch);
+    free(U_packed);
+    free(R_packed);
+    blas_set_threads_local(previous_threads);
+    return NULL;
+}
+
+typedef struct {
+    int T, H, P, reverse, r0, r1;
+    const int64_t *batch_sizes, *offsets;
+    const float *U, *R;               /* [4H, P], [P, H] (R NULL without a projection) */
+    int status;
+    const float *gates, *cells, *c0;
+    const float *dy;                  /* [N, P] */
+    float *dz;                        /* [N, 4H] out */
+    float *dh_out;                    /* [N, P] dL/dh_t of each row (for dR), or NULL without R */
+    float *dh, *dc;                   /* [B, P], [B, H]: dh_T/dc_T in, dh0/dc0 out */
+} backward_job;
+
+static void *backward_rows(void *arg) {
+    backward_job *job = (backward_job *)arg;
+    const int H = job->H, P = job->P, G = 4 * job->H;
+    const int rows = job->r1 - job->r0;
+    int previous_threads = blas_set_threads_local(1);
+    float *U_packed = pack_b(NO_TRANS, rows, P, G, job->U, P);                  /* B = U: 4H x P */
+    float *R_packed = job->R ? pack_b(NO_TRANS, rows, H, P, job->R, H) : NULL;  /* B = R: P x H */
+    float *dm_scratch = job->R ? (float *)malloc(sizeof(float) * (size_t)rows * H) : NULL;
+    if (!U_packed || (job->R && (!R_packed || !dm_scratch))) {
+        job->status = -1;
+        job->T = 0;
+    }
+    for (int s = job->T - 1; s >= 0; s--) {
+        int t = job->reverse ? job->T - 1 - s : s;
+        int n = active_rows(job->batch_sizes, job->r0, job->r1, t);
+        if (n == 0) continue;
+        int64_t row = job->offsets[t] + job->r0;
+        float *dh = job->dh + (int64_t)job->r0 * P;
+        const float *dy = job->dy + row * P;
+        for (int64_t k = 0; k < (int64_t)n * P; k++) dh[k] += dy[k];
+        const float *dm = dh;
+        if (R_packed) { /* back through h_t = R m_t */
+            memcpy(job->dh_out + row * P, dh, sizeof(float) * (size_t)n * P);
+            blas_compute(ROW_MAJOR, NO_TRANS, PACKED, n, H, P, dh, P, R_packed, H, 0.0f, dm_scratch, H);
+            dm = dm_scratch;
+        }
+        /* c_{t-1}: the previous processed step's cell, or c0 for rows whose sequence starts here. */
+        int t_prev = job->reverse ? t + 1 : t - 1;
+        int prev_rows = s > 0 ? active_rows(job->batch_sizes, job->r0, job->r1, t_prev) : 0;
+        for (int r = 0; r < n; r++) {
+            int64_t b = job->r0 + r;
+            const float *c_prev = r < prev_rows ? job->cells + (job->offsets[t_prev] + b) * H : job->c0 + b * H;
+            backward_row(H, job->gates + (row + r) * G, job->cells + (row + r) * H, c_prev, dm + (int64_t)r * H,
+                         job->dc + b * H, job->dz + (row + r) * G);
+        }
+        /* dh_{t-1} = U^T dz_t, as rows: dz [n, 4H] @ U [4H, P] */
+        blas_compute(ROW_MAJOR, NO_TRANS, PACKED, n, P, G, job->dz + row * G, G, U_packed, P, 0.0f, dh, P);
+    }
+    free(dm_scratch);
+    free(U_packed);
+    free(R_packed);
+    blas_set_threads_local(previous_threads);
+    return NULL;
+}
+
+#define MAX_THREADS 64
+
+/* Run `work` on each of `jobs` (nthreads of them, job_size bytes each), one per thread. OpenMP, because its
+ * threads stay alive between calls: a fresh pthread per call made MKL set itself up again in it, and the
+ * second thread's GEMMs took 2.5x as long (measured). Linked as -fopenmp, the library shares the libgomp
+ * that torch has loaded (same soname), so these are torch's own worker threads. */
+static void run_jobs(void *(*work)(void *), char *jobs, size_t job_size, int nthreads) {
+#pragma omp parallel for num_threads(nthreads) schedule(static, 1)
+    for (int k = 0; k < nthreads; k++) work(jobs + k * job_size);
+}
+
+/* splits: nthreads + 1 row boundaries, 0 = splits[0] < ... < splits[nthreads] = B.
+ * Returns 0, -1 when memory for the packed weights could not be had, -2 for a bad thread count. */
+int lk_forward(int T, int H, int P, int reverse, const int64_t *batch_sizes, const int64_t *offsets,
+               int nthreads, const int64_t *splits, const float *U, const float *R, float *gates, float *cells,
+               float *y, float *h_prev, float *m_out, float *h, float *c) {
+    if (nthreads < 1 || nthreads > MAX_THREADS) return -2;
+    forward_job jobs[MAX_THREADS];
+    for (int k = 0; k < nthreads; k++)
+        jobs[k] = (forward_job){T, H, P, reverse, (int)splits[k], (int)splits[k + 1], batch_sizes, offsets,
+                                U, R, 0, gates, cells, y, h_prev, m_out, h, c};
+    run_jobs(forward_rows, (char *)jobs, sizeof(forward_job), nthreads);
+    for (int k = 0; k < nthreads; k++)
+        if (jobs[k].status) return jobs[k].status;
+    return 0;
+}
+
+int lk_backward(int T, int H, int P, int reverse, const int64_t *batch_sizes, const int64_t *offsets,
+                int nthreads, const int64_t *splits, const float *U, const float *R, const float *gates,
+                const float *cells, const float *c0, const float *dy, float *dz, float *dh_out, float *dh,
+                float *dc) {
+    if (nthreads < 1 || nthreads > MAX_THREADS) return -2;
+    backward_job jobs[MAX_THREADS];
+    for (int k = 0; k < nthreads; k++)
+        jobs[k] = (backward_job){T, H, P, reverse, (int)splits[k], (int)splits[k + 1], batch_sizes, offsets,
+                                 U, R, 0, gates, cells, c0, dy, dz, dh_out, dh, dc};
+    run_jobs(backward_rows, (char *)jobs, sizeof(backward_job), nthreads);
+    for (int k = 0; k < nthreads; k++)
+        if (jobs[k].status) return jobs[k].status;
+    return 0;
+}
+
+/* The pointwise functions alone, for the tests' accuracy check. */
+void lk_pointwise(int n, const float *x, float *exp_out, float *sigmoid_out, float *tanh_out) {
+    for (int k = 0; k < n; k++) {
+        exp_out[k] = lk_exp(x[k]);
+        sigmoid_out[k] = lk_sigmoid(x[k]);
+        tanh_out[k] = lk_tanh(x[k]);
+    }
+}

@@ -1,0 +1,272 @@
+"""The fused CPU LSTM layer (`backend="cpu"`): a small plain-C time loop (`csrc/lstm_cpu.c`) around MKL.
+
+Same signature as `lstm_torch.lstm_layer` (packed rows, reverse, projection, initial states). What runs where:
+  torch, before the loop  the input projection W x_t + b of every step: one GEMM
+  C, per step             a_t += U h_{t-1} (one MKL GEMM on U packed once), then every gate, the cell and
+                          h_t in one vectorised pass over the row; h_t = R h_t with a projection
+  C, BPTT per step        the gate gradients in one pass, then dh_{t-1} = U^T dz_t
+  torch, after the loop   dx, dW, dU, dR, db: one GEMM each over all steps
+Sequences are independent, so each core takes a block of rows and runs the whole time loop on it.
+
+Why C and how it is built: the torch-ops loop pays ~10 Python-dispatched ops per step, which on small
+layers costs more than the maths (config a of `benchmarks/bench_lstm.py`: 500 steps). The C file needs
+no torch or Python headers; it is compiled at first use with the system C compiler (`cc`, or $CC) into a
+cache directory ($LSTMKIT_CACHE, else ~/.cache/lstmkit) in about half a second, and loaded with ctypes.
+The GEMMs are MKL's, found in the libtorch_cpu that torch has loaded already (x86-64 wheels ship MKL).
+Without a compiler, without MKL, or with LSTMKIT_NO_C_KERNEL=1, `available()` is False and every call
+goes to the portable backend, so nothing else changes.
+
+Compiled with -march=native for the machine that runs it; the cache key holds the CPU's flags, so a
+shared home directory on mixed machines builds one library per kind of CPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from lstmkit.ops import lstm_torch
+
+SOURCE = Path(__file__).with_name("csrc") / "lstm_cpu.c"
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-fopenmp"]
+_MKL_SYMBOLS = ("cblas_sgemm_pack_get_size", "cblas_sgemm_pack", "cblas_sgemm_compute", "MKL_Set_Num_Threads_Local")
+# Below this many rows per thread a second thread costs more than it saves (measured, see BENCHMARKS.md).
+MIN_ROWS_PER_THREAD = 4
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def _cpu_signature() -> str:
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = line
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()} {flags}"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("LSTMKIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lstmkit")
+    return Path(root) / "kernels"
+
+
+def _compile(compiler: str) -> Path:
+    source = SOURCE.read_bytes()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(),
+                                     _cpu_signature().encode()])).hexdigest()[:20]
+    target = cache_dir() / f"lstm_cpu_{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target, then rename: processes that start together never load half a file.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        result = subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
+                                timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {result.stderr.strip().splitlines()[-1:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _mkl_addresses() -> list[int]:
+    lib_dir = Path(torch.__file__).parent / "lib"
+    candidates = sorted(lib_dir.glob("libtorch_cpu.*"))
+    if not candidates:
+        raise RuntimeError("torch has no libtorch_cpu library to take MKL from")
+    torch_cpu = ctypes.CDLL(str(candidates[0]))  # already loaded by torch: this only opens a handle
+    try:
+        return [ctypes.cast(getattr(torch_cpu, name), ctypes.c_void_p).value for name in _MKL_SYMBOLS]
+    except AttributeError as e:
+        raise RuntimeError("this torch build has no MKL packed GEMM (x86-64 Linux wheels have it)") from e
+
+
+def _load() -> ctypes.CDLL | None:
+    """The compiled kernel library, or None (reason in `unavailable_reason()`). Compiles once per process."""
+    with _lock:
+        if "lib" in _state:
+            return _state["lib"]  # type: ignore[return-value]
+        start = time.perf_counter()
+        lib, reason = None, ""
+        try:
+            if os.environ.get("LSTMKIT_NO_C_KERNEL"):
+                raise RuntimeError("disabled by LSTMKIT_NO_C_KERNEL")
+            if sys.platform != "linux":
+                raise RuntimeError(f"the C kernel is built for Linux only, not {sys.platform}")
+            compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+            if not compiler:
+                raise RuntimeError("no C compiler found (install gcc, or set CC)")
+            addresses = _mkl_addresses()
+            lib = ctypes.CDLL(str(_compile(compiler)))
+            lib.lk_init(*[ctypes.c_void_p(a) for a in addresses])
+            lib.lk_forward.restype = lib.lk_backward.restype = ctypes.c_int
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            lib, reason = None, str(e) or type(e).__name__
+        _state.update(lib=lib, reason=reason, seconds=time.perf_counter() - start)
+        return lib
+
+
+def available() -> bool:
+    """True when the C kernel is built and loaded (building it now if needed)."""
+    return _load() is not None
+
+
+def unavailable_reason() -> str:
+    _load()
+    return str(_state["reason"])
+
+
+def load_seconds() -> float:
+    """Seconds the first `available()` call took in this process (compile or cache load)."""
+    _load()
+    return float(_state["seconds"])  # type: ignore[arg-type]
+
+
+def supports(x: Tensor, *weights: Tensor | None) -> bool:
+    """Whether the C kernel can run a layer: float32 weights on the CPU, and float32 input (or any floating
+    input under CPU autocast, which the kernel computes in float32 like the "op" backend)."""
+    if not all(w is None or (w.device.type == "cpu" and w.dtype == torch.float32) for w in weights):
+        return False
+    if x.device.type != "cpu" or not (x.dtype == torch.float32 or torch.is_autocast_enabled("cpu")):
+        return False
+    return available()
+
+
+def _ptr(t: Tensor | None) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr() if t is not None else None)
+
+
+def _plan(batch_sizes: list[int]) -> tuple[Tensor, Tensor, int, Tensor]:
+    """int64 batch sizes and row offsets per step, the thread count and the row split between threads.
+
+    The split balances the work (steps per row), not the rows: packed rows are sorted longest first."""
+    sizes = torch.tensor(batch_sizes, dtype=torch.int64)
+    offsets = torch.zeros_like(sizes)
+    offsets[1:] = sizes.cumsum(0)[:-1]
+    B = batch_sizes[0]
+    threads = max(1, min(torch.get_num_threads(), B // MIN_ROWS_PER_THREAD, 64))
+    if threads == 1:
+        return sizes, offsets, 1, torch.tensor([0, B], dtype=torch.int64)
+    # lengths[b] = number of steps that hold row b; cumulative work, cut into equal parts
+    lengths = (sizes[None, :] > torch.arange(B)[:, None]).sum(1)
+    work = lengths.cumsum(0)
+    cuts = torch.searchsorted(work, work[-1] * torch.arange(1, threads) / threads)
+    splits = torch.cat([torch.tensor([0]), cuts + 1, torch.tensor([B])]).clamp(max=B)
+    splits = torch.unique_consecutive(splits)
+    return sizes, offsets, len(splits) - 1, splits.to(torch.int64)
+
+
+def forward(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Tensor, R: Tensor | None,
+            reverse: bool, keep_for_backward: bool) -> dict[str, Tensor]:
+    """Run the time loop. gates: [N, 4H] input projection (W x + b), overwritten with the activated gates.
+
+    Returns y [N, P], h_T, c_T, cells [N, H] and, with keep_for_backward, h_prev [N, P] (each row's
+    h_{t-1}) and, with a projection, m [N, H] (o tanh c before it)."""
+    lib = _load()
+    assert lib is not None, "call supports() first"
+    N, G = gates.shape
+    H, P = G // 4, h0.shape[1]
+    sizes, offsets, threads, splits = _plan(batch_sizes)
+    out = {
+        "y": gates.new_empty(N, P), "cells": gates.new_empty(N, H),
+        "h": h0.contiguous().clone(), "c": c0.contiguous().clone(),
+        "h_prev": gates.new_empty(N, P) if keep_for_backward else None,
+        "m": gates.new_empty(N, H) if keep_for_backward and R is not None else None,
+    }
+    U, R = U.contiguous(), R.contiguous() if R is not None else None
+    status = lib.lk_forward(len(batch_sizes), H, P, int(reverse), _ptr(sizes), _ptr(offsets), threads, _ptr(splits),
+                            _ptr(U), _ptr(R), _ptr(gates), _ptr(out["cells"]), _ptr(out["y"]), _ptr(out["h_prev"]),
+                            _ptr(out["m"]), _ptr(out["h"]), _ptr(out["c"]))
+    if status != 0:
+        raise MemoryError("lstmkit's C kernel could not allocate its packed weights; use backend='torch'")
+    return out
+
+
+def backward(dy: Tensor, dh_T: Tensor, dc_T: Tensor, batch_sizes: list[int], c0: Tensor, U: Tensor,
+             R: Tensor | None, gates: Tensor, cells: Tensor, reverse: bool) -> dict[str, Tensor]:
+    """BPTT's time loop: dz [N, 4H] (pre-activation gradients), dh0, dc0 and, with R, dh [N, P]."""
+    lib = _load()
+    assert lib is not None, "call supports() first"
+    N, G = gates.shape
+    H, P = G // 4, dh_T.shape[1]
+    sizes, offsets, threads, splits = _plan(batch_sizes)
+    out = {
+        "dz": gates.new_empty(N, G), "dh0": dh_T.contiguous().clone(), "dc0": dc_T.contiguous().clone(),
+        "dh": gates.new_empty(N, P) if R is not None else None,
+    }
+    U, R, dy = U.contiguous(), R.contiguous() if R is not None else None, dy.contiguous()
+    status = lib.lk_backward(len(batch_sizes), H, P, int(reverse), _ptr(sizes), _ptr(offsets), threads,
+                             _ptr(splits), _ptr(U), _ptr(R), _ptr(gates), _ptr(cells), _ptr(c0.contiguous()),
+                             _ptr(dy), _ptr(out["dz"]), _ptr(out["dh"]), _ptr(out["dh0"]), _ptr(out["dc0"]))
+    if status != 0:
+        raise MemoryError("lstmkit's C kernel could not allocate its packed weights; use backend='torch'")
+    return out
+
+
+class _FusedLayer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, c0, W, U, b, R, batch_sizes, reverse):
+        gates = torch.addmm(b, x, W.t()) if b is not None else x @ W.t()  # every step's W x_t + b, one GEMM
+        keep = any(ctx.needs_input_grad)  # forward runs under no_grad; this says whether backward will come
+        out = forward(gates, batch_sizes, h0, c0, U, R, reverse, keep_for_backward=keep)
+        ctx.save_for_backward(x, c0, W, U, R, gates, out["cells"], out["h_prev"], out["m"])
+        ctx.batch_sizes, ctx.reverse, ctx.has_bias = batch_sizes, reverse, b is not None
+        return out["y"], out["h"], out["c"]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy, dh_T, dc_T):
+        x, c0, W, U, R, gates, cells, h_prev, m = ctx.saved_tensors
+        grads = backward(dy, dh_T, dc_T, ctx.batch_sizes, c0, U, R, gates, cells, ctx.reverse)
+        dz = grads["dz"]
+        need = ctx.needs_input_grad
+        dx = dz @ W if need[0] else None
+        dW = dz.t() @ x if need[3] else None
+        dU = dz.t() @ h_prev if need[4] else None
+        db = dz.sum(0) if ctx.has_bias and need[5] else None
+        dR = grads["dh"].t() @ m if R is not None and need[6] else None
+        return dx, grads["dh0"], grads["dc0"], dW, dU, db, dR, None, None
+
+
+def lstm_layer(
+    x: Tensor,
+    batch_sizes: list[int],
+    h0: Tensor,
+    c0: Tensor,
+    W: Tensor,
+    U: Tensor,
+    b: Tensor | None,
+    R: Tensor | None = None,
+    reverse: bool = False,
+    record: dict[str, Tensor] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`lstm_torch.lstm_layer` on the C kernel; what it cannot run (gate recording, other dtypes or devices,
+    no compiler) goes to `lstm_torch.lstm_layer`."""
+    if record is not None or x.shape[0] == 0 or not supports(x, W, U, b, R):
+        return lstm_torch.lstm_layer(x, batch_sizes, h0, c0, W, U, b, R, reverse, record)
+    # Under autocast the input may be bf16: the kernel computes in float32 (on CPUs without AMX bf16 GEMMs
+    # are slower than float32 ones: 166 vs 308 GFLOP/s here), and autocast must not reach the GEMMs inside.
+    x, h0, c0 = (t.float().contiguous() for t in (x, h0, c0))
+    with torch.autocast("cpu", enabled=False):
+        return _FusedLayer.apply(x, h0, c0, W, U, b, R, list(batch_sizes), reverse)
