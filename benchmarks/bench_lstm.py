@@ -1,7 +1,9 @@
 """lstmkit.LSTM vs torch.nn.LSTM (oneDNN on and off) vs a Python loop over nn.LSTMCell, timed in the same run.
 
 "lstmkit" is the default backend="auto"; "lstmkit/torch" is lstmkit's portable implementation;
-"lstmkit/op" its torch.library custom op with hand-written BPTT (backend="op"); "nn.LSTM -oneDNN" is
+"lstmkit/op" its torch.library custom op with hand-written BPTT (backend="op"); "lstmkit/cpu" the fused C
+kernel (backend="cpu", lstmkit/ops/csrc/lstm_cpu.c, built at first use: its cold build and warm load times
+are printed first); "nn.LSTM -oneDNN" is
 torch.nn.LSTM with `torch.backends.mkldnn` disabled (its native path). Every path is first checked against
 torch.nn.LSTM with the same weights; only then is it timed. Ratios (nn.LSTM time / this time, > 1 means
 faster than nn.LSTM) come from interleaved repeats in one process, so machine noise hits all contenders
@@ -16,8 +18,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -146,7 +152,8 @@ def bench_config(cfg: BenchConfig, repeats: int, dtype: torch.dtype) -> list[dic
     portable = lstmkit.LSTM.from_torch(reference, backend="torch")
     contenders: dict[str, nn.Module] = {"nn.LSTM": reference, "nn.LSTM -oneDNN": WithoutOneDNN(reference),
                                         "lstmkit": ours, "lstmkit/torch": portable,
-                                        "lstmkit/op": lstmkit.LSTM.from_torch(reference, backend="op")}
+                                        "lstmkit/op": lstmkit.LSTM.from_torch(reference, backend="op"),
+                                        "lstmkit/cpu": lstmkit.LSTM.from_torch(reference, backend="cpu")}
     if cfg.layers == 1 and not cfg.proj and not cfg.bidirectional:
         contenders["loop cell"] = LoopLSTM(reference)
     x = torch.randn(cfg.B, cfg.T, cfg.I)
@@ -235,6 +242,23 @@ def bench_streaming(cfg: BenchConfig, repeats: int) -> list[dict[str, object]]:
             for name, seconds in medians.items()]
 
 
+def kernel_load_times() -> tuple[float, float] | str:
+    """Seconds to build the C kernel into an empty cache (cold) and to load it from there (warm), each in a
+    fresh process; or why it is not available."""
+    code = "from lstmkit.ops import lstm_cpu; lstm_cpu.available(); print(lstm_cpu.load_seconds())"
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "LSTMKIT_CACHE": cache}
+        times = []
+        for _ in range(2):
+            result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+            if result.returncode != 0:
+                return result.stderr.strip().splitlines()[-1]
+            times.append(float(result.stdout.split()[-1]))
+    from lstmkit.ops import lstm_cpu
+
+    return (times[0], times[1]) if lstm_cpu.available() else lstm_cpu.unavailable_reason()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
@@ -248,6 +272,9 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"unknown {what} {unknown[0]!r}; choose from {', '.join(known)}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    load = kernel_load_times()
+    print("C kernel: " + (f"built cold in {load[0]:.2f} s, loaded warm in {load[1]:.3f} s" if isinstance(load, tuple)
+                          else f"not available ({load}); lstmkit/cpu runs the torch backend"))
     peaks = {d: gemm_peak(DTYPES[d]) for d in dtypes}
     print(f"{'config':17s} {'dtype':5s} {'mode':6s} {'impl':16s} {'ms':>9s} {'x nn.LSTM':>10s} {'tokens/s':>11s} "
           f"{'GFLOP/s':>8s}")

@@ -310,6 +310,7 @@ class LSTM(nn.Module):
             self.backend, device=like.device, projected=bool(self.proj_size), recording=record is not None,
             training=self.training, packed=packed, dropout=self.dropout > 0 and self.num_layers > 1,
             dtype=like.dtype, needs_grad=torch.is_grad_enabled() and (like.requires_grad or x.requires_grad),
+            batch=batch_sizes[0] if packed else B,
         )
         if path == "vendor":
             flat_weights = [weight for per_direction in self.all_weights for weight in per_direction]

@@ -134,3 +134,6 @@ def test_backend_choice():
     assert pick("auto", device=cpu, **standard, needs_grad=False) == "vendor"
     assert pick("auto", device=cpu, **standard, needs_grad=True, dtype=torch.bfloat16) == "vendor"
     assert pick("cpu", device=cpu, **standard) == "torch"
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # oneDNN would compute in bf16, slower here than our fp32
+        assert pick("auto", device=cpu, **standard, batch=32) == kernel
+        assert pick("auto", device=cpu, **standard, batch=1) == "vendor"

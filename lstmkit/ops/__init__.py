@@ -44,17 +44,22 @@ def pick(
     dropout: bool = False,
     dtype: torch.dtype = torch.float32,
     needs_grad: bool = False,
+    batch: int = 0,
 ) -> str:
     """"vendor" or "torch" (lstmkit's own layers, see `layer_function`) for one call of a full LSTM stack.
 
-    dtype: the parameters' dtype; needs_grad: whether a backward will follow."""
+    dtype: the parameters' dtype; needs_grad: whether a backward will follow; batch: sequences in the call."""
     check_backend(backend)
     if backend in ("torch", "op", "cpu") or recording:
         return "torch"
     if device.type == "cpu" and dtype == torch.float32 and lstm_cpu.available():
-        # The C kernel against oneDNN (2 cores, bench_lstm.py, 2026-11-23): train steps 1.2-1.6x faster;
-        # inference of a plain full batch 0.8x (oneDNN keeps the input projection in cache; we stream it).
+        # The C kernel against torch.nn.LSTM on oneDNN (benchmarks/bench_lstm.py, 2 cores, 2026-11-23):
+        # fp32 train steps 1.1-2.1x, projections 1.4-1.7x; fp32 inference of a plain batch 0.76-1.0x, so
+        # oneDNN keeps that. Under bf16 autocast oneDNN computes in bf16, which this CPU runs slower than
+        # fp32, and the kernel (fp32) wins inference too, 1.3-1.6x, except at batch 1 (0.8x).
         if needs_grad or packed or projected:
+            return "torch"
+        if torch.is_autocast_enabled("cpu") and batch >= 2 * lstm_cpu.MIN_ROWS_PER_THREAD:
             return "torch"
         return "vendor"
     # oneDNN takes no packed input: torch then runs a native fallback 4x slower than lstmkit's packed rows

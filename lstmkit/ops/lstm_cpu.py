@@ -178,23 +178,25 @@ def _plan(batch_sizes: list[int]) -> tuple[Tensor, Tensor, int, Tensor]:
 
 
 def forward(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Tensor, R: Tensor | None,
-            reverse: bool, keep_for_backward: bool) -> dict[str, Tensor]:
-    """Run the time loop. gates: [N, 4H] input projection (W x + b), overwritten with the activated gates.
+            reverse: bool, keep_for_backward: bool, keep_inputs: bool = True) -> dict[str, Tensor]:
+    """Run the time loop. gates: [N, 4H] input projection (W x + b).
 
-    Returns y [N, P], h_T, c_T, cells [N, H] and, with keep_for_backward, h_prev [N, P] (each row's
-    h_{t-1}) and, with a projection, m [N, H] (o tanh c before it)."""
+    Returns y [N, P], h_T, c_T and, with keep_for_backward, what BPTT needs: the activated gates (written
+    over `gates`), cells [N, H], h_prev [N, P] (each row's h_{t-1}) and, with a projection, m [N, H]
+    (o tanh c before it); h_prev and m only with keep_inputs (the op rebuilds them from y)."""
     lib = _load()
     assert lib is not None, "call supports() first"
+    assert gates.is_contiguous() and gates.dtype == torch.float32, "gates must be a contiguous float32 buffer"
     N, G = gates.shape
     H, P = G // 4, h0.shape[1]
     sizes, offsets, threads, splits = _plan(batch_sizes)
     out = {
-        "y": gates.new_empty(N, P), "cells": gates.new_empty(N, H),
+        "y": gates.new_empty(N, P), "cells": gates.new_empty(N, H) if keep_for_backward else None,
         "h": h0.contiguous().clone(), "c": c0.contiguous().clone(),
-        "h_prev": gates.new_empty(N, P) if keep_for_backward else None,
-        "m": gates.new_empty(N, H) if keep_for_backward and R is not None else None,
+        "h_prev": gates.new_empty(N, P) if keep_for_backward and keep_inputs else None,
+        "m": gates.new_empty(N, H) if keep_for_backward and keep_inputs and R is not None else None,
     }
-    U, R = U.contiguous(), R.contiguous() if R is not None else None
+    U, R = U.contiguous(), R.contiguous() if R is not None else None  # held until the call returns
     status = lib.lk_forward(len(batch_sizes), H, P, int(reverse), _ptr(sizes), _ptr(offsets), threads, _ptr(splits),
                             _ptr(U), _ptr(R), _ptr(gates), _ptr(out["cells"]), _ptr(out["y"]), _ptr(out["h_prev"]),
                             _ptr(out["m"]), _ptr(out["h"]), _ptr(out["c"]))
@@ -215,9 +217,10 @@ def backward(dy: Tensor, dh_T: Tensor, dc_T: Tensor, batch_sizes: list[int], c0:
         "dz": gates.new_empty(N, G), "dh0": dh_T.contiguous().clone(), "dc0": dc_T.contiguous().clone(),
         "dh": gates.new_empty(N, P) if R is not None else None,
     }
-    U, R, dy = U.contiguous(), R.contiguous() if R is not None else None, dy.contiguous()
+    # Every tensor handed over by pointer is held in a local until the call returns.
+    U, R, dy, c0 = U.contiguous(), R.contiguous() if R is not None else None, dy.contiguous(), c0.contiguous()
     status = lib.lk_backward(len(batch_sizes), H, P, int(reverse), _ptr(sizes), _ptr(offsets), threads,
-                             _ptr(splits), _ptr(U), _ptr(R), _ptr(gates), _ptr(cells), _ptr(c0.contiguous()),
+                             _ptr(splits), _ptr(U), _ptr(R), _ptr(gates), _ptr(cells), _ptr(c0),
                              _ptr(dy), _ptr(out["dz"]), _ptr(out["dh"]), _ptr(out["dh0"]), _ptr(out["dc0"]))
     if status != 0:
         raise MemoryError("lstmkit's C kernel could not allocate its packed weights; use backend='torch'")

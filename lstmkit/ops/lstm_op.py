@@ -13,12 +13,15 @@ four gates in one recurrent GEMM per step; the backward keeps the activated gate
 and does the weight-gradient GEMMs (dW, dU, dR) and the input gradient once, after its time loop.
 
 Sequences are full length ([T, B, I], time-major); `lstmkit.LSTM` sends packed input to the portable backend.
+On the CPU in float32 both time loops are the C kernel's (`lstm_cpu`); elsewhere they are torch ops.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from lstmkit.ops import lstm_cpu
 
 
 def _flip(t: Tensor, reverse: bool) -> Tensor:
@@ -43,6 +46,10 @@ def _forward(x: Tensor, h0: Tensor, c0: Tensor, W: Tensor, U: Tensor, b: Tensor 
     x = _flip(x, reverse)
     xw = (torch.addmm(b, x.reshape(T * B, -1), W.t()) if b is not None else x.reshape(T * B, -1) @ W.t())
     xw = xw.view(T, B, 4 * H)  # input projection of every step, one GEMM
+    if lstm_cpu.supports(x, W, U, b, R) and x.dtype == torch.float32:  # the C kernel's time loop
+        out = lstm_cpu.forward(xw.view(T * B, 4 * H), [B] * T, h0, c0, U, R, reverse=False, keep_for_backward=True,
+                               keep_inputs=False)
+        return _flip(out["y"].view(T, B, -1), reverse), out["h"], out["c"], xw, out["cells"].view(T, B, H)
     gates = torch.empty_like(xw)
     cells = torch.empty(T, B, H, dtype=x.dtype, device=x.device)
     y = torch.empty(T, B, h0.shape[1], dtype=x.dtype, device=x.device)
@@ -82,8 +89,22 @@ def _backward_impl(dy: Tensor, dh_T: Tensor, dc_T: Tensor, x: Tensor, h0: Tensor
     T, B, _ = x.shape
     H = c0.shape[1]
     x, y, dy = _flip(x, reverse), _flip(y, reverse), _flip(dy, reverse)
+    if lstm_cpu.supports(x, W, U, R) and x.dtype == gates.dtype == torch.float32:  # the C kernel's time loop
+        out = lstm_cpu.backward(dy.reshape(T * B, -1), dh_T, dc_T, [B] * T, c0, U, R, gates.view(T * B, 4 * H),
+                                cells.view(T * B, H), reverse=False)
+        dz, dh_next, dc_next = out["dz"].view(T, B, 4 * H), out["dh0"], out["dc0"]
+        dh_total = out["dh"].view(T, B, -1) if R is not None else None
+    else:
+        dz, dh_total, dh_next, dc_next = _bptt_loop(dy, dh_T, dc_T, c0, U, R, gates, cells)
+    return _weight_gradients(dz, dh_total, dh_next, dc_next, x, h0, W, R, y, gates, cells, reverse, has_bias)
+
+
+def _bptt_loop(dy: Tensor, dh_T: Tensor, dc_T: Tensor, c0: Tensor, U: Tensor, R: Tensor | None, gates: Tensor,
+               cells: Tensor) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+    """BPTT's time loop in torch ops (any device and dtype): dz, dL/dh_t with a projection, dh0, dc0."""
+    T = gates.shape[0]
     dz = torch.empty_like(gates)  # gradients of the pre-activations, per step
-    dh_total = torch.empty_like(y) if R is not None else None  # dL/dh_t (projected), for dR after the loop
+    dh_total = torch.empty_like(dy) if R is not None else None  # dL/dh_t (projected), for dR after the loop
     dh_next, dc_next = dh_T, dc_T
     for t in range(T - 1, -1, -1):
         i, f, g, o = gates[t].chunk(4, dim=1)
@@ -102,6 +123,13 @@ def _backward_impl(dy: Tensor, dh_T: Tensor, dc_T: Tensor, x: Tensor, h0: Tensor
         torch.mul(dh * tanh_c, o * (1 - o), out=do)
         dc_next = dc * f
         dh_next = dz[t] @ U  # [B, P]
+    return dz, dh_total, dh_next, dc_next
+
+
+def _weight_gradients(dz: Tensor, dh_total: Tensor | None, dh0: Tensor, dc0: Tensor, x: Tensor, h0: Tensor,
+                      W: Tensor, R: Tensor | None, y: Tensor, gates: Tensor, cells: Tensor, reverse: bool,
+                      has_bias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    T, B, H = cells.shape
     dz_rows = dz.view(T * B, 4 * H)
     # The GEMMs that need no step order, once over all steps.
     dx = (dz_rows @ W).view(T, B, -1)
@@ -114,7 +142,7 @@ def _backward_impl(dy: Tensor, dh_T: Tensor, dc_T: Tensor, x: Tensor, h0: Tensor
         dR = dh_total.view(T * B, -1).t() @ o_tanh_c.view(T * B, H)
     else:
         dR = dz_rows.new_empty(0)
-    return _flip(dx, reverse), dh_next.clone(), dc_next.clone(), dW, dU, db, dR
+    return _flip(dx, reverse), dh0.clone(), dc0.clone(), dW, dU, db, dR
 
 
 @lstm_layer_backward.register_fake

@@ -98,17 +98,20 @@ static inline float lk_tanh(float x) {
     return ax < 0.0625f ? series : t;
 }
 
-/* One row of the forward's pointwise pass: a = [a_i | a_f | a_g | a_o] pre-activations in, activated
- * gates out (kept for the backward); c: c_{t-1} in, c_t out; m = o tanh(c_t). */
-static void forward_row(int H, float *restrict a, float *restrict c, float *restrict cell_out,
-                        float *restrict m) {
+/* One row of the forward's pointwise pass: a = [a_i | a_f | a_g | a_o] pre-activations in; c: c_{t-1} in,
+ * c_t out; m = o tanh(c_t). With `keep` (training), the activated gates overwrite a and c_t goes to cell_out
+ * for the backward; without, neither is written (inference moves less memory). */
+static inline void forward_row(int H, float *restrict a, float *restrict c, float *restrict cell_out,
+                               float *restrict m, const int keep) {
     float *restrict ai = a, *restrict af = a + H, *restrict ag = a + 2 * H, *restrict ao = a + 3 * H;
     for (int j = 0; j < H; j++) {
         float i = lk_sigmoid(ai[j]), f = lk_sigmoid(af[j]), g = lk_tanh(ag[j]), o = lk_sigmoid(ao[j]);
         float cn = f * c[j] + i * g; /* 6.55 */
-        ai[j] = i; af[j] = f; ag[j] = g; ao[j] = o;
+        if (keep) {
+            ai[j] = i; af[j] = f; ag[j] = g; ao[j] = o;
+            cell_out[j] = cn;
+        }
         c[j] = cn;
-        cell_out[j] = cn;
         m[j] = o * lk_tanh(cn); /* 6.56 */
     }
 }
@@ -149,7 +152,7 @@ typedef struct {
     const float *U, *R;               /* [4H, P], [P, H] (R NULL without a projection) */
     int status;                       /* 0, or -1 when the packed weights could not be allocated */
     float *gates;                     /* [N, 4H]: input projection in, activated gates out */
-    float *cells;                     /* [N, H] */
+    float *cells;                     /* [N, H], or NULL: then the gates are not written back either */
     float *y;                         /* [N, P] */
     float *h_prev;                    /* [N, P] h_{t-1} of each row (for dU), or NULL */
     float *m_out;                     /* [N, H] o tanh(c) before the projection (for dR), or NULL */
@@ -189,9 +192,13 @@ static void *forward_rows(void *arg) {
         }
         blas_compute(ROW_MAJOR, NO_TRANS, PACKED, n, G, P, h_in, P, U_packed, G, 1.0f, a, G);
         float *m_rows = R_packed ? (job->m_out ? job->m_out + row * H : m_scratch) : job->y + row * P;
-        for (int r = 0; r < n; r++)
-            forward_row(H, a + (int64_t)r * G, job->c + (int64_t)(job->r0 + r) * H, job->cells + (row + r) * H,
-                        m_rows + (int64_t)r * H);
+        for (int r = 0; r < n; r++) {
+            float *c = job->c + (int64_t)(job->r0 + r) * H;
+            if (job->cells) /* two copies of the loop, one per constant `keep` */
+                forward_row(H, a + (int64_t)r * G, c, job->cells + (row + r) * H, m_rows + (int64_t)r * H, 1);
+            else
+                forward_row(H, a + (int64_t)r * G, c, NULL, m_rows + (int64_t)r * H, 0);
+        }
         if (R_packed) /* h_t = R m_t */
             blas_compute(ROW_MAJOR, NO_TRANS, PACKED, n, P, H, m_rows, H, R_packed, P, 0.0f,
                          job->y + row * P, P);
