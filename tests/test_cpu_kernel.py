@@ -292,3 +292,30 @@ def test_the_library_is_built_once_into_the_cache(tmp_path):
         assert result.returncode == 0, result.stderr
     built = list((tmp_path / "kernels").iterdir())
     assert len(built) == 1 and built[0].suffix == ".so", built
+
+
+@needs_kernel
+def test_fading_gradients_are_flushed_not_denormal_and_the_callers_float_mode_is_kept():
+    """A loss on the last state of a long sequence whose forget gates are small: the gradient fades below
+    float32's normal range within ~30 steps. The kernel keeps no denormals (they made IMDB's backward 20x
+    slower) and still equals the torch backend; the caller's thread still computes denormals afterwards."""
+    torch.manual_seed(6)
+    T, B, I, H = 120, 4, 3, 8
+    W, U = torch.randn(4 * H, I) * 0.1, torch.randn(4 * H, H) * 0.1
+    b = torch.zeros(4 * H)
+    b[H:2 * H] = -3.0  # forget gate ~0.05: dc shrinks ~20x per step
+    x = torch.randn(T * B, I)
+    h0, c0 = torch.zeros(B, H), torch.zeros(B, H)
+    results = {}
+    for name, fn in (("cpu", lstm_cpu.lstm_layer), ("torch", lstm_torch.lstm_layer)):
+        leaves = [t.clone().requires_grad_(True) for t in (x, W, U, b)]
+        _, hT, _ = fn(leaves[0], [B] * T, h0, c0, leaves[1], leaves[2], leaves[3])
+        hT.sum().backward()
+        results[name] = [t.grad for t in leaves]
+    for k, (a, e) in enumerate(zip(results["cpu"], results["torch"], strict=True)):
+        assert_close(a, e, f"gradient {k}")
+    dx = results["cpu"][0]
+    assert (dx[: B * 60] == 0).all(), "gradients 60 steps back are below 1e-30 and flushed"
+    assert not ((dx != 0) & (dx.abs() < torch.finfo(torch.float32).tiny)).any(), "no denormals"
+    tiny = torch.tensor([1e-39])
+    assert (tiny * 1.0).item() != 0.0, "the calling thread's denormal mode was changed"

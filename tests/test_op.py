@@ -74,9 +74,10 @@ def test_opcheck_with_and_without_projection_and_bias():
         torch.library.opcheck(lstm_layer, args)
 
 
-def test_compile_fullgraph_and_export_with_a_dynamic_length():
+@pytest.mark.parametrize("backend", ["op", "auto"])  # "auto" (the default) runs as the op when traced
+def test_compile_fullgraph_and_export_with_a_dynamic_length(backend):
     torch.manual_seed(2)
-    model = lstmkit.LSTM(8, 16, 2, batch_first=True, bidirectional=True, backend="op")
+    model = lstmkit.LSTM(8, 16, 2, batch_first=True, bidirectional=True, backend=backend)
     x, longer = torch.randn(3, 20, 8), torch.randn(3, 37, 8)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")  # traces autograd and the fake kernels
     y = compiled(x)[0]

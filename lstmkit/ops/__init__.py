@@ -14,6 +14,7 @@ Backends a user can name:
            without a C compiler) goes to "torch".
 "auto" on the CPU in float32 takes the C kernel where it measured faster than torch's fused kernel (train
 steps, projections, packed input; BENCHMARKS.md) and torch's elsewhere (inference of plain full batches).
+Under torch.compile and torch.export, "auto" and "cpu" run as "op", which those can trace.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ import torch
 from lstmkit.ops import lstm_cpu, lstm_op, lstm_torch
 
 BACKENDS = ("auto", "torch", "op", "cpu")
+
+
+def _compiling() -> bool:
+    """Whether torch.compile or torch.export is tracing this call (torch >= 2.3 can say; older cannot)."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling and is_compiling())
 
 
 def check_backend(name: object) -> str:
@@ -50,7 +57,7 @@ def pick(
 
     dtype: the parameters' dtype; needs_grad: whether a backward will follow; batch: sequences in the call."""
     check_backend(backend)
-    if backend in ("torch", "op", "cpu") or recording:
+    if backend in ("torch", "op", "cpu") or recording or _compiling():
         return "torch"
     if device.type == "cpu" and dtype == torch.float32 and lstm_cpu.available():
         # The C kernel against torch.nn.LSTM on oneDNN (benchmarks/bench_lstm.py, 2 cores, 2026-11-23):
@@ -85,7 +92,9 @@ def layer_function(backend: str, packed: bool = False, recording: bool = False) 
     check_backend(backend)
     if recording:
         return lstm_torch.lstm_layer
-    if backend == "op" and not packed:
+    # Under torch.compile / torch.export, "auto" and "cpu" become the op: one traceable node per layer (the C
+    # kernel behind a ctypes call, or torch's fused LSTM, would break the graph), running the same C loops.
+    if (backend == "op" or (backend in ("auto", "cpu") and _compiling())) and not packed:
         return lstm_op.layer
     if backend in ("cpu", "auto"):
         return lstm_cpu.lstm_layer  # itself hands what it cannot run to lstm_torch
