@@ -172,6 +172,8 @@ class LSTM(nn.Module):
                     self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
                 per_direction.append(tuple(shapes))
             self._param_names.append(per_direction)
+        # torch.nn.LSTM's flat order (layer, direction, then W, U, b_ih, b_hh, R), for the vendor kernel's calls
+        self._flat_param_names = [names for per_layer in self._param_names for names in per_layer]
         self.reset_parameters()
 
     @classmethod
@@ -313,7 +315,7 @@ class LSTM(nn.Module):
             batch=batch_sizes[0] if packed else B,
         )
         if path == "vendor":
-            flat_weights = [weight for per_direction in self.all_weights for weight in per_direction]
+            flat_weights = [getattr(self, name) for names in self._flat_param_names for name in names]
             vendor_args = (
                 h0, c0, flat_weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional
             )

@@ -104,6 +104,8 @@ def _mkl_addresses() -> list[int]:
 
 def _load() -> ctypes.CDLL | None:
     """The compiled kernel library, or None (reason in `unavailable_reason()`). Compiles once per process."""
+    if "lib" in _state:  # every call after the first: no lock
+        return _state["lib"]  # type: ignore[return-value]
     with _lock:
         if "lib" in _state:
             return _state["lib"]  # type: ignore[return-value]
