@@ -311,8 +311,7 @@ class LSTM(nn.Module):
         path = ops.pick(
             self.backend, device=like.device, projected=bool(self.proj_size), recording=record is not None,
             training=self.training, packed=packed, dropout=self.dropout > 0 and self.num_layers > 1,
-            dtype=like.dtype, needs_grad=torch.is_grad_enabled() and (like.requires_grad or x.requires_grad),
-            batch=batch_sizes[0] if packed else B,
+            dtype=like.dtype, batch=batch_sizes[0] if packed else B,
         )
         if path == "vendor":
             flat_weights = [getattr(self, name) for names in self._flat_param_names for name in names]

@@ -1,7 +1,7 @@
 """The fused CPU LSTM layer (`backend="cpu"`): a small plain-C time loop (`csrc/lstm_cpu.c`) around MKL.
 
 Same signature as `lstm_torch.lstm_layer` (packed rows, reverse, projection, initial states). What runs where:
-  torch, before the loop  the input projection W x_t + b of every step: one GEMM
+  torch, before the loop  the input projection W x_t of every step: one GEMM (the loop adds b)
   C, per step             a_t += U h_{t-1} (one MKL GEMM on U packed once), then every gate, the cell and
                           h_t in one vectorised pass over the row; h_t = R h_t with a projection
   C, BPTT per step        the gate gradients in one pass, then dh_{t-1} = U^T dz_t
@@ -180,8 +180,9 @@ def _plan(batch_sizes: list[int]) -> tuple[Tensor, Tensor, int, Tensor]:
 
 
 def forward(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Tensor, R: Tensor | None,
-            reverse: bool, keep_for_backward: bool, keep_inputs: bool = True) -> dict[str, Tensor]:
-    """Run the time loop. gates: [N, 4H] input projection (W x + b).
+            reverse: bool, keep_for_backward: bool, keep_inputs: bool = True, bias: Tensor | None = None
+            ) -> dict[str, Tensor]:
+    """Run the time loop. gates: [N, 4H] input projection W x, to which the loop adds `bias` [4H] (if any).
 
     Returns y [N, P], h_T, c_T and, with keep_for_backward, what BPTT needs: the activated gates (written
     over `gates`), cells [N, H], h_prev [N, P] (each row's h_{t-1}) and, with a projection, m [N, H]
@@ -198,10 +199,12 @@ def forward(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Te
         "h_prev": gates.new_empty(N, P) if keep_for_backward and keep_inputs else None,
         "m": gates.new_empty(N, H) if keep_for_backward and keep_inputs and R is not None else None,
     }
-    U, R = U.contiguous(), R.contiguous() if R is not None else None  # held until the call returns
+    # Held in locals until the call returns.
+    U, R = U.contiguous(), R.contiguous() if R is not None else None
+    bias = bias.detach().contiguous() if bias is not None else gates.new_zeros(G)
     status = lib.lk_forward(len(batch_sizes), H, P, int(reverse), _ptr(sizes), _ptr(offsets), threads, _ptr(splits),
-                            _ptr(U), _ptr(R), _ptr(gates), _ptr(out["cells"]), _ptr(out["y"]), _ptr(out["h_prev"]),
-                            _ptr(out["m"]), _ptr(out["h"]), _ptr(out["c"]))
+                            _ptr(U), _ptr(R), _ptr(bias), _ptr(gates), _ptr(out["cells"]), _ptr(out["y"]),
+                            _ptr(out["h_prev"]), _ptr(out["m"]), _ptr(out["h"]), _ptr(out["c"]))
     if status != 0:
         raise MemoryError("lstmkit's C kernel could not allocate its packed weights; use backend='torch'")
     return out
@@ -232,9 +235,9 @@ def backward(dy: Tensor, dh_T: Tensor, dc_T: Tensor, batch_sizes: list[int], c0:
 class _FusedLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, c0, W, U, b, R, batch_sizes, reverse):
-        gates = torch.addmm(b, x, W.t()) if b is not None else x @ W.t()  # every step's W x_t + b, one GEMM
+        gates = x @ W.t()  # every step's W x_t, one GEMM; the loop adds b
         keep = any(ctx.needs_input_grad)  # forward runs under no_grad; this says whether backward will come
-        out = forward(gates, batch_sizes, h0, c0, U, R, reverse, keep_for_backward=keep)
+        out = forward(gates, batch_sizes, h0, c0, U, R, reverse, keep_for_backward=keep, bias=b)
         ctx.save_for_backward(x, c0, W, U, R, gates, out["cells"], out["h_prev"], out["m"])
         ctx.batch_sizes, ctx.reverse, ctx.has_bias = batch_sizes, reverse, b is not None
         return out["y"], out["h"], out["c"]

@@ -44,12 +44,14 @@ def _forward(x: Tensor, h0: Tensor, c0: Tensor, W: Tensor, U: Tensor, b: Tensor 
     T, B, _ = x.shape
     H = c0.shape[1]
     x = _flip(x, reverse)
+    if lstm_cpu.supports(x, W, U, b, R) and x.dtype == torch.float32:  # the C kernel's time loop (it adds b)
+        xw = x.reshape(T * B, -1) @ W.t()
+        out = lstm_cpu.forward(xw, [B] * T, h0, c0, U, R, reverse=False, keep_for_backward=True, keep_inputs=False,
+                               bias=b)
+        return (_flip(out["y"].view(T, B, -1), reverse), out["h"], out["c"], xw.view(T, B, 4 * H),
+                out["cells"].view(T, B, H))
     xw = (torch.addmm(b, x.reshape(T * B, -1), W.t()) if b is not None else x.reshape(T * B, -1) @ W.t())
     xw = xw.view(T, B, 4 * H)  # input projection of every step, one GEMM
-    if lstm_cpu.supports(x, W, U, b, R) and x.dtype == torch.float32:  # the C kernel's time loop
-        out = lstm_cpu.forward(xw.view(T * B, 4 * H), [B] * T, h0, c0, U, R, reverse=False, keep_for_backward=True,
-                               keep_inputs=False)
-        return _flip(out["y"].view(T, B, -1), reverse), out["h"], out["c"], xw, out["cells"].view(T, B, H)
     gates = torch.empty_like(xw)
     cells = torch.empty(T, B, H, dtype=x.dtype, device=x.device)
     y = torch.empty(T, B, h0.shape[1], dtype=x.dtype, device=x.device)
