@@ -311,7 +311,8 @@ class LSTM(nn.Module):
         path = ops.pick(
             self.backend, device=like.device, projected=bool(self.proj_size), recording=record is not None,
             training=self.training, packed=packed, dropout=self.dropout > 0 and self.num_layers > 1,
-            dtype=like.dtype, batch=batch_sizes[0] if packed else B,
+            dtype=like.dtype, needs_grad=torch.is_grad_enabled() and (like.requires_grad or x.requires_grad),
+            batch=batch_sizes[0] if packed else B,
         )
         if path == "vendor":
             # The parameter dict before getattr (nn.Module.__getattr__ costs ~0.5 us a name, per call); getattr

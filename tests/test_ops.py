@@ -128,12 +128,13 @@ def test_backend_choice():
         assert pick("auto", device=cuda, **(standard | {"training": False})) == "vendor"  # no backward to refuse
     assert pick("auto", device=cuda, **(standard | {"dropout": True})) == "torch"  # cuDNN's dropout state
     assert pick("auto", device=cpu, **(standard | {"dropout": True})) == "vendor"  # oneDNN uses torch's RNG
-    # float32 on the CPU with the C kernel: it from 8 sequences up (where it measured faster), oneDNN below.
+    # float32 on the CPU with the C kernel: it for train steps of 8 sequences or more, oneDNN for inference
+    # and small batches (where each measured faster).
     kernel = "torch" if lstm_cpu.available() else "vendor"
-    assert pick("auto", device=cpu, **standard, batch=32) == kernel
-    assert pick("auto", device=cpu, **standard, batch=1) == "vendor"
-    assert pick("auto", device=cpu, **(standard | {"training": False}), batch=8) == kernel
-    assert pick("auto", device=cpu, **standard, batch=32, dtype=torch.bfloat16) == "vendor"  # bf16 weights
+    assert pick("auto", device=cpu, **standard, needs_grad=True, batch=32) == kernel
+    assert pick("auto", device=cpu, **standard, needs_grad=True, batch=1) == "vendor"
+    assert pick("auto", device=cpu, **standard, needs_grad=False, batch=32) == "vendor"
+    assert pick("auto", device=cpu, **standard, needs_grad=True, batch=32, dtype=torch.bfloat16) == "vendor"
     assert pick("cpu", device=cpu, **standard) == "torch"
     with torch.autocast("cpu", dtype=torch.bfloat16):  # oneDNN would compute in bf16, slower here than our fp32
         assert pick("auto", device=cpu, **standard, batch=32) == kernel

@@ -12,8 +12,8 @@ Backends a user can name:
   "cpu"    the fused CPU kernel (`lstm_cpu`: the time loops of forward and BPTT in C around MKL's GEMMs,
            both cores busy). What it cannot run (gate recording, GPU tensors, other dtypes, a machine
            without a C compiler) goes to "torch".
-"auto" on the CPU in float32 (also under bf16 autocast) takes the C kernel where it measured faster than
-torch's fused kernel: batches of 8 or more, projections, packed input (BENCHMARKS.md); torch's below that.
+"auto" on the CPU in float32 takes the C kernel where it measured faster than torch's fused kernel (train steps
+and bf16-autocast calls of 8 or more sequences, projections, packed input; BENCHMARKS.md), torch's elsewhere.
 Under torch.compile and torch.export, "auto" and "cpu" run as "op", which those can trace.
 """
 
@@ -50,20 +50,25 @@ def pick(
     packed: bool = False,
     dropout: bool = False,
     dtype: torch.dtype = torch.float32,
+    needs_grad: bool = False,
     batch: int = 0,
 ) -> str:
     """"vendor" or "torch" (lstmkit's own layers, see `layer_function`) for one call of a full LSTM stack.
 
-    dtype: the parameters' dtype; batch: sequences in the call."""
+    dtype: the parameters' dtype; needs_grad: whether a backward will follow; batch: sequences in the call."""
     check_backend(backend)
     if backend in ("torch", "op", "cpu") or recording or _compiling():
         return "torch"
     if device.type == "cpu" and dtype == torch.float32 and lstm_cpu.available():
-        # The C kernel against torch.nn.LSTM on oneDNN (benchmarks/bench_lstm.py, 2 cores, 2026-11-23), fp32:
-        # train steps 1.1-2.2x, inference 1.0-1.1x, projections 1.6-1.7x; under bf16 autocast (oneDNN in
-        # bf16, slower than fp32 on this CPU) 1.4-3x. Below 8 sequences (4 rows per core) oneDNN is faster:
-        # batch 1, T=100, H=256: 0.88x for a train step, 0.77x for inference; batch 4-8: even.
-        if packed or projected or batch >= 2 * lstm_cpu.MIN_ROWS_PER_THREAD:
+        # The C kernel against torch.nn.LSTM on oneDNN (benchmarks/bench_lstm.py, 2 cores, 2026-11-23):
+        # - fp32 train steps 1.1-2.1x; projections 1.5-1.8x; under bf16 autocast (oneDNN then computes in
+        #   bf16, at half this CPU's fp32 speed; the kernel in fp32) 1.3-2.9x.
+        # - fp32 inference of a plain batch 0.78-1.10x over two runs: oneDNN keeps it.
+        # - below 8 sequences (4 rows per core) oneDNN is faster: batch 1, T=100, H=256: 0.88x for a train
+        #   step, 0.77x for inference; batch 4-8: even.
+        if packed or projected:
+            return "torch"
+        if batch >= 2 * lstm_cpu.MIN_ROWS_PER_THREAD and (needs_grad or torch.is_autocast_enabled("cpu")):
             return "torch"
         return "vendor"
     # oneDNN takes no packed input: torch then runs a native fallback 4x slower than lstmkit's packed rows
