@@ -3,13 +3,13 @@
 "lstmkit" is the default backend="auto"; "lstmkit/torch" is lstmkit's portable implementation;
 "lstmkit/op" its torch.library custom op with hand-written BPTT (backend="op"); "lstmkit/cpu" the fused C
 kernel (backend="cpu", lstmkit/ops/csrc/lstm_cpu.c, built at first use: its cold build and warm load times
-are printed first); "nn.LSTM -oneDNN" is
-torch.nn.LSTM with `torch.backends.mkldnn` disabled (its native path). Every path is first checked against
-torch.nn.LSTM with the same weights; only then is it timed. Ratios (nn.LSTM time / this time, > 1 means
-faster than nn.LSTM) come from interleaved repeats in one process, so machine noise hits all contenders
-alike. GFLOP/s counts the LSTM's matmul work (forward 2·B·T·4H·(I+P) per layer and direction, plus
-2·B·T·H·P for a projection; a train step 3× that) and is shown as a fraction of this machine's GEMM peak,
-measured in the same run. bf16 runs under `torch.autocast("cpu", torch.bfloat16)`.
+are printed first); "nn.LSTM -oneDNN" is torch.nn.LSTM with `torch.backends.mkldnn` disabled (its native
+path). Every path is first checked against torch.nn.LSTM with the same weights; only then is it timed.
+Ratios (nn.LSTM time / this time, > 1 means faster than nn.LSTM) come from interleaved repeats in one
+process, so machine noise hits all contenders alike; the order rotates each repeat. GFLOP/s counts the
+LSTM's matmul work (forward 2·B·T·4H·(I+P) per layer and direction, plus 2·B·T·H·P for a projection; a
+train step 3× that) and is shown as a fraction of this machine's GEMM peak, measured in the same run.
+bf16 runs under `torch.autocast("cpu", torch.bfloat16)`.
 
 Run: `make bench` or `python benchmarks/bench_lstm.py [--repeats N] [--configs a,b,e] [--dtypes fp32,bf16]`.
 """
@@ -175,9 +175,13 @@ def bench_config(cfg: BenchConfig, repeats: int, dtype: torch.dtype) -> list[dic
         for module in contenders.values():  # warm-up
             step(module)
         times: dict[str, list[float]] = {name: [] for name in contenders}
-        for _ in range(repeats):  # interleaved, so drifts in machine load hit every contender
-            for name, module in contenders.items():
-                times[name].append(time_call(lambda module=module: step(module)))
+        names = list(contenders)
+        for r in range(repeats):  # interleaved, so drifts in machine load hit every contender
+            # Rotated each repeat: what ran just before a call changes its time (after torch.nn.LSTM with oneDNN
+            # off, the next oneDNN call took ~60 us longer at batch 1, measured), so no contender always
+            # follows the same one.
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                times[name].append(time_call(lambda module=contenders[name]: step(module)))
         medians = {name: statistics.median(ts) for name, ts in times.items()}
         base = medians["nn.LSTM"]
         for name, seconds in medians.items():
@@ -232,9 +236,10 @@ def bench_streaming(cfg: BenchConfig, repeats: int) -> list[dict[str, object]]:
             if rel > 1e-4:
                 raise SystemExit(f"{name}: last state differs from torch.nn.LSTM ({rel:.2e}); not timing it")
         times: dict[str, list[float]] = {name: [] for name in contenders}
-        for _ in range(repeats):
-            for name, run in contenders.items():
-                times[name].append(time_call(run))
+        names = list(contenders)
+        for r in range(repeats):  # rotated, as in bench_config
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                times[name].append(time_call(contenders[name]))
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     return [{"config": cfg.name, "mode": "stream", "impl": name, "ms": seconds * 1e3,
              "speedup_vs_nn.LSTM": medians["nn.LSTM"] / seconds, "tokens_per_s": cfg.B * cfg.T / seconds,
