@@ -320,3 +320,52 @@ def test_fading_gradients_are_flushed_not_denormal_and_the_callers_float_mode_is
     assert not ((dx != 0) & (dx.abs() < torch.finfo(torch.float32).tiny)).any(), "no denormals"
     tiny = torch.tensor([1e-39])
     assert (tiny * 1.0).item() != 0.0, "the calling thread's denormal mode was changed"
+
+
+@needs_kernel
+def test_double_backward_and_torch_func_match_the_torch_backend():
+    """create_graph=True (a gradient penalty) re-runs the layer on the portable path; torch.func transforms take
+    that path outright. Both must give the torch backend's numbers."""
+    from torch.func import functional_call, grad
+
+    torch.manual_seed(7)
+    ours = lstmkit.LSTM(3, 5, num_layers=2, batch_first=True, backend="cpu")
+    portable = lstmkit.LSTM(3, 5, num_layers=2, batch_first=True, backend="torch")
+    portable.load_state_dict(ours.state_dict())
+    x = torch.randn(8, 6, 3)
+    penalties = []
+    for module in (ours, portable):
+        xi = x.clone().requires_grad_(True)
+        (gx,) = torch.autograd.grad(module(xi)[0].square().sum(), xi, create_graph=True)
+        penalty = gx.square().sum()
+        penalties.append((penalty, torch.autograd.grad(penalty, list(module.parameters()))))
+    assert_close(penalties[0][0], penalties[1][0], "gradient penalty")
+    for a, b in zip(penalties[0][1], penalties[1][1], strict=True):
+        assert_close(a, b, "second-order gradient")
+    per_module = [grad(lambda p, m=m: functional_call(m, p, (x,))[0].sum())(dict(m.named_parameters()))
+                  for m in (ours, portable)]
+    for name in per_module[0]:
+        assert_close(per_module[0][name], per_module[1][name], f"torch.func.grad {name}")
+
+
+@needs_kernel
+def test_under_autocast_outputs_have_the_autocast_dtype_whatever_the_path():
+    model = lstmkit.LSTM(3, 5, batch_first=True)
+    for batch in (1, 8, 32):  # oneDNN below 8 sequences, the kernel from 8
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, (h, c) = model(torch.randn(batch, 6, 3))
+        assert y.dtype == h.dtype == c.dtype == torch.bfloat16, batch
+
+
+@needs_kernel
+def test_mismatched_shapes_raise_before_reaching_c():
+    args = (torch.randn(3, 16, 4), torch.randn(2, 8), torch.randn(2, 8), torch.randn(32, 4), torch.randn(32, 8),
+            None, None, False)
+    with pytest.raises(ValueError, match="h0 is"):
+        torch.ops.lstmkit.lstm_layer(*args)
+    gates = torch.randn(12, 16)
+    with pytest.raises(ValueError, match="batch_sizes sum to"):
+        lstm_cpu.forward(gates, [3, 3], torch.zeros(3, 4), torch.zeros(3, 4), torch.randn(16, 4), None, False, False)
+    with pytest.raises(ValueError, match="R is"):
+        lstm_cpu.forward(gates, [3] * 4, torch.zeros(3, 2), torch.zeros(3, 4), torch.randn(16, 2),
+                         torch.randn(4, 2), False, False)

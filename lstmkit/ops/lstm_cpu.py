@@ -14,7 +14,8 @@ no torch or Python headers; it is compiled at first use with the system C compil
 cache directory ($LSTMKIT_CACHE, else ~/.cache/lstmkit) in about half a second, and loaded with ctypes.
 The GEMMs are MKL's, found in the libtorch_cpu that torch has loaded already (x86-64 wheels ship MKL).
 Without a compiler, without MKL, or with LSTMKIT_NO_C_KERNEL=1, `available()` is False and every call
-goes to the portable backend, so nothing else changes.
+goes to the portable backend, so nothing else changes. So do gate traces and torch.func transforms; a
+backward with create_graph=True (double backward) re-runs the layer on the portable path to differentiate it.
 
 Compiled with -march=native for the machine that runs it; the cache key holds the CPU's flags, so a
 shared home directory on mixed machines builds one library per kind of CPU.
@@ -26,6 +27,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -66,28 +68,35 @@ def cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
-def _compile(compiler: str) -> Path:
+def _compile(compiler: list[str]) -> Path:
     source = SOURCE.read_bytes()
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), version.encode(),
                                      _cpu_signature().encode()])).hexdigest()[:20]
-    target = cache_dir() / f"lstm_cpu_{key}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target, then rename: processes that start together never load half a file.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
-        result = subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
-                                timeout=120)
-        if result.returncode != 0:
-            raise RuntimeError(f"{compiler} failed: {result.stderr.strip().splitlines()[-1:]}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    name = f"lstm_cpu_{key}.so"
+    for directory in (cache_dir(), Path(tempfile.gettempdir()) / f"lstmkit-{os.getuid()}" / "kernels"):
+        if (directory / name).exists():
+            return directory / name
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            # Build beside the target, then rename: processes that start together never load half a file.
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
+        except OSError:
+            continue  # a read-only home: the temporary directory instead
+        os.close(fd)
+        try:
+            result = subprocess.run([*compiler, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
+                                    timeout=120)
+            if result.returncode != 0:
+                last = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+                raise RuntimeError(f"{' '.join(compiler)} failed: {last}")
+            os.chmod(tmp, 0o755)  # mkstemp makes it 0600; a cache shared between users must be readable
+            os.replace(tmp, directory / name)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return directory / name
+    raise RuntimeError(f"cannot write the kernel cache ({cache_dir()}); set LSTMKIT_CACHE to a writable folder")
 
 
 def _mkl_addresses() -> list[int]:
@@ -112,13 +121,14 @@ def _load() -> ctypes.CDLL | None:
         start = time.perf_counter()
         lib, reason = None, ""
         try:
-            if os.environ.get("LSTMKIT_NO_C_KERNEL"):
+            if os.environ.get("LSTMKIT_NO_C_KERNEL", "0") not in ("", "0"):
                 raise RuntimeError("disabled by LSTMKIT_NO_C_KERNEL")
             if sys.platform != "linux":
                 raise RuntimeError(f"the C kernel is built for Linux only, not {sys.platform}")
-            compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-            if not compiler:
+            cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+            if not cc:
                 raise RuntimeError("no C compiler found (install gcc, or set CC)")
+            compiler = shlex.split(cc)  # CC may carry words: "ccache gcc"
             addresses = _mkl_addresses()
             lib = ctypes.CDLL(str(_compile(compiler)))
             lib.lk_init(*[ctypes.c_void_p(a) for a in addresses])
@@ -146,11 +156,12 @@ def load_seconds() -> float:
 
 
 def supports(x: Tensor, *weights: Tensor | None) -> bool:
-    """Whether the C kernel can run a layer: float32 weights on the CPU, and float32 input (or any floating
-    input under CPU autocast, which the kernel computes in float32 like the "op" backend)."""
+    """Whether the C kernel can run a layer: float32 weights on the CPU, and float32 input (or bf16/fp16 input
+    under CPU autocast, which the kernel computes in float32 like the "op" backend)."""
     if not all(w is None or (w.device.type == "cpu" and w.dtype == torch.float32) for w in weights):
         return False
-    if x.device.type != "cpu" or not (x.dtype == torch.float32 or torch.is_autocast_enabled("cpu")):
+    if x.device.type != "cpu" or not (x.dtype == torch.float32 or (x.dtype in (torch.bfloat16, torch.float16)
+                                                                   and torch.is_autocast_enabled("cpu"))):
         return False
     return available()
 
@@ -171,12 +182,38 @@ def _plan(batch_sizes: list[int]) -> tuple[Tensor, Tensor, int, Tensor]:
     if threads == 1:
         return sizes, offsets, 1, torch.tensor([0, B], dtype=torch.int64)
     # lengths[b] = number of steps that hold row b; cumulative work, cut into equal parts
-    lengths = (sizes[None, :] > torch.arange(B)[:, None]).sum(1)
+    # steps holding row b = steps whose size exceeds b (O(B + T), not a B x T comparison)
+    lengths = len(batch_sizes) - torch.bincount(sizes, minlength=B + 1).cumsum(0)[:B]
     work = lengths.cumsum(0)
     cuts = torch.searchsorted(work, work[-1] * torch.arange(1, threads) / threads)
     splits = torch.cat([torch.tensor([0]), cuts + 1, torch.tensor([B])]).clamp(max=B)
     splits = torch.unique_consecutive(splits)
     return sizes, offsets, len(splits) - 1, splits.to(torch.int64)
+
+
+def _check(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Tensor, R: Tensor | None,
+           *others: Tensor | None) -> None:
+    """Shapes and dtypes, before any pointer reaches C (a mismatch there corrupts memory instead of raising)."""
+    N, G = gates.shape
+    H, P = G // 4, U.shape[1] if U.dim() == 2 else -1
+    B = batch_sizes[0] if batch_sizes else 0
+    problems = []
+    if G % 4 or U.shape != (G, P):
+        problems.append(f"U is {tuple(U.shape)}, gates are [N, {G}]")
+    if sum(batch_sizes) != N or any(n <= 0 for n in batch_sizes):
+        problems.append(f"batch_sizes sum to {sum(batch_sizes)}, not the {N} rows given")
+    if h0.dim() != 2 or h0.shape[0] < B or h0.shape[1] != P:
+        problems.append(f"h0 is {tuple(h0.shape)}, expected [>={B}, {P}]")
+    if c0.dim() != 2 or c0.shape[0] < B or c0.shape[1] != H:
+        problems.append(f"c0 is {tuple(c0.shape)}, expected [>={B}, {H}]")
+    if R is not None and R.shape != (P, H):
+        problems.append(f"R is {tuple(R.shape)}, expected [{P}, {H}]")
+    for t in (gates, h0, c0, U, R, *others):
+        if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
+            problems.append(f"a {t.dtype} tensor on {t.device}; the C kernel takes float32 CPU tensors")
+            break
+    if problems:
+        raise ValueError("lstmkit C kernel: " + "; ".join(problems))
 
 
 def forward(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Tensor, R: Tensor | None,
@@ -189,7 +226,8 @@ def forward(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Te
     (o tanh c before it); h_prev and m only with keep_inputs (the op rebuilds them from y)."""
     lib = _load()
     assert lib is not None, "call supports() first"
-    assert gates.is_contiguous() and gates.dtype == torch.float32, "gates must be a contiguous float32 buffer"
+    assert gates.is_contiguous(), "gates must be a contiguous buffer (it is written in place)"
+    _check(gates, batch_sizes, h0, c0, U, R, bias)
     N, G = gates.shape
     H, P = G // 4, h0.shape[1]
     sizes, offsets, threads, splits = _plan(batch_sizes)
@@ -215,6 +253,12 @@ def backward(dy: Tensor, dh_T: Tensor, dc_T: Tensor, batch_sizes: list[int], c0:
     """BPTT's time loop: dz [N, 4H] (pre-activation gradients), dh0, dc0 and, with R, dh [N, P]."""
     lib = _load()
     assert lib is not None, "call supports() first"
+    _check(gates, batch_sizes, dh_T, c0, U, R, dc_T, cells, dy)
+    if cells.shape != (gates.shape[0], gates.shape[1] // 4) or dy.shape != (gates.shape[0], U.shape[1]) or (
+            dc_T.shape != c0.shape):
+        raise ValueError(f"lstmkit C kernel: cells {tuple(cells.shape)}, dy {tuple(dy.shape)} or dc_T "
+                         f"{tuple(dc_T.shape)} do not fit gates {tuple(gates.shape)}")
+    gates, cells = gates.contiguous(), cells.contiguous()
     N, G = gates.shape
     H, P = G // 4, dh_T.shape[1]
     sizes, offsets, threads, splits = _plan(batch_sizes)
@@ -238,14 +282,17 @@ class _FusedLayer(torch.autograd.Function):
         gates = x @ W.t()  # every step's W x_t, one GEMM; the loop adds b
         keep = any(ctx.needs_input_grad)  # forward runs under no_grad; this says whether backward will come
         out = forward(gates, batch_sizes, h0, c0, U, R, reverse, keep_for_backward=keep, bias=b)
-        ctx.save_for_backward(x, c0, W, U, R, gates, out["cells"], out["h_prev"], out["m"])
+        ctx.save_for_backward(x, h0, c0, W, U, b, R, gates, out["cells"], out["h_prev"], out["m"])
         ctx.batch_sizes, ctx.reverse, ctx.has_bias = batch_sizes, reverse, b is not None
         return out["y"], out["h"], out["c"]
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, dy, dh_T, dc_T):
-        x, c0, W, U, R, gates, cells, h_prev, m = ctx.saved_tensors
+        x, h0, c0, W, U, b, R, gates, cells, h_prev, m = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True (a gradient penalty, double backward): the C loop's gradients are not themselves
+            # differentiable, so run the layer again on the portable path and differentiate that, with a graph.
+            return _differentiable_backward(ctx, (x, h0, c0, W, U, b, R), (dy, dh_T, dc_T))
         grads = backward(dy, dh_T, dc_T, ctx.batch_sizes, c0, U, R, gates, cells, ctx.reverse)
         dz = grads["dz"]
         need = ctx.needs_input_grad
@@ -255,6 +302,21 @@ class _FusedLayer(torch.autograd.Function):
         db = dz.sum(0) if ctx.has_bias and need[5] else None
         dR = grads["dh"].t() @ m if R is not None and need[6] else None
         return dx, grads["dh0"], grads["dc0"], dW, dU, db, dR, None, None
+
+
+def _differentiable_backward(ctx, inputs: tuple, upstream: tuple) -> tuple:
+    need = ctx.needs_input_grad[:7]
+    wanted = [t for t, n in zip(inputs, need, strict=True) if n and t is not None]
+    with torch.enable_grad():
+        outputs = lstm_torch.lstm_layer(inputs[0], ctx.batch_sizes, *inputs[1:], reverse=ctx.reverse)
+        grads = iter(torch.autograd.grad(outputs, wanted, upstream, create_graph=True, allow_unused=True))
+    return (*(next(grads) if n and t is not None else None for t, n in zip(inputs, need, strict=True)), None, None)
+
+
+def _functorch_active() -> bool:
+    """torch.func transforms (grad, vmap, ...) are running: they need composable ops, not this Function."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)  # what autograd.Function itself asks
+    return bool(active and active())
 
 
 def lstm_layer(
@@ -271,10 +333,16 @@ def lstm_layer(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """`lstm_torch.lstm_layer` on the C kernel; what it cannot run (gate recording, other dtypes or devices,
     no compiler) goes to `lstm_torch.lstm_layer`."""
-    if record is not None or x.shape[0] == 0 or not supports(x, W, U, b, R):
+    if record is not None or x.shape[0] == 0 or not supports(x, W, U, b, R) or _functorch_active():
         return lstm_torch.lstm_layer(x, batch_sizes, h0, c0, W, U, b, R, reverse, record)
     # Under autocast the input may be bf16: the kernel computes in float32 (on CPUs without AMX bf16 GEMMs
     # are slower than float32 ones: 166 vs 308 GFLOP/s here), and autocast must not reach the GEMMs inside.
+    autocast = torch.is_autocast_enabled("cpu")
     x, h0, c0 = (t.float().contiguous() for t in (x, h0, c0))
     with torch.autocast("cpu", enabled=False):
-        return _FusedLayer.apply(x, h0, c0, W, U, b, R, list(batch_sizes), reverse)
+        y, h, c = _FusedLayer.apply(x, h0, c0, W, U, b, R, list(batch_sizes), reverse)
+    if autocast:  # what torch.nn.LSTM returns under autocast, whatever path computed it
+        low = torch.get_autocast_dtype("cpu") if hasattr(torch, "get_autocast_dtype") else (
+            torch.get_autocast_cpu_dtype())
+        y, h, c = y.to(low), h.to(low), c.to(low)
+    return y, h, c
