@@ -75,8 +75,8 @@ def pick(
     # (train step, B=32 T<=300 I=128 H=64: 301 ms vs 80 ms; bidirectional 510 vs 128; 2 cores, 2026-11-23).
     if packed and device.type == "cpu":
         return "torch"
-    # oneDNN refuses projections, and torch then runs a slow fallback of its own; ours is kept there
-    # until the fused CPU kernels (lstmkit issue 6) measure which is faster.
+    # oneDNN refuses projections, and torch then runs a native fallback of its own; without the C kernel,
+    # our portable path is kept there (0.98-1.02x that fallback, config e of bench_lstm.py).
     if projected:
         return "torch"
     # cuDNN's backward refuses eval mode; lstmkit promises gradients in eval mode too.

@@ -1,7 +1,7 @@
 /* lstmkit's fused CPU LSTM layer: the time loop of the forward and of BPTT, in plain C.
  *
- * Built at first use by lstmkit/ops/lstm_cpu.py (cc -O3 -march=native, no torch or Python headers) and
- * called through ctypes with raw float32 pointers. The GEMMs are MKL's, taken from the libtorch_cpu that
+ * Built at first use by lstmkit/ops/lstm_cpu.py (cc -O3 -march=native -fopenmp; no torch or Python
+ * headers) and called through ctypes with raw float32 pointers. The GEMMs are MKL's, taken from the libtorch_cpu that
  * torch already loaded (addresses handed over by lstm_cpu.py); nothing here links against torch.
  *
  * What runs here is only what must run step by step (Appleyard et al. 2016):
@@ -10,8 +10,8 @@
  *                         c_t = f c_{t-1} + i g;  h_t = o tanh(c_t)   eq. 6.55-6.56, same pass
  *                         h_t = R h_t                  (projection, proj_size > 0)
  *   backward, per step:   dz_t from the saved gates and cells, then dh_{t-1} = U^T dz_t
- * The input projection W x_t + b of every step comes in precomputed (one big GEMM in torch), and the
- * weight gradients (dW, dU, dR, db) are big GEMMs in torch after the loop.
+ * The input projection W x_t of every step comes in precomputed (one big GEMM in torch; the loop adds b),
+ * and the weight gradients (dW, dU, dR, db) are big GEMMs in torch after the loop.
  *
  * Rows (sequences) never interact, so each thread takes a contiguous block of rows and runs the whole time
  * loop on it: no barrier per step. Rows are packed as in torch's PackedSequence: step t holds
@@ -53,8 +53,9 @@ void lk_init(void *pack_get_size, void *pack, void *compute, void *set_threads_l
 
 /* ---- pointwise math, written so that gcc vectorises the loops that inline it ---- */
 
-/* e^x for x in [-87, 87] (clamped, so that 1 + e^x stays in lk_recip's range), rel. error ~1e-7: x = n ln2 + r, |r| <= ln2/2, e^r by its Taylor
- * series to r^7 (next term < 1e-8 relative), 2^n built in the exponent bits. NaN stays NaN. */
+/* e^x for x in [-87, 87] (clamped, so that 1 + e^x stays in lk_recip's range), relative error ~1e-7:
+ * x = n ln2 + r, |r| <= ln2/2, e^r by its Taylor series to r^7 (next term < 1e-8 relative), 2^n built in the
+ * exponent bits. NaN stays NaN. */
 static inline float lk_exp(float x) {
     x = x < -87.0f ? -87.0f : x;
     x = x > 87.0f ? 87.0f : x;
@@ -233,7 +234,8 @@ static void *forward_rows(void *arg) {
         for (int r = 0; r < n; r++) {
             float *c = job->c + (int64_t)(job->r0 + r) * H;
             if (job->cells) /* two copies of the loop, one per constant `keep` */
-                forward_row(H, a + (int64_t)r * G, job->bias, c, job->cells + (row + r) * H, m_rows + (int64_t)r * H, 1);
+                forward_row(H, a + (int64_t)r * G, job->bias, c, job->cells + (row + r) * H,
+                            m_rows + (int64_t)r * H, 1);
             else
                 forward_row(H, a + (int64_t)r * G, job->bias, c, NULL, m_rows + (int64_t)r * H, 0);
         }
