@@ -133,6 +133,14 @@ def time_call(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def rotated(names: list[str], r: int) -> list[str]:
+    """The contenders' order for repeat r, rotated by r: what ran just before a call changes its time (after
+    torch.nn.LSTM with oneDNN off, the next oneDNN call took ~60 us longer at batch 1, measured), so no
+    contender always follows the same one."""
+    k = r % len(names)
+    return names[k:] + names[:k]
+
+
 def gemm_peak(dtype: torch.dtype, repeats: int = 10) -> float:
     """GFLOP/s of a large square GEMM in this dtype, now (best of `repeats` after a warm-up): the ceiling the
     GFLOP/s column is read against. Measured before and after the configs; the higher is used."""
@@ -175,12 +183,8 @@ def bench_config(cfg: BenchConfig, repeats: int, dtype: torch.dtype) -> list[dic
         for module in contenders.values():  # warm-up
             step(module)
         times: dict[str, list[float]] = {name: [] for name in contenders}
-        names = list(contenders)
         for r in range(repeats):  # interleaved, so drifts in machine load hit every contender
-            # Rotated each repeat: what ran just before a call changes its time (after torch.nn.LSTM with oneDNN
-            # off, the next oneDNN call took ~60 us longer at batch 1, measured), so no contender always
-            # follows the same one.
-            for name in names[r % len(names):] + names[: r % len(names)]:
+            for name in rotated(list(contenders), r):
                 times[name].append(time_call(lambda module=contenders[name]: step(module)))
         medians = {name: statistics.median(ts) for name, ts in times.items()}
         base = medians["nn.LSTM"]
@@ -236,9 +240,8 @@ def bench_streaming(cfg: BenchConfig, repeats: int) -> list[dict[str, object]]:
             if rel > 1e-4:
                 raise SystemExit(f"{name}: last state differs from torch.nn.LSTM ({rel:.2e}); not timing it")
         times: dict[str, list[float]] = {name: [] for name in contenders}
-        names = list(contenders)
-        for r in range(repeats):  # rotated, as in bench_config
-            for name in names[r % len(names):] + names[: r % len(names)]:
+        for r in range(repeats):
+            for name in rotated(list(contenders), r):
                 times[name].append(time_call(contenders[name]))
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     return [{"config": cfg.name, "mode": "stream", "impl": name, "ms": seconds * 1e3,

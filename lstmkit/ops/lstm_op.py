@@ -44,7 +44,7 @@ def _forward(x: Tensor, h0: Tensor, c0: Tensor, W: Tensor, U: Tensor, b: Tensor 
     T, B, _ = x.shape
     H = c0.shape[1]
     x = _flip(x, reverse)
-    if lstm_cpu.supports(x, W, U, b, R) and x.dtype == torch.float32:  # the C kernel's time loop (it adds b)
+    if lstm_cpu.supports(x, W, U, b, R):  # float32 on the CPU (autocast is off in here): the C kernel's loop
         xw = x.reshape(T * B, -1) @ W.t()
         out = lstm_cpu.forward(xw, [B] * T, h0, c0, U, R, reverse=False, keep_for_backward=True, keep_inputs=False,
                                bias=b)
@@ -91,7 +91,7 @@ def _backward_impl(dy: Tensor, dh_T: Tensor, dc_T: Tensor, x: Tensor, h0: Tensor
     T, B, _ = x.shape
     H = c0.shape[1]
     x, y, dy = _flip(x, reverse), _flip(y, reverse), _flip(dy, reverse)
-    if lstm_cpu.supports(x, W, U, R) and x.dtype == gates.dtype == torch.float32:  # the C kernel's time loop
+    if lstm_cpu.supports(x, W, U, R):  # float32 on the CPU, as in the forward: the C kernel's time loop
         out = lstm_cpu.backward(dy.reshape(T * B, -1), dh_T, dc_T, [B] * T, c0, U, R, gates.view(T * B, 4 * H),
                                 cells.view(T * B, H), reverse=False)
         dz, dh_next, dc_next = out["dz"].view(T, B, 4 * H), out["dh0"], out["dc0"]
