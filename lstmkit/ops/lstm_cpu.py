@@ -181,8 +181,7 @@ def _plan(batch_sizes: list[int]) -> tuple[Tensor, Tensor, int, Tensor]:
     threads = max(1, min(torch.get_num_threads(), B // MIN_ROWS_PER_THREAD, 64))
     if threads == 1:
         return sizes, offsets, 1, torch.tensor([0, B], dtype=torch.int64)
-    # lengths[b] = number of steps that hold row b; cumulative work, cut into equal parts
-    # steps holding row b = steps whose size exceeds b (O(B + T), not a B x T comparison)
+    # lengths[b] = steps that hold row b = steps whose size exceeds b (O(B + T)); cumulative work, cut in equal parts
     lengths = len(batch_sizes) - torch.bincount(sizes, minlength=B + 1).cumsum(0)[:B]
     work = lengths.cumsum(0)
     cuts = torch.searchsorted(work, work[-1] * torch.arange(1, threads) / threads)
