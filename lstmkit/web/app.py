@@ -71,7 +71,6 @@ class Limits:
 @dataclass
 class ServedRun:
     name: str
-    path: Path
     task: Any
     model: torch.nn.Module
 
@@ -101,7 +100,7 @@ def load_runs(run_dirs: Sequence[Path]) -> dict[str, ServedRun]:
         name, k = base, 2
         while name in served:
             name, k = f"{base}-{k}", k + 1
-        served[name] = ServedRun(name, path, task, model.eval())
+        served[name] = ServedRun(name, task, model)  # open_run returns it in eval mode
     return served
 
 
@@ -183,11 +182,6 @@ def _inference(fn: Callable[..., Any], *args: Any) -> Any:
         return fn(*args)
 
 
-def _next_piece(pieces: Iterator[str]) -> str | None:
-    with torch.inference_mode():
-        return next(pieces, None)
-
-
 class SlotStreamingResponse(StreamingResponse):
     """A stream that frees its model slot when the response ends, however it ends (even if never iterated)."""
 
@@ -206,7 +200,7 @@ class SlotStreamingResponse(StreamingResponse):
 
 RUN_FIELD = Field(None, description="The run's name (see GET /api/runs); default: the first run that fits.",
                   examples=["imdb"])
-GateName = Literal["input", "forget", "output", "candidate", "cell", "hidden"]
+GateName = Literal[GATES]  # type: ignore[valid-type]  # the six names of GATE_NAMES, written once
 
 
 class PredictRequest(BaseModel):
@@ -491,7 +485,7 @@ async def stream_pieces(pieces: Iterator[str], prompt: str, timeout_s: float,
                 yield ndjson({"error": f"generation stopped after {timeout_s:g} s (this server's limit), "
                                        f"{len(produced)} tokens in; ask for fewer"})
                 return
-            piece = await run_in_threadpool(_next_piece, pieces)
+            piece = await run_in_threadpool(_inference, next, pieces, None)
             if piece is None:
                 break
             produced.append(piece)

@@ -89,7 +89,8 @@
     return `${detail} (HTTP ${response.status})`;
   }
 
-  async function api(path, body) {
+  // The response to a GET (no body) or a JSON POST, or an Error with the server's one-line reason.
+  async function request(path, body) {
     const options = body === undefined ? {} : {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     };
@@ -100,7 +101,11 @@
       throw new Error("cannot reach the server; is `lstmkit serve` still running?");
     }
     if (!response.ok) throw new Error(await errorLine(response));
-    return response.json();
+    return response;
+  }
+
+  async function api(path, body) {
+    return (await request(path, body)).json();
   }
 
   function showError(message) {
@@ -227,15 +232,7 @@
         temperature: Number($("temperature-input").value),
         seed: Number($("seed-input").value),
       };
-      let response;
-      try {
-        response = await fetch("/api/generate", {
-          method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-        });
-      } catch (_) {
-        throw new Error("cannot reach the server; is `lstmkit serve` still running?");
-      }
-      if (!response.ok) throw new Error(await errorLine(response));
+      const response = await request("/api/generate", body);
       const reader = response.body.getReader();
       const decoder = new TextDecoder();
       let buffer = "";
@@ -519,18 +516,15 @@
     strip.className = trace.level === "char" ? "char" : "word";
     const fragment = document.createDocumentFragment();
     state.stripTokens = [];
+    const endOfLine = trace.level === "char" ? "\n" : "<eos>";  // shown as ↵, then a line break
     trace.tokens.forEach((token, t) => {
       const span = document.createElement("span");
       span.className = trace.unknown[t] ? "tok unknown" : "tok";
       span.dataset.token = String(t);
-      if (trace.level === "char") {
-        span.textContent = token === "\n" ? "↵" : token;
-      } else {
-        span.textContent = token === "<eos>" ? "↵" : token;
-      }
+      span.textContent = token === endOfLine ? "↵" : token;
       fragment.append(span);
       state.stripTokens.push(span);
-      if (trace.level === "char" ? token === "\n" : token === "<eos>") fragment.append("\n");
+      if (token === endOfLine) fragment.append("\n");
       else if (trace.level !== "char") fragment.append(" ");
     });
     strip.replaceChildren(fragment);
