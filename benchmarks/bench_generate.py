@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from lstmkit.data.vocab import Vocab
-from lstmkit.sample import generate, pick_next
+from lstmkit.sample import encode_prompt, generate, pick_next
 from lstmkit.tasks.lm import LanguageModel, LMModelConfig
 
 
@@ -66,7 +66,7 @@ def main() -> None:
         source = "random weights, char_lm preset size"
     lstm = model.lstm
     prompt = "".join(vocab.tokens[2:12]) if vocab.level == "char" else " ".join(vocab.tokens[2:6])
-    prompt_ids = vocab.encode(list(prompt) if vocab.level == "char" else prompt.split())
+    prompt_ids = encode_prompt(vocab, prompt)
 
     def ours() -> str:
         return "".join(generate(model, vocab, prompt, args.tokens, temperature=args.temperature, seed=1))

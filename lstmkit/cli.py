@@ -31,6 +31,12 @@ class Group(click.Group):
             raise UserError(str(error), error.exit_code) from None
 
 
+
+def _echo_piece(piece: str) -> None:
+    """Text as it is generated: no newline, flushed so that it shows at once."""
+    click.echo(piece, nl=False)
+    sys.stdout.flush()
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(lstmkit.__version__, prog_name="lstmkit")
 def main() -> None:
@@ -56,13 +62,8 @@ def demo(out: Path, T: int, hidden: int, epochs: int, seconds: float, lm_minutes
     from lstmkit.longrange import DemoConfig
 
     config = DemoConfig(T=T, hidden_size=hidden, epochs=epochs, seconds_per_model=seconds, seed=seed)
-
-    def write(piece: str) -> None:
-        click.echo(piece, nl=False)
-        sys.stdout.flush()
-
     try:
-        run_tour(out, config, lm_minutes, log=lambda line: click.echo(line), write=write)
+        run_tour(out, config, lm_minutes, log=lambda line: click.echo(line), write=_echo_piece)
     except OSError as error:
         raise click.ClickException(f"cannot write to {out}: {error.strerror or error}") from None
 
@@ -253,8 +254,7 @@ def generate(run: Path, prompt: str, length: int, temperature: float, top_k: int
     tokens = generate_tokens(model, task.vocab, prompt, length, temperature, top_k, top_p, greedy, seed)
     click.echo(prompt, nl=False)
     for piece in tokens:
-        click.echo(piece, nl=False)
-        sys.stdout.flush()
+        _echo_piece(piece)
     click.echo()
 
 
@@ -291,7 +291,7 @@ def inspect(run: Path, text: str, out: Path, as_json: bool, max_units: int | Non
         shown = ", ".join(f"{p['token']!r} {p['probability']:.2f}" for p in result.prediction["next"])
         click.echo(f"next token: {shown}")
     unknown = sum(result.unknown)
-    layers, directions = result.num_layers, len(result.layers) // result.num_layers
+    layers, directions = result.num_layers, result.num_directions
     click.echo(f"{len(result.tokens)} tokens{f' ({unknown} unknown to the model, marked *)' if unknown else ''}; "
                f"{layers} layer{'s' * (layers > 1)}{f' × {directions} directions' if directions > 1 else ''} of "
                f"{result.hidden_size} units")
@@ -316,9 +316,10 @@ def plot(run: Path | None, out: Path | None, gradient_flow: bool, seconds: float
         from lstmkit.longrange import DemoConfig, plot_gradient_flow, run_demo
 
         out = out or Path("gradient_flow.png")
-        result = run_demo(DemoConfig(seconds_per_model=seconds), out_dir=None, log=lambda line: click.echo(line))
+        config = DemoConfig(seconds_per_model=seconds)
+        result = run_demo(config, out_dir=None, log=lambda line: click.echo(line))
         try:
-            click.echo(f"wrote {plot_gradient_flow(result.grad_norms, DemoConfig().T, out)}")
+            click.echo(f"wrote {plot_gradient_flow(result.grad_norms, config.T, out)}")
         except OSError as error:
             raise UserError(f"cannot write {out}: {error.strerror or error}") from None
         return

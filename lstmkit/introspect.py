@@ -108,6 +108,10 @@ class TextTrace:
     def num_layers(self) -> int:
         return 1 + max(entry["layer"] for entry in self.layers)
 
+    @property
+    def num_directions(self) -> int:
+        return len(self.layers) // self.num_layers
+
     def to_json(self, decimals: int = 4, layers: Sequence[int] | None = None,
                 gates: Sequence[str] | None = None) -> dict[str, Any]:
         """JSON-ready: arrays become nested lists rounded to `decimals` (the page needs no more). `layers` and
@@ -117,7 +121,7 @@ class TextTrace:
         return {
             "task": self.task, "level": self.level, "tokens": self.tokens, "unknown": self.unknown,
             "hidden_size": self.hidden_size, "num_layers": self.num_layers,
-            "directions": ["forward", "reverse"][: len(self.layers) // self.num_layers],
+            "directions": ["forward", "reverse"][: self.num_directions],
             "layers": [{"layer": entry["layer"], "direction": entry["direction"],
                         **{name: np.round(entry[name].astype(np.float64), decimals).tolist() for name in names}}
                        for entry in kept],

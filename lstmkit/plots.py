@@ -49,9 +49,10 @@ def gate_heatmaps(trace: TextTrace, out_dir: Path, max_units: int | None = None)
                                                                                 strict=True)]
     every = max(1, math.ceil(T / MAX_TOKEN_LABELS))
     paths = []
+    H = trace.hidden_size  # every layer's
+    width = min(40.0, max(7.0, 0.22 * T + 2.0))
     for entry in trace.layers:
-        units = entry["cell"].shape[1] if max_units is None else min(max_units, entry["cell"].shape[1])
-        width = min(40.0, max(7.0, 0.22 * T + 2.0))
+        units = H if max_units is None else min(max_units, H)
         height = min(30.0, 2.0 + len(HEATMAP_PANELS) * max(1.6, 0.02 * units))
         fig, axes = plt.subplots(len(HEATMAP_PANELS), 1, figsize=(width, height), dpi=100, squeeze=False)
         for ax, (name, title) in zip(axes[:, 0], HEATMAP_PANELS, strict=True):
@@ -68,7 +69,7 @@ def gate_heatmaps(trace: TextTrace, out_dir: Path, max_units: int | None = None)
             ax.set_xticks(range(0, T, every))
             ax.set_xticklabels(labels[::every], rotation=90, fontsize=8)
         direction = "" if entry["direction"] == "forward" else f", {entry['direction']} direction"
-        shown = f"first {units} of {entry['cell'].shape[1]} units" if units < entry["cell"].shape[1] else \
+        shown = f"first {units} of {H} units" if units < H else \
             f"{units} units"
         fig.suptitle(f"layer {entry['layer']}{direction}: {T} tokens × {shown}", fontsize=11)
         fig.tight_layout()

@@ -461,14 +461,15 @@ def _train_and_evaluate(
                     window_count, window_time = 0, now
                 progress.update(1)
                 evaluated = bool(train.eval_every) and pos.step % train.eval_every == 0 and pos.batch < len(plan)
-                if evaluated and evaluate(epoch=round(pos.epoch + pos.batch / len(plan), 4)):
+                epoch_now = round(pos.epoch + pos.batch / len(plan), 4)
+                if evaluated and evaluate(epoch=epoch_now):
                     status = "early_stopped"
                 if (stop or budget) and status == "completed":
                     status = "interrupted" if stop else "time_budget"
                 if status == "time_budget" and pos.best is None and not evaluated:
                     # A budget shorter than the first evaluation still leaves a model to use.
                     evaluated = True
-                    evaluate(epoch=round(pos.epoch + pos.batch / len(plan), 4))
+                    evaluate(epoch=epoch_now)
                 if evaluated or status != "completed" or pos.step % max(1, train.checkpoint_every) == 0:
                     checkpoint()
                 if status != "completed":
