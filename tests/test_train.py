@@ -20,7 +20,7 @@ from lstmkit import runs
 from lstmkit.errors import ConfigError, RunDirError
 from lstmkit.tasks import default_config
 from lstmkit.tasks.adding import AddingTask
-from lstmkit.train import TrainingStopped, config_for_resume, learning_rate, train_and_evaluate
+from lstmkit.train import TrainingStopped, config_for_resume, learning_rate, make_optimizer, train_and_evaluate
 
 # A seconds-long adding-problem run: 3 epochs x 20 steps, checkpoints every 7 steps (mid-epoch).
 TINY = [
@@ -138,6 +138,27 @@ def test_same_seed_same_weights(tmp_path):
     assert_bit_identical(final_weights(tmp_path / "a"), final_weights(tmp_path / "b"))
     assert not torch.equal(final_weights(tmp_path / "a")["model.head.weight"],
                            final_weights(tmp_path / "c")["model.head.weight"])
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_the_optimizer_is_torchs_fused_kernel_with_the_usual_updates(optimizer):
+    config = tiny_config(f"train.optimizer={optimizer}", "train.momentum=0.9", "train.weight_decay=0.01")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(50, 6), torch.nn.Linear(6, 3))
+    reference = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    fused = make_optimizer(model, config.train)
+    assert fused.defaults["fused"] is True
+    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[optimizer]
+    options = {"momentum": 0.9} if optimizer == "sgd" else {}
+    plain = kind(reference, lr=config.train.lr, weight_decay=0.01, foreach=False, **options)
+    for _ in range(5):
+        grads = [torch.randn_like(p) for p in reference]
+        for p, q, g in zip(model.parameters(), reference, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        fused.step()
+        plain.step()
+    for p, q in zip(model.parameters(), reference, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
