@@ -19,8 +19,16 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from lstmkit.nn import LSTM
 
 
+POOLINGS = ("last", "mean", "max", "max_mean")
+
+
+def pooled_width(how: str) -> int:
+    """How many times the LSTM's output width `pool` returns: 2 for max_mean (both, side by side), else 1."""
+    return 2 if how == "max_mean" else 1
+
+
 def pool(output: Tensor, lengths: Tensor, how: str, num_directions: int) -> Tensor:
-    """output: [B, T, D*H] (valid steps first), lengths: [B] -> [B, D*H]."""
+    """output: [B, T, D*H] (valid steps first), lengths: [B] -> [B, D*H] ([B, 2*D*H] for max_mean)."""
     B, T, width = output.shape
     lengths = lengths.to(output.device)
     if how == "last":
@@ -35,7 +43,10 @@ def pool(output: Tensor, lengths: Tensor, how: str, num_directions: int) -> Tens
         return (output * valid).sum(dim=1) / lengths[:, None].to(output.dtype)
     if how == "max":
         return output.masked_fill(~valid, float("-inf")).max(dim=1).values
-    raise ValueError(f"pooling must be 'last', 'mean' or 'max', got {how!r}")
+    if how == "max_mean":  # the strongest feature of each unit and its average, as ULMFiT's concat pooling
+        return torch.cat([pool(output, lengths, "max", num_directions), pool(output, lengths, "mean", num_directions)],
+                         dim=1)
+    raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {how!r}")
 
 
 class SequenceClassifier(nn.Module):
@@ -65,7 +76,8 @@ class SequenceClassifier(nn.Module):
                          dropout=dropout if num_layers > 1 else 0.0, backend=backend)
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), 1 if num_classes == 2 else num_classes)
+        features = hidden_size * (2 if bidirectional else 1) * pooled_width(pooling)
+        self.head = nn.Linear(features, 1 if num_classes == 2 else num_classes)
         pool(torch.zeros(1, 1, hidden_size * self.lstm.num_directions), torch.ones(1, dtype=torch.long),
              pooling, self.lstm.num_directions)  # checks `pooling` now rather than at the first batch
         if init == "keras":

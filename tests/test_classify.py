@@ -17,7 +17,7 @@ from lstmkit import config as cfg
 from lstmkit.cli import main
 from lstmkit.data.sequences import load_digits_sequences
 from lstmkit.metrics import classification_metrics
-from lstmkit.models import SequenceClassifier
+from lstmkit.models import SequenceClassifier, pool
 from lstmkit.tasks import default_config
 from lstmkit.tasks.classify import collate
 from lstmkit.tasks.sentiment import SentimentTask
@@ -60,7 +60,7 @@ def sentiment_run(tmp_path_factory) -> Path:
 # --- the model --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "max", "max_mean"])
 def test_each_text_scores_the_same_alone_and_in_a_padded_batch(bidirectional, pooling):
     torch.manual_seed(0)
     model = SequenceClassifier(num_classes=2, hidden_size=8, vocab_size=50, embedding_dim=6, num_layers=2,
@@ -83,6 +83,16 @@ def test_feature_inputs_and_multiclass_logits():
         SequenceClassifier(num_classes=2, hidden_size=4, input_size=3, pooling="median")
     with pytest.raises(ValueError, match="not both"):
         SequenceClassifier(num_classes=2, hidden_size=4, input_size=3, vocab_size=10)
+
+
+def test_max_mean_pooling_is_each_rows_max_and_mean_side_by_side():
+    output, lengths = torch.randn(2, 5, 4), torch.tensor([5, 3])
+    pooled = pool(output, lengths, "max_mean", num_directions=1)
+    for row, n in enumerate(lengths.tolist()):
+        expected = torch.cat([output[row, :n].max(dim=0).values, output[row, :n].mean(dim=0)])
+        assert_close(pooled[row], expected, f"row {row}")
+    model = SequenceClassifier(num_classes=3, hidden_size=4, input_size=2, bidirectional=True, pooling="max_mean")
+    assert model.head.in_features == 16  # 2 directions x 4 units x (max, mean)
 
 
 def test_keras_initialization():

@@ -36,7 +36,7 @@ class ClassifierModelConfig:
     num_layers: int = 1
     bidirectional: bool = False
     dropout: float = 0.0  # between LSTM layers and before the output layer
-    pooling: Literal["last", "mean", "max"] = "last"
+    pooling: Literal["last", "mean", "max", "max_mean"] = "last"  # max_mean: both, side by side
     backend: Literal["auto", "torch", "op"] = "auto"
     init: Literal["torch", "keras"] = "torch"  # "keras": the seed's initialisers (see SequenceClassifier)
 
