@@ -69,7 +69,7 @@ _AT_LEAST_ONE = {"epochs", "batch_size", "checkpoint_every", "log_every", "hidde
 _NON_NEGATIVE = {"num_words", "lr", "weight_decay", "warmup_steps", "clip_norm", "eval_every", "patience", "minutes",
                  "test_size"}
 _POSITIVE = {"valid_size"}
-_BELOW_ONE = {"dropout", "momentum"}  # in [0, 1)
+_BELOW_ONE = {"dropout", "word_dropout", "momentum"}  # in [0, 1)
 
 
 def _check_range(key: str, name: str, value: Any) -> None:

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lstmkit.nn import LSTM
-
 
 POOLINGS = ("last", "mean", "max", "max_mean")
 
@@ -61,6 +61,7 @@ class SequenceClassifier(nn.Module):
         num_layers: int = 1,
         bidirectional: bool = False,
         dropout: float = 0.0,
+        word_dropout: float = 0.0,
         pooling: str = "last",
         backend: str = "auto",
         init: str = "torch",
@@ -76,6 +77,9 @@ class SequenceClassifier(nn.Module):
                          dropout=dropout if num_layers > 1 else 0.0, backend=backend)
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
+        if not 0.0 <= word_dropout < 1.0:
+            raise ValueError(f"word_dropout must be in [0, 1), got {word_dropout}")
+        self.word_dropout = word_dropout
         features = hidden_size * (2 if bidirectional else 1) * pooled_width(pooling)
         self.head = nn.Linear(features, 1 if num_classes == 2 else num_classes)
         pool(torch.zeros(1, 1, hidden_size * self.lstm.num_directions), torch.ones(1, dtype=torch.long),
@@ -110,6 +114,10 @@ class SequenceClassifier(nn.Module):
     def forward(self, inputs: Tensor, lengths: Tensor) -> Tensor:
         """inputs: [B, T] ids or [B, T, F] features, post-padded; lengths: [B] -> logits [B, 1 or C]."""
         x = self.embedding(inputs) if self.embedding is not None else inputs  # [B, T, E]
+        if self.word_dropout and self.training:
+            # Whole steps (words) dropped, not single features: the model must not lean on any one word.
+            keep = F.dropout(x.new_ones(x.shape[0], x.shape[1], 1), self.word_dropout, training=True)
+            x = x * keep
         if self.lstm.bidirectional:
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
             output = pad_packed_sequence(self.lstm(packed)[0], batch_first=True)[0]  # [B, T_max, 2H]

@@ -95,6 +95,23 @@ def test_max_mean_pooling_is_each_rows_max_and_mean_side_by_side():
     assert model.head.in_features == 16  # 2 directions x 4 units x (max, mean)
 
 
+def test_word_dropout_drops_whole_words_in_training_only():
+    torch.manual_seed(0)
+    model = SequenceClassifier(num_classes=2, hidden_size=4, vocab_size=30, embedding_dim=5, word_dropout=0.5)
+    seen = []
+    model.lstm.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    inputs, lengths = torch.randint(2, 30, (8, 20)), torch.full((8,), 20)
+    model.train()(inputs, lengths)
+    embedded = model.embedding(inputs).detach()
+    dropped = (seen[0] == 0).all(dim=2)
+    assert 0.3 < dropped.float().mean() < 0.7  # about half the words, each one with all its features
+    torch.testing.assert_close(seen[0][~dropped], 2 * embedded[~dropped])  # the kept ones scaled by 1 / (1 - p)
+    model.eval()(inputs, lengths)
+    torch.testing.assert_close(seen[1], embedded)
+    with pytest.raises(ValueError, match="word_dropout must be in"):
+        SequenceClassifier(num_classes=2, hidden_size=4, vocab_size=30, word_dropout=1.0)
+
+
 def test_keras_initialization():
     model = SequenceClassifier(num_classes=2, hidden_size=6, vocab_size=30, embedding_dim=4, init="keras")
     assert model.embedding.weight.abs().max() <= 0.05

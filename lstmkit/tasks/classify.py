@@ -36,6 +36,7 @@ class ClassifierModelConfig:
     num_layers: int = 1
     bidirectional: bool = False
     dropout: float = 0.0  # between LSTM layers and before the output layer
+    word_dropout: float = 0.0  # each step's input vector (a word's embedding) zeroed with this probability
     pooling: Literal["last", "mean", "max", "max_mean"] = "last"  # max_mean: both, side by side
     backend: Literal["auto", "torch", "op"] = "auto"
     init: Literal["torch", "keras"] = "torch"  # "keras": the seed's initialisers (see SequenceClassifier)
@@ -78,7 +79,8 @@ class ClassifierTask(Task):
         m = self.config.model
         return SequenceClassifier(
             num_classes=len(self.label_names), hidden_size=m.hidden_size, num_layers=m.num_layers,
-            bidirectional=m.bidirectional, dropout=m.dropout, pooling=m.pooling, backend=m.backend, init=m.init,
+            bidirectional=m.bidirectional, dropout=m.dropout, word_dropout=m.word_dropout, pooling=m.pooling,
+            backend=m.backend, init=m.init,
             **self.model_inputs(),
         )
 
