@@ -15,9 +15,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from lstmkit import ops
 from lstmkit.nn import LSTM
+from lstmkit.ops import lstm_cpu
 
 POOLINGS = ("last", "mean", "max", "max_mean")
 
@@ -113,6 +115,9 @@ class SequenceClassifier(nn.Module):
 
     def forward(self, inputs: Tensor, lengths: Tensor) -> Tensor:
         """inputs: [B, T] ids or [B, T, F] features, post-padded; lengths: [B] -> logits [B, 1 or C]."""
+        if self._tokens_on_kernel(inputs.shape[0]):
+            output = self._embedded_lstm(inputs, lengths)
+            return self.head(self.dropout(pool(output, lengths, self.pooling, self.lstm.num_directions)))
         x = self.embedding(inputs) if self.embedding is not None else inputs  # [B, T, E]
         if self.word_dropout and self.training:
             # Whole steps (words) dropped, not single features: the model must not lean on any one word.
@@ -124,3 +129,34 @@ class SequenceClassifier(nn.Module):
         else:
             output = self.lstm(x)[0]  # [B, T, H]; steps past each length are computed but never read
         return self.head(self.dropout(pool(output, lengths, self.pooling, self.lstm.num_directions)))
+
+    def _tokens_on_kernel(self, batch: int) -> bool:
+        """Whether a train step takes `lstm_cpu.embedded_lstm_layer`: the Embedding and a one-layer LSTM fused on
+        the C kernel (W x once per distinct word). It takes the place of the model's own `self.lstm(...)`
+        call, so forward hooks on `self.lstm` do not see these steps. Elsewhere: the path `self.lstm` picks."""
+        lstm = self.lstm
+        if self.embedding is None or self.word_dropout or not (self.training and torch.is_grad_enabled()):
+            return False
+        if lstm.num_layers != 1 or lstm.proj_size or lstm.backend not in ("auto", "cpu"):
+            return False
+        if lstm.backend == "auto" and batch < 2 * lstm_cpu.MIN_ROWS_PER_THREAD:  # as ops.pick decides
+            return False
+        if torch.is_autocast_enabled("cpu") or ops._compiling() or lstm_cpu._functorch_active():
+            return False
+        weights = [w for d in range(lstm.num_directions) for w in lstm.layer_weights(0, d)[:2]]
+        return lstm_cpu.supports(self.embedding.weight, *weights)
+
+    def _embedded_lstm(self, inputs: Tensor, lengths: Tensor) -> Tensor:
+        """The LSTM's output [B, T_max, D*H] for token ids [B, T] (post-padded), zeros past each length."""
+        packed = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        B, H, D = inputs.shape[0], self.lstm.hidden_size, self.lstm.num_directions
+        directions = []
+        for d in range(D):
+            W, U, b_ih, b_hh, _ = self.lstm.layer_weights(0, d)
+            directions.append((W, U, b_ih + b_hh if b_ih is not None else None))
+        zeros = self.embedding.weight.new_zeros(D, B, H)
+        y, _, _ = lstm_cpu.embedded_lstm_layer(self.embedding.weight, packed.data, packed.batch_sizes.tolist(),
+                                               zeros, zeros, directions, self.embedding.padding_idx)
+        rows = PackedSequence(y, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+        return pad_packed_sequence(rows, batch_first=True)[0]
+

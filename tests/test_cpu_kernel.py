@@ -369,3 +369,58 @@ def test_mismatched_shapes_raise_before_reaching_c():
     with pytest.raises(ValueError, match="R is"):
         lstm_cpu.forward(gates, [3] * 4, torch.zeros(3, 2), torch.zeros(3, 4), torch.randn(16, 2),
                          torch.randn(4, 2), False, False)
+
+
+# --- the Embedding and a one-layer LSTM fused on the kernel (W x once per distinct word) --------------------
+
+@needs_kernel
+@pytest.mark.parametrize("seed", range(6))
+def test_a_classifier_train_step_with_the_embedding_fused_equals_the_plain_one(seed):
+    from lstmkit.models import SequenceClassifier
+
+    rng = random.Random(seed)
+    bidirectional, pooling = rng.random() < 0.5, rng.choice(["last", "mean", "max", "max_mean"])
+    B, T, V, H = rng.randint(8, 20), rng.randint(1, 30), rng.randint(5, 60), rng.randint(1, 24)
+    torch.manual_seed(seed)
+    model = SequenceClassifier(num_classes=2, hidden_size=H, vocab_size=V, embedding_dim=rng.randint(1, 16),
+                               bidirectional=bidirectional, pooling=pooling).train()
+    lengths = torch.randint(1, T + 1, (B,))
+    ids = torch.randint(1, V, (B, T)) * (torch.arange(T)[None, :] < lengths[:, None])  # 0 pads past each length
+    assert model._tokens_on_kernel(B)
+    grads = []
+    for fused in (True, False):
+        model.zero_grad()
+        if not fused:
+            model._tokens_on_kernel = lambda batch: False
+        logits = model(ids, lengths)
+        logits.square().sum().backward()
+        grads.append((logits.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}))
+    assert_close(grads[0][0], grads[1][0], f"logits, seed {seed}")
+    for name, grad in grads[0][1].items():
+        assert_close(grad, grads[1][1][name], f"{name}.grad, seed {seed}")
+    assert not grads[0][1]["embedding.weight"][0].any()  # the padding id's row learns nothing, as nn.Embedding
+
+
+@needs_kernel
+def test_the_fused_embedding_layer_double_backward_and_where_it_is_not_used():
+    from lstmkit.models import SequenceClassifier
+
+    torch.manual_seed(0)
+    model = SequenceClassifier(num_classes=2, hidden_size=5, vocab_size=20, embedding_dim=4).train()
+    ids, lengths = torch.randint(1, 20, (8, 6)), torch.full((8,), 6)
+    # A gradient penalty differentiates the gradient: the fused layer re-runs on the portable path for it.
+    penalties = []
+    for fused in (True, False):
+        if not fused:
+            model._tokens_on_kernel = lambda batch: False
+        grad = torch.autograd.grad(model(ids, lengths).sum(), model.lstm.weight_hh_l0, create_graph=True)[0]
+        penalties.append(torch.autograd.grad(grad.square().sum(), model.embedding.weight)[0])
+    assert_close(penalties[0], penalties[1], "embedding gradient of a gradient penalty")
+    del model._tokens_on_kernel
+    assert not model._tokens_on_kernel(7)  # "auto": small batches stay on oneDNN, as ops.pick decides
+    assert not model.eval()._tokens_on_kernel(8)  # inference: the LSTM's own choice
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not model.train()._tokens_on_kernel(8)
+    two_layers = SequenceClassifier(num_classes=2, hidden_size=5, vocab_size=20, num_layers=2).train()
+    features = SequenceClassifier(num_classes=2, hidden_size=5, input_size=3).train()
+    assert not two_layers._tokens_on_kernel(8) and not features._tokens_on_kernel(8)
