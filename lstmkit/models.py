@@ -147,16 +147,26 @@ class SequenceClassifier(nn.Module):
         return lstm_cpu.supports(self.embedding.weight, *weights)
 
     def _embedded_lstm(self, inputs: Tensor, lengths: Tensor) -> Tensor:
-        """The LSTM's output [B, T_max, D*H] for token ids [B, T] (post-padded), zeros past each length."""
-        packed = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        B, H, D = inputs.shape[0], self.lstm.hidden_size, self.lstm.num_directions
+        """The LSTM's output [B, T, D*H] for token ids [B, T] (post-padded), read only at each row's valid steps.
+
+        As in `forward`: one direction runs over the padded batch (padding after a sequence cannot change its
+        earlier states, and sorting and unpacking would cost more than the padded steps); two run packed."""
+        B, T = inputs.shape
+        H, D = self.lstm.hidden_size, self.lstm.num_directions
         directions = []
         for d in range(D):
             W, U, b_ih, b_hh, _ = self.lstm.layer_weights(0, d)
             directions.append((W, U, b_ih + b_hh if b_ih is not None else None))
         zeros = self.embedding.weight.new_zeros(D, B, H)
-        y, _, _ = lstm_cpu.embedded_lstm_layer(self.embedding.weight, packed.data, packed.batch_sizes.tolist(),
-                                               zeros, zeros, directions, self.embedding.padding_idx)
+        if D == 1:
+            ids, batch_sizes = inputs.t().reshape(T * B), [B] * T  # time-major rows, as the LSTM's own layout
+        else:
+            packed = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            ids, batch_sizes = packed.data, packed.batch_sizes.tolist()
+        y, _, _ = lstm_cpu.embedded_lstm_layer(self.embedding.weight, ids, batch_sizes, zeros, zeros, directions,
+                                               self.embedding.padding_idx)
+        if D == 1:
+            return y.view(T, B, H).transpose(0, 1)
         rows = PackedSequence(y, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
         return pad_packed_sequence(rows, batch_first=True)[0]
 
