@@ -8,6 +8,10 @@ carries its length. A unidirectional LSTM then runs on the padded tensor (torch'
 path) and pooling reads each row at its own valid steps only; padding after a sequence cannot change its
 earlier states, so this is exact. A bidirectional LSTM would read the padding first in its reverse
 direction, so it gets a PackedSequence instead (lstmkit's packed-row path).
+
+Train steps of token models with one LSTM layer on the C kernel fuse the Embedding into the LSTM's input
+projection (`lstm_cpu.embedded_lstm_layer`): W x is computed once per distinct word of the batch, not once
+per step. On the IMDB seed model: 16 ms a step instead of 21 (2 cores).
 """
 
 from __future__ import annotations
