@@ -173,4 +173,3 @@ class SequenceClassifier(nn.Module):
             return y.view(T, B, H).transpose(0, 1)
         rows = PackedSequence(y, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
         return pad_packed_sequence(rows, batch_first=True)[0]
-

@@ -371,8 +371,9 @@ def embedded_lstm_layer(
     """An Embedding followed by one LSTM layer (one or both directions), with W x_t computed once per distinct
     token rather than once per step.
 
-    ids: [N] token ids in packed-row order; embedding: [V, E]; directions: (W, U, b) per direction, the second
-    reverse. Returns y [N, D*H], h_n [D, B, H], c_n [D, B, H]; h0, c0: [D, B, H]. Equal to
+    ids: [N] token ids in the layer's row order (packed rows, or a padded batch's time-major rows with
+    batch_sizes [B] * T); embedding: [V, E]; directions: (W, U, b) per direction, the second reverse.
+    Returns y [N, D*H], h_n [D, B, H], c_n [D, B, H]; h0, c0: [D, B, H]. Equal to
     `lstm_layer(F.embedding(ids, embedding), ...)` per direction; call it where `supports` holds, without autocast.
 
     Why: a batch of 32 reviews has ~7,700 steps but ~2,300 distinct words. The three GEMMs on W (W x, and in
