@@ -141,11 +141,13 @@ class SequenceClassifier(nn.Module):
         lstm = self.lstm
         if self.embedding is None or self.word_dropout or not (self.training and torch.is_grad_enabled()):
             return False
-        if lstm.num_layers != 1 or lstm.proj_size or lstm.backend not in ("auto", "cpu"):
+        if lstm.num_layers != 1 or lstm.proj_size or torch.is_autocast_enabled("cpu") or lstm_cpu._functorch_active():
             return False
-        if lstm.backend == "auto" and batch < 2 * lstm_cpu.MIN_ROWS_PER_THREAD:  # as ops.pick decides
-            return False
-        if torch.is_autocast_enabled("cpu") or ops._compiling() or lstm_cpu._functorch_active():
+        # Only where the LSTM itself would run this batch on the C kernel: the same two questions `LSTM.run` asks.
+        packed, like = lstm.bidirectional, lstm.weight_ih_l0
+        path = ops.pick(lstm.backend, device=like.device, projected=False, recording=False, training=True,
+                        packed=packed, dtype=like.dtype, needs_grad=True, batch=batch)
+        if path == "vendor" or ops.layer_function(lstm.backend, packed=packed) is not lstm_cpu.lstm_layer:
             return False
         weights = [w for d in range(lstm.num_directions) for w in lstm.layer_weights(0, d)[:2]]
         return lstm_cpu.supports(self.embedding.weight, *weights)
