@@ -31,11 +31,11 @@ class Group(click.Group):
             raise UserError(str(error), error.exit_code) from None
 
 
-
 def _echo_piece(piece: str) -> None:
     """Text as it is generated: no newline, flushed so that it shows at once."""
     click.echo(piece, nl=False)
     sys.stdout.flush()
+
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(lstmkit.__version__, prog_name="lstmkit")

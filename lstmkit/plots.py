@@ -69,8 +69,7 @@ def gate_heatmaps(trace: TextTrace, out_dir: Path, max_units: int | None = None)
             ax.set_xticks(range(0, T, every))
             ax.set_xticklabels(labels[::every], rotation=90, fontsize=8)
         direction = "" if entry["direction"] == "forward" else f", {entry['direction']} direction"
-        shown = f"first {units} of {H} units" if units < H else \
-            f"{units} units"
+        shown = f"first {units} of {H} units" if units < H else f"{units} units"
         fig.suptitle(f"layer {entry['layer']}{direction}: {T} tokens × {shown}", fontsize=11)
         fig.tight_layout()
         suffix = "" if entry["direction"] == "forward" else f"_{entry['direction']}"
