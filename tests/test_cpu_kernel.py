@@ -369,6 +369,9 @@ def test_mismatched_shapes_raise_before_reaching_c():
     with pytest.raises(ValueError, match="R is"):
         lstm_cpu.forward(gates, [3] * 4, torch.zeros(3, 2), torch.zeros(3, 4), torch.randn(16, 2),
                          torch.randn(4, 2), False, False)
+    with pytest.raises(ValueError, match="bias is"):
+        lstm_cpu.forward(gates, [3] * 4, torch.zeros(3, 4), torch.zeros(3, 4), torch.randn(16, 4), None, False, False,
+                         bias=torch.randn(4))
 
 
 # --- the Embedding and a one-layer LSTM fused on the kernel (W x once per distinct word) --------------------

@@ -227,6 +227,8 @@ def forward(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Te
     assert lib is not None, "call supports() first"
     assert gates.is_contiguous(), "gates must be a contiguous buffer (it is written in place)"
     _check(gates, batch_sizes, h0, c0, U, R, bias)
+    if bias is not None and tuple(bias.shape) != (gates.shape[1],):
+        raise ValueError(f"lstmkit C kernel: bias is {tuple(bias.shape)}, expected [{gates.shape[1]}]")
     N, G = gates.shape
     H, P = G // 4, h0.shape[1]
     sizes, offsets, threads, splits = _plan(batch_sizes)
