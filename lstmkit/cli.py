@@ -115,6 +115,8 @@ def train(task: str, out: Path, data: Path | None, epochs: int | None, minutes: 
     if config.task != task:
         raise ConfigError(f"{out} holds a {config.task!r} run, not {task!r}")
     check_run_dir(out, resume)
+    if nproc > 1 and config.train.members > 1:
+        raise ConfigError("an ensemble (train.members > 1) trains its members one process each; drop --nproc")
     if nproc > 1:
         # Checked above in this process (one-line errors); then torchrun takes this process's place, so a
         # Ctrl-C reaches it directly and it forwards it to the workers, which save and stop.
@@ -330,6 +332,9 @@ def plot(run: Path | None, out: Path | None, gradient_flow: bool, seconds: float
     from lstmkit.tasks import load_run_config
 
     config = load_run_config(run)
+    if config.train.members > 1:
+        raise ConfigError(f"{run} is an ensemble of {config.train.members} runs; plot one of them, e.g. "
+                          f"{run / 'member-1'}")
     out = out or run / "curves.png"
     try:
         path = training_curves(runs.read_metrics(run), out, title=f"{run.name} ({config.task})")

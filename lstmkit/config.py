@@ -50,6 +50,9 @@ class TrainConfig:
     minutes: float = 0.0  # wall-clock budget for this invocation; 0: none
     log_every: int = 10  # steps between progress-bar updates of loss and tokens/s
     device: str = "auto"  # "auto": the process's GPU when there is one, else the CPU
+    # Classifiers: train this many models one after another (seeds seed, seed+1, ...; all on the validation
+    # split of `seed`) and predict with the mean of their class probabilities. See lstmkit/ensemble.py.
+    members: int = 1
 
 
 @dataclass
@@ -65,7 +68,7 @@ SECTIONS = ("train", "model", "data")
 
 # Range checks by option name, in whatever section: a value can type-check and still mean nothing.
 _AT_LEAST_ONE = {"epochs", "batch_size", "checkpoint_every", "log_every", "hidden_size", "num_layers",
-                 "embedding_dim", "T", "batches_per_epoch", "maxlen", "max_chars", "features", "bptt"}
+                 "embedding_dim", "T", "batches_per_epoch", "maxlen", "max_chars", "features", "bptt", "members"}
 _NON_NEGATIVE = {"num_words", "lr", "weight_decay", "warmup_steps", "clip_norm", "eval_every", "patience", "minutes",
                  "test_size"}
 _POSITIVE = {"valid_size"}

@@ -139,6 +139,9 @@ def trace_text(task: Any, model: torch.nn.Module, text: str, max_tokens: int | N
     if encode is None:
         raise ConfigError(f"this is a {task.name!r} run, which does not read text; inspect works on sentiment and "
                           "language-model runs")
+    if not hasattr(model, "lstm"):
+        raise ConfigError(f"this run is an ensemble of {len(model.members)} models; inspect one of them, "
+                          "e.g. RUN/member-1")
     tokens, ids = encode(text)
     if max_tokens is not None and len(ids) > max_tokens:
         raise DataError(f"the text has {len(ids):,} tokens, over the limit of {max_tokens:,}; shorten it")

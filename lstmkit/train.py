@@ -249,7 +249,10 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
     """Refuse to overwrite a run, or to resume one that is not there; changes nothing on disk."""
     run_dir = Path(run_dir)
     if resume:
-        runs.read_config(run_dir)  # exists, and a format we read
+        saved = runs.read_config(run_dir)  # exists, and a format we read
+        members = saved.get("train", {}).get("members", 1) if isinstance(saved.get("train"), dict) else 1
+        if isinstance(members, int) and members > 1:
+            return  # an ensemble: its members hold the checkpoints (lstmkit/ensemble.py)
         if not (run_dir / runs.CHECKPOINT_FILE).is_file():
             raise RunDirError(
                 f"{run_dir} has no {runs.CHECKPOINT_FILE} to resume from; start a new run without --resume"
@@ -324,6 +327,10 @@ def train_and_evaluate(
     quiet: bool = False,
 ) -> TrainResult:
     """Train `config.task` into `run_dir` (a new run, or the one there with resume=True)."""
+    if config.train.members > 1:
+        from lstmkit.ensemble import train_ensemble
+
+        return train_ensemble(config, Path(run_dir), resume, quiet)
     with StopRequests() as stops:  # from the start: a Ctrl-C during set-up stops after the first step
         return _train_and_evaluate(config, Path(run_dir), resume, quiet, stops)
 

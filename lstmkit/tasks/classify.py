@@ -42,6 +42,12 @@ class ClassifierModelConfig:
     init: Literal["torch", "keras"] = "torch"  # "keras": the seed's initialisers (see SequenceClassifier)
 
 
+def split_seed(config: Any) -> int:
+    """The seed of the train / validation split: data.split_seed, else train.seed. An ensemble's members pin it,
+    so that models trained with different seeds are judged on the same held-out examples."""
+    return config.train.seed if config.data.split_seed is None else config.data.split_seed
+
+
 def collate(examples: list[Tensor]) -> tuple[Tensor, Tensor]:
     """Post-pad a list of [T_i] or [T_i, F] tensors: (inputs [B, T_max(, F)], lengths [B])."""
     lengths = torch.tensor([len(e) for e in examples], dtype=torch.long)
@@ -74,6 +80,23 @@ class ClassifierTask(Task):
 
     def model_inputs(self) -> dict[str, int]:
         raise NotImplementedError
+
+    def input_signature(self) -> Any:
+        """What decides how an input becomes the model's tensors: runs whose signatures differ cannot be
+        ensembled. Token classifiers: the vocabulary and truncation; numeric sequences: the feature count."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_run(cls, run_dir: Path, config: Any = None) -> tuple[Task, nn.Module]:
+        """A run's task and model; a run of train.members > 1 gives an EnsembleClassifier of its members."""
+        from lstmkit.tasks import load_run_config
+
+        config = config or load_run_config(run_dir)
+        if config.train.members > 1:
+            from lstmkit.ensemble import open_ensemble
+
+            return open_ensemble(cls, Path(run_dir), config)
+        return super().from_run(run_dir, config)
 
     def build_model(self) -> nn.Module:
         m = self.config.model

@@ -21,7 +21,7 @@ from lstmkit.data.reviews import LabelledTexts, load_labelled_text, train_valida
 from lstmkit.data.vocab import Vocab, tokenize_words
 from lstmkit.errors import ConfigError, DataError
 from lstmkit.models import pool
-from lstmkit.tasks.classify import ClassifierModelConfig, ClassifierTask, class_probabilities
+from lstmkit.tasks.classify import ClassifierModelConfig, ClassifierTask, class_probabilities, split_seed
 
 VOCAB_FILE = "vocab.json"
 
@@ -33,6 +33,7 @@ class SentimentDataConfig:
     label_field: str = "label"
     valid_path: str = ""  # a separate validation file; else valid_size examples are held out of `path`
     valid_size: float = 5000  # a count (>= 1) or a fraction (< 1)
+    split_seed: int | None = None  # seeds the validation split; None: train.seed
     num_words: int = 10000  # vocabulary size, the pad and unknown ids included
     maxlen: int = 500  # words kept per text
     truncating: Literal["pre", "post"] = "pre"  # "pre" keeps a long text's end, as Keras does
@@ -73,7 +74,7 @@ class SentimentTask(ClassifierTask):
             train, valid = labelled, self.load(data.valid_path, label_names=labelled.label_names)
         else:
             size = int(data.valid_size) if data.valid_size >= 1 else float(data.valid_size)
-            train, valid = train_validation_split(labelled, size, seed=config.train.seed)
+            train, valid = train_validation_split(labelled, size, seed=split_seed(config))
         self.label_names = labelled.label_names
         train_tokens = [tokenize_words(text) for text in train.texts]
         self.vocab = Vocab.build(train_tokens, num_words=data.num_words)  # from the training part only
@@ -105,6 +106,10 @@ class SentimentTask(ClassifierTask):
     def model_inputs(self) -> dict[str, int]:
         return {"vocab_size": len(self.vocab), "embedding_dim": self.config.model.embedding_dim}
 
+    def input_signature(self) -> Any:
+        data = self.config.data
+        return self.vocab.tokens, data.maxlen, data.truncating
+
     def save_artifacts(self, run_dir: Path) -> None:
         self.vocab.save(Path(run_dir) / VOCAB_FILE)
         self.save_labels(run_dir)
@@ -121,7 +126,7 @@ class SentimentTask(ClassifierTask):
         else:
             labelled = self.load(data.path, label_names=self.label_names)
             size = int(data.valid_size) if data.valid_size >= 1 else float(data.valid_size)
-            valid = train_validation_split(labelled, size, seed=self.config.train.seed)[1]
+            valid = train_validation_split(labelled, size, seed=split_seed(self.config))[1]
         return self.encode(valid.texts, valid.source), valid.labels
 
     def evaluate_path(self, model: Any, path: str) -> dict[str, Any]:

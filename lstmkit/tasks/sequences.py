@@ -19,7 +19,7 @@ from lstmkit.config import RunConfig
 from lstmkit.data.sequences import NumericSequences, load_digits_sequences, load_sequences
 from lstmkit.errors import ConfigError, DataError, RunDirError
 from lstmkit.runs import read_json, write_json
-from lstmkit.tasks.classify import ClassifierModelConfig, ClassifierTask
+from lstmkit.tasks.classify import ClassifierModelConfig, ClassifierTask, split_seed
 
 INPUTS_FILE = "inputs.json"
 
@@ -30,6 +30,7 @@ class SequencesDataConfig:
     features: int = 1  # values per step in a .csv row
     valid_size: float = 0.15  # fraction of the data
     test_size: float = 0.15  # fraction of the data, held out for `lstmkit evaluate --split test`
+    split_seed: int | None = None  # seeds the train / validation / test split; None: train.seed
     bucket: bool = True
 
 
@@ -74,7 +75,7 @@ class SequencesTask(ClassifierTask):
                             f"{self.label_names}; the data changed since training")
         self.label_names = data.label_names
         self.features = data.x.shape[2]
-        self.parts = split_indices(data.labels, config.data.valid_size, config.data.test_size, config.train.seed)
+        self.parts = split_indices(data.labels, config.data.valid_size, config.data.test_size, split_seed(config))
         examples = self.examples_of(data)
         self.examples, self.labels = examples, data.labels
         self.train_examples = [examples[i] for i in self.parts["train"]]
@@ -104,6 +105,9 @@ class SequencesTask(ClassifierTask):
 
     def model_inputs(self) -> dict[str, int]:
         return {"input_size": self.features}
+
+    def input_signature(self) -> Any:
+        return self.features
 
     def save_artifacts(self, run_dir: Path) -> None:
         self.save_labels(run_dir)

@@ -432,6 +432,9 @@ def create_app(run_dirs: Sequence[Path], limits: Limits | None = None) -> FastAP
     async def trace(body: TraceRequest) -> Response:
         run = pick_run(runs, body.run, TEXT_TASKS, "/api/trace")
         check_chars(body.text, "the text", limits)
+        if not hasattr(run.model, "lstm"):
+            raise HTTPException(400, f"run {run.name!r} is an ensemble of {len(run.model.members)} models; serve one "
+                                     "of its members (RUN/member-1) to see the gates")
         num_layers = run.model.lstm.num_layers  # text runs (lm, sentiment) all read with an LSTM
         wrong = sorted({layer for layer in body.layers or [] if not 0 <= layer < num_layers})
         if wrong:

@@ -1,0 +1,181 @@
+"""Ensembles of classifiers (train.members > 1): the averaging, the run directory, resume, and what refuses them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import assert_close
+from fastapi.testclient import TestClient
+from test_classify import SMALL, write_reviews
+
+from lstmkit import config as cfg
+from lstmkit.cli import main
+from lstmkit.ensemble import EnsembleClassifier
+from lstmkit.errors import ConfigError, RunDirError
+from lstmkit.models import SequenceClassifier
+from lstmkit.tasks import default_config, open_run
+from lstmkit.tasks.classify import class_probabilities
+from lstmkit.tasks.sentiment import SentimentTask
+from lstmkit.train import train_and_evaluate
+from lstmkit.web.app import create_app
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_the_ensembles_probabilities_are_the_mean_of_its_members(num_classes):
+    members = [SequenceClassifier(num_classes=num_classes, hidden_size=8, vocab_size=30, embedding_dim=6,
+                                  pooling=pooling).eval() for pooling in ("last", "max", "mean")]
+    ensemble = EnsembleClassifier(members).eval()
+    inputs = torch.randint(2, 30, (5, 7))
+    lengths = torch.tensor([7, 3, 1, 5, 7])
+    with torch.no_grad():
+        expected = torch.stack([class_probabilities(m(inputs, lengths)) for m in members]).mean(0)
+        logits = ensemble(inputs, lengths)
+        got = class_probabilities(logits)
+    assert logits.shape == (5, 1 if num_classes == 2 else 3)
+    assert_close(got, expected, "ensemble probabilities")
+    # Not the trivial answer: the members disagree, so the mean differs from each member's probabilities.
+    assert all((class_probabilities(m(inputs, lengths)) - got).abs().max() > 1e-3 for m in members)
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ensemble")
+    data = write_reviews(root / "reviews.jsonl")
+    run = root / "run"
+    result = CliRunner().invoke(main, ["train", "sentiment", "--data", str(data), "--out", str(run), *SMALL,
+                                       "--set", "train.members=2", "--seed", "7"])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_members_train_with_their_own_seeds_on_one_validation_split(ensemble_run):
+    record = json.loads((ensemble_run / "ensemble.json").read_text())
+    assert [(m["name"], m["seed"]) for m in record["members"]] == [("member-1", 7), ("member-2", 8)]
+    configs = [json.loads((ensemble_run / f"member-{k}" / "config.json").read_text()) for k in (1, 2)]
+    assert [c["train"]["seed"] for c in configs] == [7, 8]
+    assert [c["data"]["split_seed"] for c in configs] == [7, 7]
+    assert all(c["train"]["members"] == 1 for c in configs)
+    tasks = [open_run(ensemble_run / f"member-{k}")[0] for k in (1, 2)]
+    held_out = [task.held_out("valid") for task in tasks]
+    assert held_out[0][1] == held_out[1][1]
+    assert all(torch.equal(a, b) for a, b in zip(held_out[0][0], held_out[1][0], strict=True))
+    # The members differ: different weights from different seeds.
+    weights = [open_run(ensemble_run / f"member-{k}")[1].head.weight for k in (1, 2)]
+    assert not torch.equal(*weights)
+
+
+def test_evaluate_and_predict_an_ensemble_run(ensemble_run):
+    task, model = open_run(ensemble_run)
+    assert isinstance(model, EnsembleClassifier) and len(model.members) == 2
+    examples, labels = task.held_out("valid")
+    member_probs = [open_run(ensemble_run / f"member-{k}")[0].predict_proba(open_run(ensemble_run / f"member-{k}")[1],
+                                                                             examples) for k in (1, 2)]
+    mean = np.mean(member_probs, axis=0)
+    runner = CliRunner()
+    result = runner.invoke(main, ["evaluate", str(ensemble_run), "--json"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.output)
+    assert scores["accuracy"] == pytest.approx(float((mean.argmax(1) == np.asarray(labels)).mean()))
+    record = json.loads((ensemble_run / "ensemble.json").read_text())
+    assert record["valid"]["accuracy"] == pytest.approx(scores["accuracy"])
+    result = runner.invoke(main, ["predict", str(ensemble_run), "A wonderful, moving and brilliant film.",
+                                  "Boring, dull and a terrible waste.", "--json"])
+    assert result.exit_code == 0, result.output
+    predictions = [json.loads(line) for line in result.output.splitlines()]
+    assert [p["label"] for p in predictions] == ["1", "0"]
+    texts = ["A wonderful, moving and brilliant film.", "Boring, dull and a terrible waste."]
+    each = [open_run(ensemble_run / f"member-{k}") for k in (1, 2)]
+    expected = np.mean([[r["probabilities"]["1"] for r in t.predict_texts(m, texts)] for t, m in each], axis=0)
+    assert [p["probabilities"]["1"] for p in predictions] == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_an_unfinished_ensemble_says_so_and_resume_trains_only_the_missing_member(ensemble_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(ensemble_run, run)
+    record = json.loads((run / "ensemble.json").read_text())
+    record["members"] = record["members"][:1]
+    (run / "ensemble.json").write_text(json.dumps(record))
+    shutil.rmtree(run / "member-2")
+    first = (run / "member-1" / "model.safetensors").read_bytes()
+    with pytest.raises(RunDirError, match="1 trained; finish it with: lstmkit train sentiment .* --resume"):
+        open_run(run)
+    result = CliRunner().invoke(main, ["train", "sentiment", "--out", str(run), "--resume", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (run / "member-1" / "model.safetensors").read_bytes() == first  # not trained again
+    assert [m["name"] for m in json.loads((run / "ensemble.json").read_text())["members"]] == ["member-1",
+                                                                                                  "member-2"]
+    # Member 2 is the same model as before: the same seed and data give the same weights.
+    again = open_run(run / "member-2")[1].state_dict()
+    before = open_run(ensemble_run / "member-2")[1].state_dict()
+    assert all(torch.equal(again[k], before[k]) for k in before)
+    result = CliRunner().invoke(main, ["train", "sentiment", "--out", str(run), "--quiet"])
+    assert result.exit_code != 0 and "already holds a run" in result.output
+
+
+def test_members_that_read_inputs_differently_are_refused(ensemble_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(ensemble_run, run)
+    vocab_path = run / "member-2" / "vocab.json"
+    vocab = json.loads(vocab_path.read_text())
+    tokens = vocab["tokens"]
+    tokens[-1], tokens[-2] = tokens[-2], tokens[-1]
+    vocab_path.write_text(json.dumps(vocab))
+    with pytest.raises(RunDirError, match="must share them"):
+        open_run(run)
+
+
+def test_what_does_not_take_an_ensemble_says_so_in_one_line(ensemble_run, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["inspect", str(ensemble_run), "great film", "--out", str(tmp_path / "plots")])
+    assert result.exit_code != 0 and "ensemble of 2 models; inspect one of them" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(main, ["plot", str(ensemble_run)])
+    assert result.exit_code != 0 and "plot one of them" in result.output
+    with TestClient(create_app([ensemble_run])) as client:
+        response = client.post("/api/trace", json={"text": "great film"})
+        assert response.status_code == 400 and "ensemble of 2 models" in response.json()["detail"]
+        response = client.post("/api/predict", json={"texts": ["great film"]})
+        assert response.status_code == 200, response.text
+    config = default_config("lm")
+    cfg.set_value(config, "train.members", 2)
+    with pytest.raises(ConfigError, match="ensemble of classifiers"):
+        train_and_evaluate(config, tmp_path / "lm")
+    result = runner.invoke(main, ["train", "sentiment", "--out", str(tmp_path / "x"), "--set", "train.members=0"])
+    assert result.exit_code != 0 and "members" in result.output
+    result = runner.invoke(main, ["train", "sentiment", "--out", str(tmp_path / "y"), "--data", "nowhere.jsonl",
+                                  "--set", "train.members=2", "--nproc", "2"])
+    assert result.exit_code != 0 and "drop --nproc" in result.output
+
+
+def test_split_seed_pins_the_validation_part_whatever_the_training_seed(tmp_path):
+    data = write_reviews(tmp_path / "reviews.jsonl", n=100)
+    valid = []
+    for seed in (0, 1):
+        config = default_config("sentiment")
+        cfg.apply_overrides(config, [f"data.path={data}", "data.valid_size=20", f"train.seed={seed}",
+                                     "data.split_seed=3"])
+        valid.append([t.tolist() for t in SentimentTask(config).valid_examples])
+    assert valid[0] == valid[1]
+    config = default_config("sentiment")
+    cfg.apply_overrides(config, [f"data.path={data}", "data.valid_size=20", "train.seed=1"])
+    assert [t.tolist() for t in SentimentTask(config).valid_examples] != valid[0]  # None: train.seed's split
+
+
+def test_bad_data_leaves_the_ensembles_directory_free_for_the_corrected_command(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("", encoding="utf-8")
+    run = tmp_path / "run"
+    args = ["train", "sentiment", "--out", str(run), *SMALL, "--set", "train.members=2"]
+    result = CliRunner().invoke(main, [*args, "--data", str(bad)])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert not (run / "config.json").exists()
+    good = write_reviews(tmp_path / "reviews.jsonl", n=80)
+    result = CliRunner().invoke(main, [*args, "--data", str(good), "--set", "data.valid_size=20", "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert (run / "ensemble.json").is_file()
