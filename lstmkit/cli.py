@@ -292,6 +292,8 @@ def inspect(run: Path, text: str, out: Path, as_json: bool, max_units: int | Non
     elif result.prediction:
         shown = ", ".join(f"{p['token']!r} {p['probability']:.2f}" for p in result.prediction["next"])
         click.echo(f"next token: {shown}")
+    if result.shown_member:
+        click.echo(f"gates of {result.shown_member}; the prediction is the ensemble's")
     unknown = sum(result.unknown)
     layers, directions = result.num_layers, result.num_directions
     click.echo(f"{len(result.tokens)} tokens{f' ({unknown} unknown to the model, marked *)' if unknown else ''}; "

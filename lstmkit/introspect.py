@@ -99,6 +99,7 @@ class TextTrace:
     unknown: list[bool]
     layers: list[dict[str, Any]]
     prediction: dict[str, Any] | None
+    shown_member: str | None = None  # an ensemble's run: whose gates these are (the prediction is the ensemble's)
 
     @property
     def hidden_size(self) -> int:
@@ -139,9 +140,17 @@ def trace_text(task: Any, model: torch.nn.Module, text: str, max_tokens: int | N
     if encode is None:
         raise ConfigError(f"this is a {task.name!r} run, which does not read text; inspect works on sentiment and "
                           "language-model runs")
+    members = getattr(model, "members", None)
+    if not hasattr(model, "lstm") and members is not None and hasattr(task, "labelled"):
+        # An ensemble: the gates of its first member, the prediction of all of them.
+        result = trace_text(task, members[0], text, max_tokens)
+        _, ids = encode(text)
+        probabilities = task.predict_proba(model, [torch.tensor(ids, dtype=torch.long)])[0]
+        result.prediction = task.labelled(probabilities)
+        result.shown_member = f"member 1 of the ensemble's {len(members)}"
+        return result
     if not hasattr(model, "lstm"):
-        raise ConfigError(f"this run is an ensemble of {len(model.members)} models; inspect one of them, "
-                          "e.g. RUN/member-1")
+        raise ConfigError(f"a {type(model).__name__} has no LSTM to trace")
     tokens, ids = encode(text)
     if max_tokens is not None and len(ids) > max_tokens:
         raise DataError(f"the text has {len(ids):,} tokens, over the limit of {max_tokens:,}; shorten it")

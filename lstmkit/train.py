@@ -258,7 +258,8 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
                 f"{run_dir} has no {runs.CHECKPOINT_FILE} to resume from; start a new run without --resume"
             )
         return
-    if (run_dir / runs.CONFIG_FILE).exists() or (run_dir / runs.CHECKPOINT_FILE).exists():
+    held = (runs.CONFIG_FILE, runs.CHECKPOINT_FILE, "ensemble.json", "member-1")  # the last two: an ensemble's
+    if any((run_dir / name).exists() for name in held):
         raise RunDirError(
             f"{run_dir} already holds a run; continue it with --resume, or choose another --out "
             "(nothing was overwritten)"

@@ -103,7 +103,7 @@ def test_an_unfinished_ensemble_says_so_and_resume_trains_only_the_missing_membe
     (run / "ensemble.json").write_text(json.dumps(record))
     shutil.rmtree(run / "member-2")
     first = (run / "member-1" / "model.safetensors").read_bytes()
-    with pytest.raises(RunDirError, match="1 trained; finish it with: lstmkit train sentiment .* --resume"):
+    with pytest.raises(RunDirError, match=r"1 trained \(not member-2\); finish it: lstmkit train sentiment .*--resume"):
         open_run(run)
     result = CliRunner().invoke(main, ["train", "sentiment", "--out", str(run), "--resume", "--quiet"])
     assert result.exit_code == 0, result.output
@@ -130,18 +130,40 @@ def test_members_that_read_inputs_differently_are_refused(ensemble_run, tmp_path
         open_run(run)
 
 
+def test_inspect_and_the_web_page_show_the_first_members_gates_and_the_ensembles_prediction(ensemble_run, tmp_path):
+    text = "A wonderful, moving and brilliant film."
+    runner = CliRunner()
+    result = runner.invoke(main, ["inspect", str(ensemble_run), text, "--out", str(tmp_path / "plots"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "gates of member 1 of the ensemble's 2; the prediction is the ensemble's" in result.output
+    traced = json.loads((tmp_path / "plots" / "trace.json").read_text())
+    alone = runner.invoke(main, ["inspect", str(ensemble_run / "member-1"), text, "--out", str(tmp_path / "one"),
+                                 "--json"])
+    assert alone.exit_code == 0, alone.output
+    member = json.loads((tmp_path / "one" / "trace.json").read_text())
+    assert traced["layers"] == member["layers"]  # the first member's gates
+    task, model = open_run(ensemble_run)
+    expected = task.predict_texts(model, [text])[0]["probabilities"]["1"]
+    assert traced["prediction"]["probabilities"]["1"] == pytest.approx(expected, abs=1e-6)
+    assert member["prediction"]["probabilities"]["1"] != pytest.approx(expected, abs=1e-6)
+    with TestClient(create_app([ensemble_run])) as client:
+        info = client.get("/api/runs").json()
+        info = info["runs"][0] if isinstance(info, dict) else info[0]
+        assert info["members"] == 2 and info["num_layers"] == 1 and info["hidden_size"] == 16
+        response = client.post("/api/trace", json={"text": text})
+        assert response.status_code == 200, response.text
+        assert response.json()["prediction"]["probabilities"]["1"] == pytest.approx(expected, abs=1e-4)
+        response = client.post("/api/predict", json={"texts": [text]})
+        assert response.status_code == 200, response.text
+        assert response.json()["results"][0]["probabilities"]["1"] == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(AttributeError, match="no single 'lstm'; take one member's"):
+        _ = model.lstm
+
+
 def test_what_does_not_take_an_ensemble_says_so_in_one_line(ensemble_run, tmp_path):
     runner = CliRunner()
-    result = runner.invoke(main, ["inspect", str(ensemble_run), "great film", "--out", str(tmp_path / "plots")])
-    assert result.exit_code != 0 and "ensemble of 2 models; inspect one of them" in result.output
-    assert "Traceback" not in result.output
     result = runner.invoke(main, ["plot", str(ensemble_run)])
     assert result.exit_code != 0 and "plot one of them" in result.output
-    with TestClient(create_app([ensemble_run])) as client:
-        response = client.post("/api/trace", json={"text": "great film"})
-        assert response.status_code == 400 and "ensemble of 2 models" in response.json()["detail"]
-        response = client.post("/api/predict", json={"texts": ["great film"]})
-        assert response.status_code == 200, response.text
     config = default_config("lm")
     cfg.set_value(config, "train.members", 2)
     with pytest.raises(ConfigError, match="ensemble of classifiers"):
@@ -151,6 +173,69 @@ def test_what_does_not_take_an_ensemble_says_so_in_one_line(ensemble_run, tmp_pa
     result = runner.invoke(main, ["train", "sentiment", "--out", str(tmp_path / "y"), "--data", "nowhere.jsonl",
                                   "--set", "train.members=2", "--nproc", "2"])
     assert result.exit_code != 0 and "drop --nproc" in result.output
+
+
+def test_a_damaged_ensemble_record_or_leftover_members_are_one_line_errors(ensemble_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(ensemble_run, run)
+    record = json.loads((run / "ensemble.json").read_text())
+    for members in (record["members"] * 2, [{**record["members"][0], "name": "member-9"}],
+                    [{**record["members"][0], "best": "high"}], "member-1"):
+        (run / "ensemble.json").write_text(json.dumps({**record, "members": members}))
+        result = CliRunner().invoke(main, ["evaluate", str(run)])
+        assert result.exit_code != 0 and "is damaged" in result.output and "Traceback" not in result.output
+    # Records out of order are fine: they are the same members.
+    (run / "ensemble.json").write_text(json.dumps({**record, "members": record["members"][::-1]}))
+    assert CliRunner().invoke(main, ["evaluate", str(run)]).exit_code == 0
+    # A new run is not started over an old ensemble's members.
+    (run / "config.json").unlink()
+    data = write_reviews(tmp_path / "reviews.jsonl")
+    result = CliRunner().invoke(main, ["train", "sentiment", "--data", str(data), "--out", str(run), *SMALL])
+    assert result.exit_code != 0 and "already holds a run" in result.output
+
+
+def test_an_interrupted_ensemble_resumes_to_the_same_members_and_more_epochs_train_them_on(ensemble_run, tmp_path):
+    data = write_reviews(tmp_path / "reviews.jsonl")  # the fixture's data: same seed, same texts
+    run = tmp_path / "run"
+    args = ["train", "sentiment", "--data", str(data), "--out", str(run), *SMALL, "--set", "train.members=2",
+            "--seed", "7", "--set", "train.checkpoint_every=1"]
+    result = CliRunner().invoke(main, [*args, "--minutes", "0.0001"])  # stops inside member 1
+    assert result.exit_code == 0 and "time budget spent" in result.output, result.output
+    assert (run / "member-1" / "checkpoint.safetensors").is_file() and not (run / "member-2").exists()
+    result = CliRunner().invoke(main, ["train", "sentiment", "--out", str(run), "--resume", "--minutes", "100"])
+    assert result.exit_code == 0, result.output
+    for k in (1, 2):
+        resumed = open_run(run / f"member-{k}")[1].state_dict()
+        straight = open_run(ensemble_run / f"member-{k}")[1].state_dict()
+        assert all(torch.equal(resumed[key], straight[key]) for key in straight), k
+    result = CliRunner().invoke(main, ["train", "sentiment", "--out", str(run), "--resume", "--epochs", "5",
+                                       "--minutes", "100"])  # the saved budget would apply again
+    assert result.exit_code == 0, result.output
+    for k in (1, 2):
+        epochs = [m["epoch"] for m in runs_metrics(run / f"member-{k}")]
+        assert max(epochs) == 5, epochs
+    assert [m["epochs"] for m in json.loads((run / "ensemble.json").read_text())["members"]] == [5, 5]
+
+
+def runs_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_sequences_ensemble_holds_out_one_test_part(tmp_path):
+    run = tmp_path / "digits"
+    result = CliRunner().invoke(main, ["train", "sequences", "--out", str(run), "--epochs", "1", "--quiet",
+                                       "--set", "model.hidden_size=16", "--set", "train.members=2"])
+    assert result.exit_code == 0, result.output
+    tasks_and_models = [open_run(run / f"member-{k}") for k in (1, 2)]
+    parts = [task.held_out("test") for task, _ in tasks_and_models]
+    assert parts[0][1] == parts[1][1] and all(torch.equal(a, b) for a, b in zip(parts[0][0], parts[1][0],
+                                                                                 strict=True))
+    mean = np.mean([task.predict_proba(model, parts[0][0]) for task, model in tasks_and_models], axis=0)
+    result = CliRunner().invoke(main, ["evaluate", str(run), "--split", "test", "--json"])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.output)
+    assert scores["examples"] == len(parts[0][1])
+    assert scores["accuracy"] == pytest.approx(float((mean.argmax(1) == np.asarray(parts[0][1])).mean()))
 
 
 def test_split_seed_pins_the_validation_part_whatever_the_training_seed(tmp_path):

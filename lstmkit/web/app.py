@@ -75,7 +75,7 @@ class ServedRun:
     model: torch.nn.Module
 
     def info(self) -> dict[str, Any]:
-        lstm = getattr(self.model, "lstm", None)
+        lstm = _traced_lstm(self.model)
         vocab = getattr(self.task, "vocab", None)
         return {
             "name": self.name,
@@ -85,7 +85,14 @@ class ServedRun:
             "hidden_size": getattr(lstm, "hidden_size", None),
             "directions": ["forward", "reverse"] if getattr(lstm, "bidirectional", False) else ["forward"],
             "labels": list(self.task.label_names) if self.task.name == "sentiment" else None,
+            "members": len(self.model.members) if hasattr(self.model, "members") else None,
         }
+
+
+def _traced_lstm(model: torch.nn.Module) -> Any:
+    """The LSTM whose gates a trace shows: the model's own, or an ensemble's first member's (see trace_text)."""
+    members = getattr(model, "members", None)
+    return getattr(members[0] if members is not None else model, "lstm", None)
 
 
 def load_runs(run_dirs: Sequence[Path]) -> dict[str, ServedRun]:
@@ -284,6 +291,8 @@ class RunInfo(BaseModel):
     hidden_size: int | None
     directions: list[str]
     labels: list[str] | None = Field(description="A sentiment run's label names.")
+    members: int | None = Field(default=None, description="An ensemble's model count: its predictions average "
+                                                          "them, its traces show the first one's gates.")
 
 
 class Health(BaseModel):
@@ -432,10 +441,7 @@ def create_app(run_dirs: Sequence[Path], limits: Limits | None = None) -> FastAP
     async def trace(body: TraceRequest) -> Response:
         run = pick_run(runs, body.run, TEXT_TASKS, "/api/trace")
         check_chars(body.text, "the text", limits)
-        if not hasattr(run.model, "lstm"):
-            raise HTTPException(400, f"run {run.name!r} is an ensemble of {len(run.model.members)} models; serve one "
-                                     "of its members (RUN/member-1) to see the gates")
-        num_layers = run.model.lstm.num_layers  # text runs (lm, sentiment) all read with an LSTM
+        num_layers = _traced_lstm(run.model).num_layers
         wrong = sorted({layer for layer in body.layers or [] if not 0 <= layer < num_layers})
         if wrong:
             has = "only layer 0" if num_layers == 1 else f"layers 0 to {num_layers - 1}"

@@ -157,6 +157,7 @@
     if (run.num_layers) parts.push(`${run.num_layers} layer${run.num_layers > 1 ? "s" : ""} × ${run.hidden_size} units`);
     if (run.directions.length > 1) parts.push("bidirectional");
     if (run.labels) parts.push(`labels: ${run.labels.join(", ")}`);
+    if (run.members) parts.push(`ensemble of ${run.members}: gates of the first, prediction of all`);
     return parts.join(" · ");
   }
 
