@@ -147,8 +147,7 @@ def test_inspect_and_the_web_page_show_the_first_members_gates_and_the_ensembles
     assert traced["prediction"]["probabilities"]["1"] == pytest.approx(expected, abs=1e-6)
     assert member["prediction"]["probabilities"]["1"] != pytest.approx(expected, abs=1e-6)
     with TestClient(create_app([ensemble_run])) as client:
-        info = client.get("/api/runs").json()
-        info = info["runs"][0] if isinstance(info, dict) else info[0]
+        info = client.get("/api/runs").json()[0]
         assert info["members"] == 2 and info["num_layers"] == 1 and info["hidden_size"] == 16
         response = client.post("/api/trace", json={"text": text})
         assert response.status_code == 200, response.text

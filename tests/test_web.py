@@ -108,9 +108,9 @@ def test_runs_are_listed_with_their_shape(client, runs):
     listed = client.get("/api/runs").json()
     assert listed == [
         {"name": "reviews", "task": "sentiment", "level": "word", "num_layers": 2, "hidden_size": 8,
-         "directions": ["forward", "reverse"], "labels": ["negative", "positive"]},
+         "directions": ["forward", "reverse"], "labels": ["negative", "positive"], "members": None},
         {"name": "verse", "task": "lm", "level": "char", "num_layers": 1, "hidden_size": 16,
-         "directions": ["forward"], "labels": None},
+         "directions": ["forward"], "labels": None, "members": None},
     ]
     health = client.get("/api/health").json()
     assert health["status"] == "ok" and health["runs"] == ["reviews", "verse"]
