@@ -69,8 +69,8 @@ SECTIONS = ("train", "model", "data")
 # Range checks by option name, in whatever section: a value can type-check and still mean nothing.
 _AT_LEAST_ONE = {"epochs", "batch_size", "checkpoint_every", "log_every", "hidden_size", "num_layers",
                  "embedding_dim", "T", "batches_per_epoch", "maxlen", "max_chars", "features", "bptt", "members"}
-_NON_NEGATIVE = {"num_words", "lr", "weight_decay", "warmup_steps", "clip_norm", "eval_every", "patience", "minutes",
-                 "test_size"}
+_NON_NEGATIVE = {"num_words", "proj_size", "lr", "weight_decay", "warmup_steps", "clip_norm", "eval_every", "patience",
+                 "minutes", "test_size"}
 _POSITIVE = {"valid_size"}
 _BELOW_ONE = {"dropout", "word_dropout", "momentum"}  # in [0, 1)
 

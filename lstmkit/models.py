@@ -71,6 +71,7 @@ class SequenceClassifier(nn.Module):
         pooling: str = "last",
         backend: str = "auto",
         init: str = "torch",
+        proj_size: int = 0,
     ) -> None:
         super().__init__()
         if (vocab_size is None) == (input_size is None):
@@ -80,15 +81,16 @@ class SequenceClassifier(nn.Module):
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0) if vocab_size else None
         lstm_input = embedding_dim if vocab_size else input_size
         self.lstm = LSTM(lstm_input, hidden_size, num_layers, batch_first=True, bidirectional=bidirectional,
-                         dropout=dropout if num_layers > 1 else 0.0, backend=backend)
+                         dropout=dropout if num_layers > 1 else 0.0, backend=backend, proj_size=proj_size)
+        width = self.lstm.output_state_size  # h's size: proj_size (LSTMP) or hidden_size
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
         if not 0.0 <= word_dropout < 1.0:
             raise ValueError(f"word_dropout must be in [0, 1), got {word_dropout}")
         self.word_dropout = word_dropout
-        features = hidden_size * (2 if bidirectional else 1) * pooled_width(pooling)
+        features = width * (2 if bidirectional else 1) * pooled_width(pooling)
         self.head = nn.Linear(features, 1 if num_classes == 2 else num_classes)
-        pool(torch.zeros(1, 1, hidden_size * self.lstm.num_directions), torch.ones(1, dtype=torch.long),
+        pool(torch.zeros(1, 1, width * self.lstm.num_directions), torch.ones(1, dtype=torch.long),
              pooling, self.lstm.num_directions)  # checks `pooling` now rather than at the first batch
         if init == "keras":
             self.keras_initialization()

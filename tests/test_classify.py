@@ -12,6 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import assert_close
+from torch import nn
 
 from lstmkit import config as cfg
 from lstmkit.cli import main
@@ -83,6 +84,38 @@ def test_feature_inputs_and_multiclass_logits():
         SequenceClassifier(num_classes=2, hidden_size=4, input_size=3, pooling="median")
     with pytest.raises(ValueError, match="not both"):
         SequenceClassifier(num_classes=2, hidden_size=4, input_size=3, vocab_size=10)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_a_projected_lstm_classifier_equals_the_same_weights_in_nn_lstm(bidirectional):
+    """model.proj_size: the classifier reads h of proj_size units, and its LSTM is nn.LSTM's LSTMP."""
+    torch.manual_seed(1)
+    model = SequenceClassifier(num_classes=3, hidden_size=8, proj_size=3, vocab_size=40, embedding_dim=5,
+                               bidirectional=bidirectional, pooling="max_mean", num_layers=2)
+    assert model.head.in_features == 3 * (2 if bidirectional else 1) * 2
+    reference = nn.LSTM(5, 8, 2, batch_first=True, bidirectional=bidirectional, proj_size=3)
+    reference.load_state_dict(model.lstm.state_dict())
+    inputs, lengths = collate([torch.randint(2, 40, (n,)) for n in (6, 2, 9)])
+    logits = model(inputs, lengths)
+    x = model.embedding(inputs)
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    output = nn.utils.rnn.pad_packed_sequence(reference(packed)[0], batch_first=True)[0]
+    expected = model.head(model.dropout(pool(output, lengths, "max_mean", model.lstm.num_directions)))
+    assert_close(logits, expected, f"logits, bidirectional={bidirectional}")
+    logits.sum().backward()
+    assert model.lstm.weight_hr_l0.grad is not None and model.lstm.weight_hr_l0.grad.abs().sum() > 0
+
+
+def test_proj_size_must_be_below_hidden_size(tmp_path):
+    data = write_reviews(tmp_path / "reviews.jsonl", n=40)
+    result = CliRunner().invoke(main, ["train", "sentiment", "--data", str(data), "--out", str(tmp_path / "run"),
+                                       "--set", "model.hidden_size=8", "--set", "model.proj_size=8",
+                                       "--set", "data.valid_size=10"])
+    assert result.exit_code != 0 and "model.proj_size (8) must be below model.hidden_size (8)" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run" / "config.json").exists()
+    result = CliRunner().invoke(main, ["train", "sentiment", "--data", str(data), "--out", str(tmp_path / "run2"),
+                                       "--set", "model.proj_size=-1"])
+    assert result.exit_code != 0 and "proj_size" in result.output and "Traceback" not in result.output
 
 
 def test_max_mean_pooling_is_each_rows_max_and_mean_side_by_side():

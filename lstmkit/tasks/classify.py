@@ -40,6 +40,7 @@ class ClassifierModelConfig:
     pooling: Literal["last", "mean", "max", "max_mean"] = "last"  # max_mean: both, side by side
     backend: Literal["auto", "torch", "op"] = "auto"
     init: Literal["torch", "keras"] = "torch"  # "keras": the seed's initialisers (see SequenceClassifier)
+    proj_size: int = 0  # > 0: the LSTM with a projection of h (LSTMP, as nn.LSTM's proj_size); 0: none
 
 
 def split_seed(config: Any) -> int:
@@ -100,10 +101,13 @@ class ClassifierTask(Task):
 
     def build_model(self) -> nn.Module:
         m = self.config.model
+        if m.proj_size >= m.hidden_size:
+            raise ConfigError(f"model.proj_size ({m.proj_size}) must be below model.hidden_size ({m.hidden_size}): "
+                              "it projects h down; 0 turns it off")
         return SequenceClassifier(
             num_classes=len(self.label_names), hidden_size=m.hidden_size, num_layers=m.num_layers,
             bidirectional=m.bidirectional, dropout=m.dropout, word_dropout=m.word_dropout, pooling=m.pooling,
-            backend=m.backend, init=m.init,
+            backend=m.backend, init=m.init, proj_size=m.proj_size,
             **self.model_inputs(),
         )
 
