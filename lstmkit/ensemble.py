@@ -110,7 +110,10 @@ def _read_record(run_dir: Path, config: cfg.RunConfig) -> dict[str, Any]:
     if len(set(seen)) != len(seen) or not all(name in names for name in seen):
         raise damaged
     for m in members:
-        m.setdefault("epochs", config.train.epochs)
+        if "epochs" not in m:  # written before records had it: the member's own configuration says
+            member_file = run_dir / str(m.get("name")) / runs.CONFIG_FILE
+            saved = runs.read_json(member_file, runs.FORMAT) if member_file.is_file() else {}
+            m["epochs"] = (saved.get("train") or {}).get("epochs") if isinstance(saved.get("train"), dict) else None
         if not isinstance(m["epochs"], int) or not isinstance(m.get("best"), int | float | None):
             raise damaged
     record["members"] = sorted(members, key=lambda m: names.index(m["name"]))
@@ -129,8 +132,8 @@ def train_ensemble(config: cfg.RunConfig, run_dir: Path, resume: bool, quiet: bo
 
     _check_ensemble_task(config)
     prepare_run_dir(run_dir, resume)
-    if not resume:
-        runs.write_config(run_dir, cfg.to_dict(config))
+    # Also on resume: a changed --epochs or --minutes is then what a later plain --resume continues with.
+    runs.write_config(run_dir, cfg.to_dict(config))
     record = _read_record(run_dir, config)
     started_at = time.monotonic()
     steps, epoch = 0, config.train.epochs
@@ -169,6 +172,9 @@ def train_ensemble(config: cfg.RunConfig, run_dir: Path, resume: bool, quiet: bo
         if result.status not in ("completed", "early_stopped"):
             return TrainResult(status=result.status, step=steps, epoch=result.epoch, best_metric=None,
                                run_dir=run_dir)
+        if not (member_dir / runs.MODEL_FILE).is_file():
+            raise RunDirError(f"{member_dir} finished without its {runs.MODEL_FILE} (was it deleted?); move the "
+                              "directory away to train that member again, then resume")
         record["members"].append({"name": name, "seed": member.train.seed, "epochs": config.train.epochs,
                                   "best": result.best_metric})
         record["members"].sort(key=lambda m: int(m["name"].split("-")[1]))

@@ -108,8 +108,10 @@ class SequenceClassifier(nn.Module):
         H = self.lstm.hidden_size
         for layer in range(self.lstm.num_layers):
             for direction in range(self.lstm.num_directions):
-                W, U, b_ih, b_hh, _ = self.lstm.layer_weights(layer, direction)
+                W, U, b_ih, b_hh, R = self.lstm.layer_weights(layer, direction)
                 nn.init.xavier_uniform_(W)
+                if R is not None:  # proj_size: Keras has no projection; Glorot-uniform, as for its other kernels
+                    nn.init.xavier_uniform_(R)
                 for gate in range(4):  # Keras makes the [H, 4H] kernel orthogonal; per gate block is the same idea
                     nn.init.orthogonal_(U[gate * H:(gate + 1) * H])
                 if b_ih is not None:

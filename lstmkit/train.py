@@ -258,8 +258,8 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
                 f"{run_dir} has no {runs.CHECKPOINT_FILE} to resume from; start a new run without --resume"
             )
         return
-    held = (runs.CONFIG_FILE, runs.CHECKPOINT_FILE, "ensemble.json", "member-1")  # the last two: an ensemble's
-    if any((run_dir / name).exists() for name in held):
+    held = (runs.CONFIG_FILE, runs.CHECKPOINT_FILE, "ensemble.json")  # the last: an ensemble's, as member-K/ are
+    if any((run_dir / name).exists() for name in held) or any(run_dir.glob("member-*")):
         raise RunDirError(
             f"{run_dir} already holds a run; continue it with --resume, or choose another --out "
             "(nothing was overwritten)"

@@ -86,16 +86,18 @@ def test_feature_inputs_and_multiclass_logits():
         SequenceClassifier(num_classes=2, hidden_size=4, input_size=3, vocab_size=10)
 
 
+@pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-def test_a_projected_lstm_classifier_equals_the_same_weights_in_nn_lstm(bidirectional):
-    """model.proj_size: the classifier reads h of proj_size units, and its LSTM is nn.LSTM's LSTMP."""
+def test_a_projected_lstm_classifier_equals_the_same_weights_in_nn_lstm(bidirectional, num_layers):
+    """model.proj_size: the classifier reads h of proj_size units, and its LSTM is nn.LSTM's LSTMP. In training
+    mode with a batch of 12, where a one-layer classifier without projection takes the fused Embedding path."""
     torch.manual_seed(1)
     model = SequenceClassifier(num_classes=3, hidden_size=8, proj_size=3, vocab_size=40, embedding_dim=5,
-                               bidirectional=bidirectional, pooling="max_mean", num_layers=2)
+                               bidirectional=bidirectional, pooling="max_mean", num_layers=num_layers).train()
     assert model.head.in_features == 3 * (2 if bidirectional else 1) * 2
-    reference = nn.LSTM(5, 8, 2, batch_first=True, bidirectional=bidirectional, proj_size=3)
+    reference = nn.LSTM(5, 8, num_layers, batch_first=True, bidirectional=bidirectional, proj_size=3)
     reference.load_state_dict(model.lstm.state_dict())
-    inputs, lengths = collate([torch.randint(2, 40, (n,)) for n in (6, 2, 9)])
+    inputs, lengths = collate([torch.randint(2, 40, (n,)) for n in (6, 2, 9, 4, 7, 3, 8, 5, 1, 9, 2, 6)])
     logits = model(inputs, lengths)
     x = model.embedding(inputs)
     packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
@@ -116,6 +118,32 @@ def test_proj_size_must_be_below_hidden_size(tmp_path):
     result = CliRunner().invoke(main, ["train", "sentiment", "--data", str(data), "--out", str(tmp_path / "run2"),
                                        "--set", "model.proj_size=-1"])
     assert result.exit_code != 0 and "proj_size" in result.output and "Traceback" not in result.output
+
+
+def test_a_projected_sentiment_run_trains_predicts_and_traces(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from lstmkit.web.app import create_app
+
+    data = write_reviews(tmp_path / "reviews.jsonl")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "sentiment", "--data", str(data), "--out", str(run), *SMALL,
+                                       "--set", "model.proj_size=4", "--set", "model.bidirectional=true",
+                                       "--set", "model.init=keras"])
+    assert result.exit_code == 0, result.output
+    text = "A wonderful, moving and brilliant film."
+    result = CliRunner().invoke(main, ["predict", str(run), text, "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["label"] == "1", result.output
+    probability = json.loads(result.output)["probability"]
+    result = CliRunner().invoke(main, ["inspect", str(run), text, "--out", str(tmp_path / "plots"), "--json"])
+    assert result.exit_code == 0, result.output
+    traced = json.loads((tmp_path / "plots" / "trace.json").read_text())
+    assert traced["prediction"]["probability"] == pytest.approx(probability, abs=1e-6)
+    layer = traced["layers"][0]
+    assert len(layer["cell"][0]) == 16 and len(layer["hidden"][0]) == 4  # c has H units, h has proj_size
+    with TestClient(create_app([run])) as client:
+        response = client.post("/api/trace", json={"text": text})
+        assert response.status_code == 200, response.text
 
 
 def test_max_mean_pooling_is_each_rows_max_and_mean_side_by_side():

@@ -186,9 +186,13 @@ def test_a_damaged_ensemble_record_or_leftover_members_are_one_line_errors(ensem
     # Records out of order are fine: they are the same members.
     (run / "ensemble.json").write_text(json.dumps({**record, "members": record["members"][::-1]}))
     assert CliRunner().invoke(main, ["evaluate", str(run)]).exit_code == 0
-    # A new run is not started over an old ensemble's members.
+    # A new run is not started over an old ensemble's members, even with only member-2 left of it.
     (run / "config.json").unlink()
     data = write_reviews(tmp_path / "reviews.jsonl")
+    result = CliRunner().invoke(main, ["train", "sentiment", "--data", str(data), "--out", str(run), *SMALL])
+    assert result.exit_code != 0 and "already holds a run" in result.output
+    (run / "ensemble.json").unlink()
+    shutil.rmtree(run / "member-1")
     result = CliRunner().invoke(main, ["train", "sentiment", "--data", str(data), "--out", str(run), *SMALL])
     assert result.exit_code != 0 and "already holds a run" in result.output
 
@@ -214,6 +218,7 @@ def test_an_interrupted_ensemble_resumes_to_the_same_members_and_more_epochs_tra
         epochs = [m["epoch"] for m in runs_metrics(run / f"member-{k}")]
         assert max(epochs) == 5, epochs
     assert [m["epochs"] for m in json.loads((run / "ensemble.json").read_text())["members"]] == [5, 5]
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 5  # what a plain --resume keeps
 
 
 def runs_metrics(run: Path) -> list[dict]:

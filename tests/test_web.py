@@ -54,7 +54,7 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
-def make_sentiment_run(root: Path) -> Path:
+def make_sentiment_run(root: Path, *overrides: str, name: str = "reviews") -> Path:
     """Two layers, bidirectional, 8 units: every axis of the gate view exists, and it trains in seconds."""
     rng = random.Random(0)
     lines = []
@@ -66,8 +66,9 @@ def make_sentiment_run(root: Path) -> Path:
     data.write_text("\n".join(lines) + "\n", encoding="utf-8")
     config = cfg.apply_overrides(default_config("sentiment"), [
         f"data.path={data}", "data.valid_size=40", "model.embedding_dim=8", "model.hidden_size=8",
-        "model.num_layers=2", "model.bidirectional=true", "train.batch_size=16", "train.lr=0.01", "train.epochs=2"])
-    run = root / "reviews"
+        "model.num_layers=2", "model.bidirectional=true", "train.batch_size=16", "train.lr=0.01", "train.epochs=2",
+        *overrides])
+    run = root / name
     with one_thread():
         assert train_and_evaluate(config, run, quiet=True).status == "completed"
     return run

@@ -194,6 +194,27 @@ def test_generation_streams_into_the_page_then_its_gates_are_shown(page, url, mo
     page.screenshot(path=str(ARTIFACTS / "web_page_lm.png"))
 
 
+def test_a_projected_lstm_shows_h_with_proj_size_units_and_c_with_hidden_size(browser, tmp_path):
+    run = make_sentiment_run(tmp_path, "model.proj_size=3", name="projected")
+    with background_server(create_app([run])) as base_url:
+        context = browser.new_context(viewport={"width": 1280, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(base_url)
+        page.wait_for_selector("#run-select option", state="attached")
+        read_review(page)
+        T = len(api_trace(base_url, "projected", REVIEW)["tokens"])
+        # The default view is h: 3 units (proj_size); the memory cell keeps hidden_size's 8.
+        assert cell_count(page) == T * 3 and page.inner_text("#heatmap-info") == f"{T} tokens × 3 units"
+        assert "NaN" not in page.inner_html("#heatmap")
+        page.select_option("#gate-select", "cell")
+        assert cell_count(page) == T * 8 and page.inner_text("#heatmap-info") == f"{T} tokens × 8 units"
+        context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
 def test_api_errors_show_as_one_line(page):
     page.fill("#text-input", "   ")
     page.click("#submit")

@@ -376,8 +376,13 @@
     return entry[state.gate];
   }
 
+  // Units of the matrix drawn: hidden_size, but proj_size for h when the LSTM projects it (LSTMP).
+  function unitCount(matrix) {
+    return matrix.length ? matrix[0].length : state.trace.hidden_size;
+  }
+
   function shownUnits(matrix) {
-    const H = state.trace.hidden_size;
+    const H = unitCount(matrix);
     let order = Array.from({ length: H }, (_, u) => u);
     if (state.unitsOrder === "variance") {
       const T = matrix.length;
@@ -403,7 +408,7 @@
     const units = shownUnits(matrix);
     renderHeatmap(matrix, units, scale);
     const T = state.trace.tokens.length;
-    const H = state.trace.hidden_size;
+    const H = unitCount(matrix);
     $("heatmap-info").textContent = `${T} tokens × ${units.length} units`;
     const notes = [];
     if (units.length < H) {
@@ -556,7 +561,7 @@
     const matrix = currentMatrix();
     const threshold = state.thresholds[state.gate];
     const T = trace.tokens.length;
-    const H = trace.hidden_size;
+    const H = unitCount(matrix);
     const info = $("selection-info");
     const chips = $("selected-units");
     let units = [];
