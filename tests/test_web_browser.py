@@ -7,6 +7,7 @@ module is skipped, saying which is missing, without them. A screenshot goes to t
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from pathlib import Path
@@ -47,8 +48,9 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture
-def page(browser, url):
+@contextlib.contextmanager
+def open_page(browser, url: str):
+    """The page at `url`, loaded, in a fresh context; fails afterwards if any JavaScript error was raised."""
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
     page = context.new_page()
     page.set_default_timeout(20_000)
@@ -59,6 +61,12 @@ def page(browser, url):
     yield page
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+def page(browser, url):
+    with open_page(browser, url) as opened:
+        yield opened
 
 
 def api_trace(url: str, run: str, text: str) -> dict:
@@ -196,14 +204,7 @@ def test_generation_streams_into_the_page_then_its_gates_are_shown(page, url, mo
 
 def test_a_projected_lstm_shows_h_with_proj_size_units_and_c_with_hidden_size(browser, tmp_path):
     run = make_sentiment_run(tmp_path, "model.proj_size=3", name="projected")
-    with background_server(create_app([run])) as base_url:
-        context = browser.new_context(viewport={"width": 1280, "height": 1000})
-        page = context.new_page()
-        page.set_default_timeout(20_000)
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(base_url)
-        page.wait_for_selector("#run-select option", state="attached")
+    with background_server(create_app([run])) as base_url, open_page(browser, base_url) as page:
         read_review(page)
         T = len(api_trace(base_url, "projected", REVIEW)["tokens"])
         # The default view is h: 3 units (proj_size); the memory cell keeps hidden_size's 8.
@@ -211,8 +212,6 @@ def test_a_projected_lstm_shows_h_with_proj_size_units_and_c_with_hidden_size(br
         assert "NaN" not in page.inner_html("#heatmap")
         page.select_option("#gate-select", "cell")
         assert cell_count(page) == T * 8 and page.inner_text("#heatmap-info") == f"{T} tokens × 8 units"
-        context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
 
 
 def test_api_errors_show_as_one_line(page):
