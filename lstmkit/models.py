@@ -163,10 +163,7 @@ class SequenceClassifier(nn.Module):
         earlier states, and sorting and unpacking would cost more than the padded steps); two run packed."""
         B, T = inputs.shape
         H, D = self.lstm.hidden_size, self.lstm.num_directions
-        directions = []
-        for d in range(D):
-            W, U, b_ih, b_hh, _ = self.lstm.layer_weights(0, d)
-            directions.append((W, U, b_ih + b_hh if b_ih is not None else None))
+        directions = [self.lstm.kernel_weights(0, d)[:3] for d in range(D)]  # (W, U, b): no projection here
         zeros = self.embedding.weight.new_zeros(D, B, H)
         if D == 1:
             ids, batch_sizes = inputs.t().reshape(T * B), [B] * T  # time-major rows, as the LSTM's own layout

@@ -234,6 +234,12 @@ class LSTM(nn.Module):
             for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
         )
 
+    def kernel_weights(self, layer: int, direction: int = 0) -> tuple[Tensor | None, ...]:
+        """(W, U, b, R) as the layer functions take them: b = b_ih + b_hh, one bias (the two only mirror
+        nn.LSTM's parameters), or None without biases."""
+        W, U, b_ih, b_hh, R = self.layer_weights(layer, direction)
+        return W, U, (b_ih + b_hh if b_ih is not None else None), R
+
     @property
     def all_weights(self) -> list[list[Tensor]]:
         return [[getattr(self, name) for name in names] for per_layer in self._param_names for names in per_layer]
@@ -349,8 +355,7 @@ class LSTM(nn.Module):
                 x = F.dropout(x, self.dropout, training=True)
             outputs, per_direction = [], []
             for direction in range(self.num_directions):
-                W, U, b_ih, b_hh, R = self.layer_weights(layer, direction)
-                b = b_ih + b_hh if b_ih is not None else None
+                W, U, b, R = self.kernel_weights(layer, direction)
                 k = layer * self.num_directions + direction
                 rec: dict[str, Tensor] | None = {} if record is not None else None
                 y, hT, cT = layer_fn(x, batch_sizes, h0[k], c0[k], W, U, b, R, reverse=direction == 1, record=rec)
