@@ -34,7 +34,7 @@ from lstmkit import config as cfg
 from lstmkit import runs
 from lstmkit.errors import ConfigError, RunDirError
 
-ENSEMBLE_FILE = "ensemble.json"
+ENSEMBLE_FILE = runs.ENSEMBLE_FILE
 ENSEMBLE_FORMAT = "lstmkit.ensemble"
 
 
@@ -111,8 +111,8 @@ def _read_record(run_dir: Path, config: cfg.RunConfig) -> dict[str, Any]:
         raise damaged
     for m in members:
         if "epochs" not in m:  # written before records had it: the member's own configuration says
-            member_file = run_dir / str(m.get("name")) / runs.CONFIG_FILE
-            saved = runs.read_json(member_file, runs.FORMAT) if member_file.is_file() else {}
+            member_dir = run_dir / str(m.get("name"))
+            saved = runs.read_config(member_dir) if (member_dir / runs.CONFIG_FILE).is_file() else {}
             m["epochs"] = (saved.get("train") or {}).get("epochs") if isinstance(saved.get("train"), dict) else None
         if not isinstance(m["epochs"], int) or not isinstance(m.get("best"), int | float | None):
             raise damaged

@@ -35,6 +35,7 @@ CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.jsonl"
+ENSEMBLE_FILE = "ensemble.json"  # an ensemble run's record of its members (lstmkit/ensemble.py)
 
 
 def _umask() -> int:

@@ -258,7 +258,7 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
                 f"{run_dir} has no {runs.CHECKPOINT_FILE} to resume from; start a new run without --resume"
             )
         return
-    held = (runs.CONFIG_FILE, runs.CHECKPOINT_FILE, "ensemble.json")  # the last: an ensemble's, as member-K/ are
+    held = (runs.CONFIG_FILE, runs.CHECKPOINT_FILE, runs.ENSEMBLE_FILE)  # the last: an ensemble's, as member-K/
     if any((run_dir / name).exists() for name in held) or any(run_dir.glob("member-*")):
         raise RunDirError(
             f"{run_dir} already holds a run; continue it with --resume, or choose another --out "
