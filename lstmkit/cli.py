@@ -367,3 +367,50 @@ def serve(runs_: tuple[Path, ...], host: str, port: int, max_chars: int, max_gen
 
     limits = Limits(max_chars=max_chars, max_generate=max_generate, timeout_s=timeout, concurrency=concurrency)
     run_server(list(runs_), host=host, port=port, limits=limits)
+
+
+@main.command()
+@click.argument("target", metavar="RUN|TASK")
+@click.option("--data", type=click.Path(path_type=Path), default=None, help="Training data, with a TASK.")
+@click.option("--preset", "presets", multiple=True, help="A preset name or TOML path, with a TASK; repeatable.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="An override, with a TASK.")
+@click.option("--batches", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Train batches to rehearse (each also once in inference).")
+def tune(target: str, data: Path | None, presets: tuple[str, ...], overrides: tuple[str, ...], batches: int) -> None:
+    """Measure now which LSTM path backend="auto" takes for the calls a training run makes, and cache the choice
+    (~/.cache/lstmkit, or $LSTMKIT_CACHE) so the run does not measure during its first steps.
+
+    RUN: a run directory (its configuration; also lists the paths its checkpoint recorded, which a resumed run
+    keeps). TASK: a task name with --preset/--data/--set as `lstmkit train` takes them. Nothing is written
+    besides the cache."""
+    from lstmkit import config as cfg
+    from lstmkit import runs
+    from lstmkit.tasks import load_run_config, preset_config
+    from lstmkit.train import recorded_dispatch
+    from lstmkit.tuning import describe, rehearse_training
+
+    run_dir = Path(target)
+    if (run_dir / runs.CONFIG_FILE).is_file():
+        if presets or overrides or data is not None:
+            raise ConfigError("a run directory brings its own configuration: drop --preset, --set and --data")
+        config = load_run_config(run_dir)
+        if (run_dir / runs.CHECKPOINT_FILE).is_file():
+            recorded = recorded_dispatch(run_dir)
+            click.echo(f"recorded in {run_dir / runs.CHECKPOINT_FILE} (kept on --resume):")
+            for line in describe(recorded) or ["  (none: an older run, or no LSTM call before its checkpoint)"]:
+                click.echo(f"  {line}")
+    else:
+        if run_dir.exists() or os.sep in target:
+            raise ConfigError(f"{target} is not a run directory (no {runs.CONFIG_FILE}); give a run or a task name")
+        config = preset_config(target, presets)
+        cfg.apply_overrides(config, list(overrides))
+        if data is not None:
+            if not hasattr(config.data, "path"):
+                _no_data(target)
+            cfg.set_value(config, "data.path", str(data.resolve()) if data.exists() else str(data))
+    from lstmkit.ops import tune as dispatch_cache
+
+    choices = rehearse_training(config, batches)
+    click.echo(f"chosen on this machine ({dispatch_cache.machine()['cpu']}; cache {dispatch_cache.tuner().path}):")
+    for line in describe(choices):
+        click.echo(f"  {line}")

@@ -21,7 +21,6 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from lstmkit import ops
 from lstmkit.nn import LSTM
 from lstmkit.ops import lstm_cpu
 
@@ -123,7 +122,7 @@ class SequenceClassifier(nn.Module):
 
     def forward(self, inputs: Tensor, lengths: Tensor) -> Tensor:
         """inputs: [B, T] ids or [B, T, F] features, post-padded; lengths: [B] -> logits [B, 1 or C]."""
-        if self._tokens_on_kernel(inputs.shape[0]):
+        if self._tokens_on_kernel(inputs, lengths):
             output = self._embedded_lstm(inputs, lengths)
             return self.head(self.dropout(pool(output, lengths, self.pooling, self.lstm.num_directions)))
         x = self.embedding(inputs) if self.embedding is not None else inputs  # [B, T, E]
@@ -138,7 +137,7 @@ class SequenceClassifier(nn.Module):
             output = self.lstm(x)[0]  # [B, T, H]; steps past each length are computed but never read
         return self.head(self.dropout(pool(output, lengths, self.pooling, self.lstm.num_directions)))
 
-    def _tokens_on_kernel(self, batch: int) -> bool:
+    def _tokens_on_kernel(self, inputs: Tensor, lengths: Tensor) -> bool:
         """Whether a train step takes `lstm_cpu.embedded_lstm_layer`: the Embedding and a one-layer LSTM fused on
         the C kernel (W x once per distinct word). It takes the place of the model's own `self.lstm(...)`
         call, so forward hooks on `self.lstm` do not see these steps. Elsewhere: the path `self.lstm` picks."""
@@ -147,11 +146,13 @@ class SequenceClassifier(nn.Module):
             return False
         if lstm.num_layers != 1 or lstm.proj_size or torch.is_autocast_enabled("cpu") or lstm_cpu._functorch_active():
             return False
-        # Only where the LSTM itself would run this batch on the C kernel: the same two questions `LSTM.run` asks.
-        packed, like = lstm.bidirectional, lstm.weight_ih_l0
-        path = ops.pick(lstm.backend, device=like.device, projected=False, recording=False, training=True,
-                        packed=packed, dtype=like.dtype, needs_grad=True, batch=batch)
-        if path == "vendor" or ops.layer_function(lstm.backend, packed=packed) is not lstm_cpu.lstm_layer:
+        # Only where the LSTM itself would run this batch on the C kernel: the call `forward` would make of it.
+        B, T = inputs.shape
+        packed = lstm.bidirectional
+        batch_sizes = None
+        if packed:  # what pack_padded_sequence makes of these lengths
+            batch_sizes = [n for n in (lengths.cpu().view(-1, 1) > torch.arange(T)).sum(0).tolist() if n]
+        if lstm.path_for(B, len(batch_sizes) if packed else T, packed, True, batch_sizes=batch_sizes) != "cpu":
             return False
         weights = [w for d in range(lstm.num_directions) for w in lstm.layer_weights(0, d)[:2]]
         return lstm_cpu.supports(self.embedding.weight, *weights)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +28,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from lstmkit import ops
-from lstmkit.ops import lstm_op, lstm_vendor
+from lstmkit.ops import lstm_op, lstm_vendor, tune
 
 GATE_ORDER = ("i", "f", "g", "o")  # PyTorch's order of the four row blocks of weight_ih / weight_hh / biases
 
@@ -64,6 +65,15 @@ def _check_tensor_like(name: str, t: object, like: Tensor) -> Tensor:
             f"move one of them (e.g. .to('{like.device}'))"
         )
     return t
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast computes in on this device type, or None when autocast is off."""
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    if hasattr(torch, "get_autocast_dtype"):
+        return torch.get_autocast_dtype(device_type)
+    return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
 
 
 def _batch_sizes_list(batch_sizes: Tensor) -> list[int]:
@@ -314,12 +324,60 @@ class LSTM(nn.Module):
             sorted_indices = None  # so T stays symbolic under torch.export)
 
         h0, c0 = self._initial_state(hx, batch_sizes[0] if packed else B, is_batched, like, sorted_indices)
-        path = ops.pick(
-            self.backend, device=like.device, projected=bool(self.proj_size), recording=record is not None,
-            training=self.training, packed=packed, dropout=self.dropout > 0 and self.num_layers > 1,
-            dtype=like.dtype, needs_grad=torch.is_grad_enabled() and (like.requires_grad or x.requires_grad),
-            batch=batch_sizes[0] if packed else B,
-        )
+        steps = (len(batch_sizes), batch_sizes[0]) if packed else (T, B)
+        needs_grad = torch.is_grad_enabled() and (like.requires_grad or x.requires_grad)
+        path = self.path_for(steps[1], steps[0], packed, needs_grad, x.dtype, record is not None,
+                             batch_sizes if packed else None)
+        sizes = batch_sizes_t if packed and path == "vendor" else batch_sizes
+        x, h_n, c_n = self._stack(path, x, sizes, h0, c0, record, packed, steps)
+        low = _autocast_dtype(like.device.type)
+        if low is not None:  # what torch.nn.LSTM returns under autocast, whichever path computed it
+            x, h_n, c_n = x.to(low), h_n.to(low), c_n.to(low)
+        return self._assemble(x, h_n, c_n, packed, is_batched, input)
+
+    def call_kind(self, batch: int, steps: int, packed: bool, needs_grad: bool) -> ops.CallKind:
+        """What `ops.dispatch` decides on for a call of B=batch sequences of up to T=steps steps."""
+        like = self.weight_ih_l0
+        low = _autocast_dtype(like.device.type)
+        return ops.CallKind(
+            device=like.device.type, dtype=str(like.dtype).removeprefix("torch."),
+            autocast=str(low).removeprefix("torch.") if low is not None else "", train=needs_grad, batch=batch,
+            steps=steps, input_size=self.input_size, hidden_size=self.hidden_size, proj_size=self.proj_size,
+            layers=self.num_layers, bidirectional=self.bidirectional, packed=packed,
+            dropout=self.training and self.dropout > 0 and self.num_layers > 1, threads=torch.get_num_threads())
+
+    def path_for(self, batch: int, steps: int, packed: bool, needs_grad: bool, input_dtype: torch.dtype | None = None,
+                 recording: bool = False, batch_sizes: list[int] | None = None) -> str:
+        """The path ("vendor", "cpu", "op" or "torch") that `ops.dispatch` picks for such a call of this module;
+        under backend="auto", the first call of a kind rehearses the candidates on random data of its shape."""
+        like = self.weight_ih_l0
+
+        def rehearse(path: str) -> None:
+            T = min(steps, tune.REHEARSAL_STEPS)
+            sizes = batch_sizes[:T] if batch_sizes is not None else None
+            rows = sum(sizes) if sizes is not None else T * batch
+            generator = torch.Generator(device=like.device).manual_seed(0)
+            x = torch.randn(rows, self.input_size, generator=generator, device=like.device,
+                            dtype=input_dtype or like.dtype)
+            h0 = x.new_zeros(self.num_layers * self.num_directions, batch, self.output_state_size, dtype=like.dtype)
+            c0 = x.new_zeros(self.num_layers * self.num_directions, batch, self.hidden_size, dtype=like.dtype)
+            with torch.random.fork_rng(devices=[]), torch.set_grad_enabled(needs_grad):  # dropout must not shift it
+                x.requires_grad_(needs_grad)
+                y, h_n, c_n = self._stack(path, x, sizes if path != "vendor" or sizes is None else
+                                          torch.tensor(sizes), h0, c0, None, packed, (T, batch))
+                if needs_grad:  # grads returned, not accumulated: the module's .grad stays untouched
+                    leaves = [x] + [p for p in self.parameters() if p.requires_grad]
+                    torch.autograd.grad(y, leaves, torch.ones_like(y), allow_unused=True)
+
+        return ops.dispatch(self.backend, lambda: self.call_kind(batch, steps, packed, needs_grad), packed=packed,
+                            training=self.training, recording=recording, rehearse=rehearse)
+
+    def _stack(
+        self, path: str, x: Tensor, batch_sizes: list[int] | Tensor | None, h0: Tensor, c0: Tensor, record: list | None,
+        packed: bool, steps: tuple[int, int],
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Every layer and direction on one path: x [N, I] rows -> ([N, D*P], h_n, c_n). batch_sizes: a tensor
+        for the vendor's packed input, a list for lstmkit's own layers, None for a full [T, B] batch."""
         if path == "vendor":
             # The parameter dict before getattr (nn.Module.__getattr__ costs ~0.5 us a name, per call); getattr
             # for names that are no longer plain parameters (torch.nn.utils.parametrize, weight norm).
@@ -330,22 +388,20 @@ class LSTM(nn.Module):
                 h0, c0, flat_weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional
             )
             if packed:
-                x, h_n, c_n = lstm_vendor.lstm_stack(x, batch_sizes_t, *vendor_args)
-            else:
-                y, h_n, c_n = lstm_vendor.lstm_stack(x.view(T, B, -1), None, *vendor_args)
-                x = y.reshape(T * B, y.shape[2])
-        else:
-            x, h_n, c_n = self._run_layers(x, batch_sizes, h0, c0, record, packed, steps=None if packed else (T, B))
-        return self._assemble(x, h_n, c_n, packed, is_batched, input)
+                return lstm_vendor.lstm_stack(x, batch_sizes, *vendor_args)
+            T, B = steps
+            y, h_n, c_n = lstm_vendor.lstm_stack(x.view(T, B, -1), None, *vendor_args)
+            return y.reshape(T * B, y.shape[2]), h_n, c_n
+        return self._run_layers(ops.layer_function(path), x, batch_sizes, h0, c0, record,
+                                steps=None if packed else steps)
 
     def _run_layers(
-        self, x: Tensor, batch_sizes: list[int] | None, h0: Tensor, c0: Tensor, record: list | None,
-        packed: bool = False, steps: tuple[int, int] | None = None,
+        self, layer_fn: Callable, x: Tensor, batch_sizes: list[int] | None, h0: Tensor, c0: Tensor,
+        record: list | None, steps: tuple[int, int] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """lstmkit's own computation, layer by layer: x [N, I] packed rows -> ([N, D*P], h_n, c_n).
 
         A full batch comes with batch_sizes=None and steps=(T, B)."""
-        layer_fn = ops.layer_function(self.backend, packed=packed, recording=record is not None)
         if batch_sizes is None:
             T, B = steps
             batch_sizes = (T, B) if layer_fn is lstm_op.layer else [B] * T

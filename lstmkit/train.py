@@ -34,6 +34,7 @@ from torch import nn
 from lstmkit import config as cfg
 from lstmkit import runs
 from lstmkit.errors import ConfigError, LstmkitError, RunDirError
+from lstmkit.ops import tune
 from lstmkit.tasks import Task, get_task, load_run_config
 
 
@@ -197,7 +198,9 @@ def save_checkpoint(
     rng_tensors, rng_meta = _rng_to_files()
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors |= optim_tensors | rng_tensors | {f"task.{k}": v for k, v in task.state_tensors().items()}
-    metadata = {"format": "lstmkit.checkpoint", "position": pos.__dict__, "optimizer": optim_meta, "rng": rng_meta}
+    # The paths backend="auto" chose so far (and the GEMM library): a resumed run keeps them (see load_checkpoint).
+    metadata = {"format": "lstmkit.checkpoint", "position": pos.__dict__, "optimizer": optim_meta, "rng": rng_meta,
+                "dispatch": tune.tuner().decisions()}
     runs.save_tensors(Path(run_dir) / runs.CHECKPOINT_FILE, tensors, metadata)
 
 
@@ -215,7 +218,19 @@ def load_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
     except (KeyError, ValueError, TypeError) as error:
         raise RunDirError(f"{path} has a damaged resume state ({error}); delete it to start over") from None
     task.load_state_tensors({k[len("task."):]: v for k, v in tensors.items() if k.startswith("task.")})
+    # The run computes on the paths it started with, whatever this machine's cache says now: a resumed run then
+    # repeats the uninterrupted one bit for bit (a checkpoint of an older lstmkit has none; absent keys are decided).
+    dispatch = metadata.get("dispatch", {})
+    if isinstance(dispatch, dict):
+        tune.tuner().pin(dispatch)
     return Position(**metadata["position"])
+
+
+def recorded_dispatch(run_dir: Path) -> dict[str, str]:
+    """The paths a run's checkpoint recorded (`CallKind.key` or "gemm|..." -> path); empty if none."""
+    _, metadata = runs.load_tensors(Path(run_dir) / runs.CHECKPOINT_FILE)
+    dispatch = metadata.get("dispatch", {})
+    return dict(dispatch) if isinstance(dispatch, dict) else {}
 
 
 # --- stop requests ---------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close, random_lstm_configs
+from conftest import assert_close, float32_tolerance, paths_pinned, random_lstm_configs
 from test_ops import GRAD_NAMES, SHAPES
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -121,11 +121,13 @@ def test_kernel_equals_the_torch_backend_on_random_packed_problems(trial):
     ours = packed_layer(lstm_cpu.lstm_layer, batch_sizes=batch_sizes, reverse=reverse, upstream=upstream, **args)
     portable = packed_layer(lstm_torch.lstm_layer, batch_sizes=batch_sizes, reverse=reverse, upstream=upstream,
                             **args)
+    # Weight gradients sum over all N rows; BPTT chains T steps of 4H-long sums: the bound follows the problem.
+    tolerance = float32_tolerance(max(N, T * 4 * H))
     for name, a, b in zip(("y", "h_T", "c_T"), ours[:3], portable[:3], strict=True):
-        assert_close(a, b, name)
+        assert_close(a, b, name, tolerance=tolerance)
     assert ours[3].keys() == portable[3].keys()
     for name in ours[3]:
-        assert_close(ours[3][name], portable[3][name], name)
+        assert_close(ours[3][name], portable[3][name], f"{name} (N={N}, T={T}, H={H})", tolerance=tolerance)
 
 
 @needs_kernel
@@ -159,7 +161,7 @@ def test_cpu_backend_equals_nn_lstm(config, packed):
 
 
 @needs_kernel
-def test_auto_runs_the_kernel_for_a_train_step_and_matches_torch():
+def test_auto_runs_the_kernel_where_it_is_chosen_and_matches_torch():
     torch.manual_seed(3)
     model = lstmkit.LSTM(6, 10, num_layers=2, proj_size=4, batch_first=True)
     portable = lstmkit.LSTM(6, 10, num_layers=2, proj_size=4, batch_first=True, backend="torch")
@@ -174,7 +176,8 @@ def test_auto_runs_the_kernel_for_a_train_step_and_matches_torch():
 
     lstm_cpu.forward = counting
     try:
-        y, _ = model(x)
+        with paths_pinned("cpu"):  # where the measurement chose the kernel
+            y, _ = model(x)
     finally:
         lstm_cpu.forward = original
     assert len(calls) == 2, "auto should have run the C kernel on both layers"
@@ -389,12 +392,13 @@ def test_a_classifier_train_step_with_the_embedding_fused_equals_the_plain_one(s
                                bidirectional=bidirectional, pooling=pooling).train()
     lengths = torch.randint(1, T + 1, (B,))
     ids = torch.randint(1, V, (B, T)) * (torch.arange(T)[None, :] < lengths[:, None])  # 0 pads past each length
-    assert model._tokens_on_kernel(B)
+    with paths_pinned("cpu"):  # where "auto" measured the kernel fastest for this LSTM's call
+        assert model._tokens_on_kernel(ids, lengths)
     grads = []
     for fused in (True, False):
         model.zero_grad()
         if not fused:
-            model._tokens_on_kernel = lambda batch: False
+            model._tokens_on_kernel = lambda inputs, lengths: False
         logits = model(ids, lengths)
         logits.square().sum().backward()
         grads.append((logits.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}))
@@ -415,15 +419,20 @@ def test_the_fused_embedding_layer_double_backward_and_where_it_is_not_used():
     penalties = []
     for fused in (True, False):
         if not fused:
-            model._tokens_on_kernel = lambda batch: False
+            model._tokens_on_kernel = lambda inputs, lengths: False
         grad = torch.autograd.grad(model(ids, lengths).sum(), model.lstm.weight_hh_l0, create_graph=True)[0]
         penalties.append(torch.autograd.grad(grad.square().sum(), model.embedding.weight)[0])
     assert_close(penalties[0], penalties[1], "embedding gradient of a gradient penalty")
     del model._tokens_on_kernel
-    assert not model._tokens_on_kernel(7)  # "auto": small batches stay on oneDNN, as ops.pick decides
-    assert not model.eval()._tokens_on_kernel(8)  # inference: the LSTM's own choice
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not model.train()._tokens_on_kernel(8)
-    two_layers = SequenceClassifier(num_classes=2, hidden_size=5, vocab_size=20, num_layers=2).train()
-    features = SequenceClassifier(num_classes=2, hidden_size=5, input_size=3).train()
-    assert not two_layers._tokens_on_kernel(8) and not features._tokens_on_kernel(8)
+    ids8, lengths8 = ids[:8], lengths[:8]
+    with paths_pinned("vendor"):  # "auto" measured oneDNN faster for this call: the LSTM's own choice
+        assert not model._tokens_on_kernel(ids8, lengths8)
+    with paths_pinned("cpu"):
+        assert model._tokens_on_kernel(ids8, lengths8)
+        assert not model.eval()._tokens_on_kernel(ids8, lengths8)  # inference: the LSTM's own choice
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not model.train()._tokens_on_kernel(ids8, lengths8)
+        two_layers = SequenceClassifier(num_classes=2, hidden_size=5, vocab_size=20, num_layers=2).train()
+        features = SequenceClassifier(num_classes=2, hidden_size=5, input_size=3).train()
+        assert not two_layers._tokens_on_kernel(ids8, lengths8)
+        assert not features._tokens_on_kernel(torch.randn(8, 6, 3), lengths8)

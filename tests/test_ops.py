@@ -7,7 +7,17 @@ import pytest
 import torch
 from conftest import assert_close
 
-from lstmkit.ops import check_backend, layer_function, lstm_cpu, lstm_torch, pick
+from lstmkit.ops import (
+    BACKENDS,
+    CallKind,
+    candidates,
+    check_backend,
+    dispatch,
+    layer_function,
+    lstm_cpu,
+    lstm_torch,
+    rule,
+)
 from lstmkit.reference import lstm_backward, lstm_forward, random_lstm_problem
 
 SHAPES = [(1, 1, 1, 1, None), (1, 2, 3, 4, None), (63, 1, 2, 3, None), (6, 3, 4, 5, 2), (5, 4, 3, 7, None)]
@@ -106,36 +116,52 @@ def test_record_holds_the_gates_of_the_forward():
     assert torch.equal(record["h"], y)
 
 
-def test_backend_choice():
-    assert layer_function("auto") is lstm_cpu.lstm_layer  # which hands what it cannot run to lstm_torch
-    assert layer_function("cpu") is lstm_cpu.lstm_layer
-    assert layer_function("auto", recording=True) is lstm_torch.lstm_layer
-    assert layer_function("cpu", recording=True) is lstm_torch.lstm_layer
+def _call(**changes) -> CallKind:
+    """A standard CPU call (B=32, T=100, 128 -> 64, one layer, float32, a train step) with some fields changed."""
+    fields = dict(device="cpu", dtype="float32", autocast="", train=True, batch=32, steps=100, input_size=128,
+                  hidden_size=64, proj_size=0, layers=1, bidirectional=False, packed=False, dropout=False, threads=2)
+    return CallKind(**(fields | changes))
+
+
+def test_dispatch_of_named_backends_and_what_only_one_path_can_run():
+    assert layer_function("cpu") is lstm_cpu.lstm_layer  # which hands what it cannot run to lstm_torch
     assert layer_function("torch") is lstm_torch.lstm_layer
     with pytest.raises(ValueError, match="backend must be one of"):
         check_backend("cuda-magic")
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    standard = {"projected": False, "recording": False, "training": True}
-    assert pick("auto", device=cpu, **standard) == "vendor"
-    assert pick("torch", device=cpu, **standard) == "torch"
-    assert pick("auto", device=cpu, **(standard | {"recording": True})) == "torch"  # gates need our code
-    assert pick("auto", device=cpu, **(standard | {"projected": True})) == "torch"  # oneDNN refuses projections
-    assert pick("auto", device=cpu, **(standard | {"training": False})) == "vendor"  # oneDNN backward works in eval
-    assert pick("auto", device=cpu, **(standard | {"packed": True})) == "torch"  # torch's packed CPU path is slow
-    assert pick("auto", device=cuda, **(standard | {"packed": True})) == "vendor"  # cuDNN packs natively
-    assert pick("auto", device=cuda, **(standard | {"training": False})) == "torch"  # cuDNN backward does not
-    with torch.no_grad():
-        assert pick("auto", device=cuda, **(standard | {"training": False})) == "vendor"  # no backward to refuse
-    assert pick("auto", device=cuda, **(standard | {"dropout": True})) == "torch"  # cuDNN's dropout state
-    assert pick("auto", device=cpu, **(standard | {"dropout": True})) == "vendor"  # oneDNN uses torch's RNG
-    # float32 on the CPU with the C kernel: it for train steps of 8 sequences or more, oneDNN for inference
-    # and small batches (where each measured faster).
-    kernel = "torch" if lstm_cpu.available() else "vendor"
-    assert pick("auto", device=cpu, **standard, needs_grad=True, batch=32) == kernel
-    assert pick("auto", device=cpu, **standard, needs_grad=True, batch=1) == "vendor"
-    assert pick("auto", device=cpu, **standard, needs_grad=False, batch=32) == "vendor"
-    assert pick("auto", device=cpu, **standard, needs_grad=True, batch=32, dtype=torch.bfloat16) == "vendor"
-    assert pick("cpu", device=cpu, **standard) == "torch"
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # oneDNN would compute in bf16, slower here than our fp32
-        assert pick("auto", device=cpu, **standard, batch=32) == kernel
-        assert pick("auto", device=cpu, **standard, batch=1) == "vendor"
+    never = lambda path: pytest.fail("no rehearsal expected")  # noqa: E731
+    for backend in BACKENDS:  # gates are recorded by lstmkit's own portable code only
+        assert dispatch(backend, _call, packed=False, training=True, recording=True, rehearse=never) == "torch"
+    assert dispatch("torch", _call, packed=False, training=True, rehearse=never) == "torch"
+    assert dispatch("op", _call, packed=False, training=True, rehearse=never) == "op"
+    # the op takes full batches only
+    assert dispatch("op", lambda: _call(packed=True), packed=True, training=True, rehearse=never) == "torch"
+    kernel = "cpu" if lstm_cpu.available() else "torch"
+    assert dispatch("cpu", _call, packed=False, training=True, rehearse=never) == kernel
+    assert dispatch("cpu", lambda: _call(dtype="float64"), packed=False, training=True, rehearse=never) == "torch"
+    assert dispatch("cpu", lambda: _call(device="cuda"), packed=False, training=True, rehearse=never) == "torch"
+
+
+def test_auto_candidates_are_the_paths_that_compute_the_call_exactly():
+    kernel = ["cpu"] if lstm_cpu.available() else []
+    assert candidates(_call(), training=True) == ["vendor", *kernel, "torch"]
+    assert candidates(_call(dtype="float64"), training=True) == ["vendor", "torch"]  # the kernel is float32
+    assert candidates(_call(device="cuda"), training=True) == ["vendor", "torch"]  # cuDNN packs natively
+    assert candidates(_call(device="cuda"), training=False) == ["torch"]  # cuDNN's backward refuses eval mode
+    assert candidates(_call(device="cuda", train=False), training=False) == ["vendor", "torch"]  # no backward
+    assert candidates(_call(device="cuda", dropout=True), training=True) == ["torch"]  # cuDNN's own dropout state
+    assert candidates(_call(dropout=True), training=True) == ["vendor", *kernel, "torch"]  # oneDNN: torch's RNG
+    # Where one path alone fits, "auto" takes it without rehearsing.
+    never = lambda path: pytest.fail("no rehearsal expected")  # noqa: E731
+    only_torch = lambda: _call(device="cuda", dropout=True)  # noqa: E731
+    assert dispatch("auto", only_torch, packed=False, training=True, rehearse=never) == "torch"
+
+
+def test_rule_without_measurement():
+    kernel = lstm_cpu.available()
+    assert rule(_call(), training=True) == ("cpu" if kernel else "vendor")  # train steps of 8 or more
+    assert rule(_call(batch=4), training=True) == "vendor"
+    assert rule(_call(train=False), training=False) == "vendor"  # fp32 inference of a plain batch
+    assert rule(_call(proj_size=16), training=True) == ("cpu" if kernel else "torch")  # oneDNN: no projections
+    assert rule(_call(packed=True), training=True) == ("cpu" if kernel else "torch")  # nor packed input
+    assert rule(_call(device="cuda", packed=True), training=True) == "vendor"
+    assert rule(_call(device="cuda"), training=False) == "torch"

@@ -1,20 +1,20 @@
-"""LSTM implementations with one signature (see `lstm_torch.lstm_layer`); this module only picks one.
+"""LSTM implementations with one signature (see `lstm_torch.lstm_layer`), and `dispatch`, the one place that
+decides which of them runs a call.
 
-Backends a user can name:
-  "torch"  lstmkit's portable implementation (torch ops + autograd, any device): the one checked
-           against the NumPy oracle, and the one that records gates.
-  "auto"   the fastest correct path per call: torch's fused vendor kernel (`lstm_vendor`, what
-           torch.nn.LSTM runs) where it computes exactly the standard LSTM, else "torch".
-  "op"     each layer is one `torch.library` custom op with a hand-written backward (`lstm_op`): what
+Paths (what `dispatch` returns):
+  "vendor" torch's fused LSTM (`lstm_vendor`: oneDNN on the CPU, cuDNN on CUDA, what torch.nn.LSTM runs) with
+           lstmkit's weights; only for what it computes exactly (the standard stack, no gate recording).
+  "cpu"    the fused CPU kernel (`lstm_cpu`: the time loops of forward and BPTT in C, both cores busy).
+  "op"     each layer one `torch.library` custom op with a hand-written backward (`lstm_op`): what
            torch.compile(fullgraph=True) and torch.export see as one node per layer, whatever T is.
-           Packed input and gate recording go to "torch". On the CPU in float32 its time loops are the
-           C kernel's.
-  "cpu"    the fused CPU kernel (`lstm_cpu`: the time loops of forward and BPTT in C around MKL's GEMMs,
-           both cores busy). What it cannot run (gate recording, GPU tensors, other dtypes, a machine
-           without a C compiler) goes to "torch".
-"auto" on the CPU in float32 takes the C kernel where it measured faster than torch's fused kernel (train steps
-and bf16-autocast calls of 8 or more sequences, projections, packed input; BENCHMARKS.md), torch's elsewhere.
-Under torch.compile and torch.export, "auto" and "cpu" run as "op", which those can trace.
+  "torch"  lstmkit's portable implementation (torch ops + autograd, any device): the one checked against the
+           NumPy oracle, and the one that records gates.
+
+Backends a user names (`lstmkit.LSTM(backend=...)`): a path by name ("torch", "op", "cpu"), or "auto": the fastest
+path that computes the call exactly, measured on this machine the first time it meets a kind of call and cached
+(`tune`); with LSTMKIT_TUNE=0 (and under torch.distributed) the measured-elsewhere `rule` instead. Under
+torch.compile and torch.export, "auto" and "cpu" run as "op", which those can trace; packed input and gate
+recording always take "torch".
 """
 
 from __future__ import annotations
@@ -23,9 +23,12 @@ from collections.abc import Callable
 
 import torch
 
-from lstmkit.ops import lstm_cpu, lstm_op, lstm_torch
+from lstmkit.ops import lstm_cpu, lstm_op, lstm_torch, tune
+from lstmkit.ops.tune import CallKind
 
 BACKENDS = ("auto", "torch", "op", "cpu")
+PATHS = ("vendor", "cpu", "op", "torch")
+__all__ = ["BACKENDS", "PATHS", "CallKind", "check_backend", "dispatch", "layer_function", "rule", "step_function"]
 
 
 def _compiling() -> bool:
@@ -40,67 +43,76 @@ def check_backend(name: object) -> str:
     return name  # type: ignore[return-value]
 
 
-def pick(
-    backend: str,
-    *,
-    device: torch.device,
-    projected: bool,
-    recording: bool,
-    training: bool,
-    packed: bool = False,
-    dropout: bool = False,
-    dtype: torch.dtype = torch.float32,
-    needs_grad: bool = False,
-    batch: int = 0,
-) -> str:
-    """"vendor" or "torch" (lstmkit's own layers, see `layer_function`) for one call of a full LSTM stack.
+def _cpu_kernel_fits(call: CallKind) -> bool:
+    """The C kernel computes float32 parameters on the CPU, with float32 input or under CPU autocast."""
+    return call.device == "cpu" and call.dtype == "float32" and lstm_cpu.available()
 
-    dtype: the parameters' dtype; needs_grad: whether a backward will follow; batch: sequences in the call."""
+
+def candidates(call: CallKind, training: bool) -> list[str]:
+    """The paths that compute this call exactly, for "auto" to choose from."""
+    paths = ["torch"]
+    if _cpu_kernel_fits(call):
+        paths.insert(0, "cpu")
+    # cuDNN's backward refuses eval mode (lstmkit promises gradients in eval mode too), and cuDNN draws dropout
+    # masks from a state of its own that no checkpoint captures (F.dropout's come from torch's generator, so an
+    # interrupted and resumed run repeats them exactly).
+    vendor_fits = call.device == "cpu" or not ((not training and call.train) or (training and call.dropout))
+    if vendor_fits:
+        paths.insert(0, "vendor")
+    return paths
+
+
+def _has_bf16_hardware() -> bool:
+    flags = tune.cpu_description()[1]
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def rule(call: CallKind, training: bool) -> str:
+    """"auto"'s choice without measuring (LSTMKIT_TUNE=0, torch.distributed): what measured best on the CPUs
+    tried so far (BENCHMARKS.md). A guess on any other machine; the measurement is what "auto" trusts."""
+    if _cpu_kernel_fits(call):
+        # Projections and packed input: the kernel 1.4-1.8x oneDNN's fallbacks on Xeon and EPYC alike.
+        if call.packed or call.proj_size:
+            return "cpu"
+        if call.autocast:
+            # oneDNN's bf16 LSTM: 4x its fp32 speed on a Zen 5 with AVX512_BF16 (configs b, c), slower than fp32
+            # on a Xeon without AMX or AVX512_BF16, where the kernel (in fp32) was 1.3-2.9x faster.
+            return "vendor" if _has_bf16_hardware() else "cpu"
+        # Train steps of 8 sequences or more: the kernel 1.1-2.1x on the Xeon; below 8, and fp32 inference of a
+        # plain batch, oneDNN.
+        return "cpu" if call.train and call.batch >= 2 * lstm_cpu.MIN_ROWS_PER_THREAD else "vendor"
+    # oneDNN takes no packed input and no projection: torch then runs a native fallback, 4x slower than lstmkit's
+    # packed rows (train step, B=32 T<=300 I=128 H=64: 301 ms vs 80; 2 cores, Xeon, 2026-11-23).
+    if call.device == "cpu" and (call.packed or call.proj_size):
+        return "torch"
+    return "vendor" if "vendor" in candidates(call, training) else "torch"
+
+
+def dispatch(backend: str, call: Callable[[], CallKind], *, packed: bool, training: bool, recording: bool = False,
+             rehearse: Callable[[str], object] | None = None) -> str:
+    """The path ("vendor", "cpu", "op" or "torch") that runs one call of a full LSTM stack.
+
+    call: makes the call's description, only where the choice needs it (never while torch.compile traces, where
+    its sizes are symbolic); packed: PackedSequence input; training: the module's mode (cuDNN's limits depend on
+    it); recording: gates are being traced; rehearse(path): runs a call of this kind on that path (random data),
+    for "auto" to time when it first meets the kind."""
     check_backend(backend)
-    if backend in ("torch", "op", "cpu") or recording or _compiling():
+    if recording or backend == "torch":
         return "torch"
-    if device.type == "cpu" and dtype == torch.float32 and lstm_cpu.available():
-        # The C kernel against torch.nn.LSTM on oneDNN (benchmarks/bench_lstm.py, 2 cores, 2026-11-23):
-        # - fp32 train steps 1.1-2.1x; projections 1.5-1.8x; under bf16 autocast (oneDNN then computes in
-        #   bf16, at half this CPU's fp32 speed; the kernel in fp32) 1.3-2.9x.
-        # - fp32 inference of a plain batch 0.78-1.10x over two runs: oneDNN keeps it.
-        # - below 8 sequences (4 rows per core) oneDNN is faster: batch 1, T=100, H=256: 0.88x for a train
-        #   step, 0.77x for inference; batch 4-8: even.
-        if packed or projected:
-            return "torch"
-        if batch >= 2 * lstm_cpu.MIN_ROWS_PER_THREAD and (needs_grad or torch.is_autocast_enabled("cpu")):
-            return "torch"
-        return "vendor"
-    # oneDNN takes no packed input: torch then runs a native fallback 4x slower than lstmkit's packed rows
-    # (train step, B=32 T<=300 I=128 H=64: 301 ms vs 80 ms; bidirectional 510 vs 128; 2 cores, 2026-11-23).
-    if packed and device.type == "cpu":
-        return "torch"
-    # oneDNN refuses projections, and torch then runs a native fallback of its own; without the C kernel,
-    # our portable path is kept there (0.98-1.02x that fallback, config e of bench_lstm.py).
-    if projected:
-        return "torch"
-    # cuDNN's backward refuses eval mode; lstmkit promises gradients in eval mode too.
-    if device.type == "cuda" and not training and torch.is_grad_enabled():
-        return "torch"
-    # cuDNN draws dropout masks from a state of its own that no checkpoint captures; with F.dropout the
-    # masks come from torch's generator, so an interrupted and resumed run repeats them exactly.
-    if device.type == "cuda" and training and dropout:
-        return "torch"
-    return "vendor"
+    if backend == "op" or _compiling():  # one traceable node per layer; the op takes full-length input only
+        return "torch" if packed else "op"
+    kind = call()
+    if backend == "cpu":
+        return "cpu" if _cpu_kernel_fits(kind) else "torch"
+    paths = candidates(kind, training)
+    if len(paths) == 1:
+        return paths[0]
+    return tune.tuner().decide(kind.key, paths, rule(kind, training), rehearse)
 
 
-def layer_function(backend: str, packed: bool = False, recording: bool = False) -> Callable:
-    """The function that runs one LSTM layer in one direction with lstmkit's own code."""
-    check_backend(backend)
-    if recording:
-        return lstm_torch.lstm_layer
-    # Under torch.compile / torch.export, "auto" and "cpu" become the op: one traceable node per layer (the C
-    # kernel behind a ctypes call, or torch's fused LSTM, would break the graph), running the same C loops.
-    if (backend == "op" or (backend in ("auto", "cpu") and _compiling())) and not packed:
-        return lstm_op.layer
-    if backend in ("cpu", "auto"):
-        return lstm_cpu.lstm_layer  # itself hands what it cannot run to lstm_torch
-    return lstm_torch.lstm_layer
+def layer_function(path: str) -> Callable:
+    """The function that runs one layer in one direction on a path other than "vendor" (same signature)."""
+    return {"cpu": lstm_cpu.lstm_layer, "op": lstm_op.layer, "torch": lstm_torch.lstm_layer}[path]
 
 
 def step_function(backend: str) -> Callable:

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lstmkit.ops import lstm_torch
+from lstmkit.ops import lstm_torch, tune
 
 SOURCE = Path(__file__).with_name("csrc") / "lstm_cpu.c"
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-fopenmp"]
@@ -64,8 +64,7 @@ def _cpu_signature() -> str:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("LSTMKIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lstmkit")
-    return Path(root) / "kernels"
+    return tune.cache_root() / "kernels"
 
 
 def _compile(compiler: list[str]) -> Path:
@@ -277,19 +276,55 @@ def backward(dy: Tensor, dh_T: Tensor, dc_T: Tensor, batch_sizes: list[int], c0:
     return out
 
 
+# --- the GEMMs around the time loop -------------------------------------------------------------------------
+# x W^T before it, dx, dW, dU, dR after it: most of a layer's FLOPs. Which library runs them fastest depends on
+# the CPU: MKL runs its AVX2 code on AMD, 184 GFLOP/s on a 2-core EPYC (Zen 5) where oneDNN's own JIT reaches
+# 409 (fp32, 2048^3); under bf16 autocast a bf16 GEMM (oneDNN, fp32 accumulation) ran at 781 there, but is slower
+# than fp32 on CPUs without AVX512_BF16 or AMX. So it is measured once per machine (`tune`, key "gemm|...").
+# "bf16" is a candidate only under autocast, where rounding the GEMMs' inputs to bf16 is what the user asked for;
+# the time loop (the recurrent GEMM and the cell state) stays float32 either way.
+GEMMS = ("mkl", "onednn", "bf16")
+
+
+def _onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def gemm_nt(a: Tensor, b: Tensor, how: str) -> Tensor:
+    """a [M, K] @ b [N, K]^T -> [M, N] float32, by `how` (one of GEMMS). a and b may be transposed views."""
+    if how == "onednn":
+        return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+    if how == "bf16":
+        return (a.to(torch.bfloat16) @ b.to(torch.bfloat16).t()).float()
+    return a @ b.t()
+
+
+def gemm_choice(autocast: bool) -> str:
+    """The GEMM library for the layer's big GEMMs on this machine, measured once (then cached) on a GEMM of
+    the size of config b's input projection (6400 x 256 x 1024)."""
+    candidates = ["mkl"] + (["onednn"] if _onednn_available() else []) + (["bf16"] if autocast else [])
+    if len(candidates) == 1:
+        return "mkl"
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(6400, 256, generator=generator), torch.randn(1024, 256, generator=generator)
+    key = f"gemm|{'autocast' if autocast else 'float32'}|threads{torch.get_num_threads()}"
+    with torch.autocast("cpu", enabled=False):
+        return tune.tuner().decide(key, candidates, "mkl", lambda how: gemm_nt(a, b, how))
+
+
 class _FusedLayer(torch.autograd.Function):
     """One layer on the C kernel. x: [N, I] inputs, whose W x_t one GEMM computes; or, with `rows` (and W None),
     x is a table of input projections [K, 4H] and step row n reads x[rows[n]] (see `embedded_lstm_layer`)."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, W, U, b, R, batch_sizes, reverse, rows=None):
+    def forward(ctx, x, h0, c0, W, U, b, R, batch_sizes, reverse, rows=None, gemm="mkl"):
         # Every step's W x_t in one GEMM, or gathered from the table; the loop adds b. `gates` is a new tensor
-        # either way: the loop writes the activated gates over it.
-        gates = x @ W.t() if rows is None else x.index_select(0, rows)
+        # either way: the loop writes the activated gates over it. gemm: how the big GEMMs run (`gemm_nt`).
+        gates = gemm_nt(x, W, gemm) if rows is None else x.index_select(0, rows)
         keep = any(ctx.needs_input_grad)  # forward runs under no_grad; this says whether backward will come
         out = forward(gates, batch_sizes, h0, c0, U, R, reverse, keep_for_backward=keep, bias=b)
         ctx.save_for_backward(x, h0, c0, W, U, b, R, gates, out["cells"], out["h_prev"], out["m"], rows)
-        ctx.batch_sizes, ctx.reverse, ctx.has_bias = batch_sizes, reverse, b is not None
+        ctx.batch_sizes, ctx.reverse, ctx.has_bias, ctx.gemm = batch_sizes, reverse, b is not None, gemm
         return out["y"], out["h"], out["c"]
 
     @staticmethod
@@ -300,17 +335,17 @@ class _FusedLayer(torch.autograd.Function):
             # differentiable, so run the layer again on the portable path and differentiate that, with a graph.
             return _differentiable_backward(ctx, (x, h0, c0, W, U, b, R), rows, (dy, dh_T, dc_T))
         grads = backward(dy, dh_T, dc_T, ctx.batch_sizes, c0, U, R, gates, cells, ctx.reverse)
-        dz = grads["dz"]
+        dz, gemm = grads["dz"], ctx.gemm
         need = ctx.needs_input_grad
         if rows is None:
-            dx = dz @ W if need[0] else None
+            dx = gemm_nt(dz, W.t(), gemm) if need[0] else None
         else:  # a table row read at several steps gathers the gradients of all of them
             dx = torch.zeros_like(x).index_add_(0, rows, dz) if need[0] else None
-        dW = dz.t() @ x if rows is None and need[3] else None
-        dU = dz.t() @ h_prev if need[4] else None
+        dW = gemm_nt(dz.t(), x.t(), gemm) if rows is None and need[3] else None
+        dU = gemm_nt(dz.t(), h_prev.t(), gemm) if need[4] else None
         db = dz.sum(0) if ctx.has_bias and need[5] else None
-        dR = grads["dh"].t() @ m if R is not None and need[6] else None
-        return dx, grads["dh0"], grads["dc0"], dW, dU, db, dR, None, None, None
+        dR = gemm_nt(grads["dh"].t(), m.t(), gemm) if R is not None and need[6] else None
+        return dx, grads["dh0"], grads["dc0"], dW, dU, db, dR, None, None, None, None
 
 
 def _differentiable_backward(ctx, inputs: tuple, rows: Tensor | None, upstream: tuple) -> tuple:
@@ -323,7 +358,7 @@ def _differentiable_backward(ctx, inputs: tuple, rows: Tensor | None, upstream: 
         outputs = lstm_torch.lstm_layer(x, ctx.batch_sizes, h0, c0, W, U, b, R, reverse=ctx.reverse)
         grads = iter(torch.autograd.grad(outputs, wanted, upstream, create_graph=True, allow_unused=True))
     return (*(next(grads) if n and t is not None else None for t, n in zip(inputs, need, strict=True)),
-            None, None, None)
+            None, None, None, None)
 
 
 def _functorch_active() -> bool:
@@ -348,12 +383,13 @@ def lstm_layer(
     no compiler) goes to `lstm_torch.lstm_layer`."""
     if record is not None or x.shape[0] == 0 or not supports(x, W, U, b, R) or _functorch_active():
         return lstm_torch.lstm_layer(x, batch_sizes, h0, c0, W, U, b, R, reverse, record)
-    # Under autocast the input may be bf16: the kernel computes in float32 (on CPUs without AMX bf16 GEMMs
-    # are slower than float32 ones: 166 vs 308 GFLOP/s here), and autocast must not reach the GEMMs inside.
+    # Under autocast the input may be bf16: the time loop computes in float32, the big GEMMs in whatever
+    # `gemm_choice` measured fastest here, and autocast must not reach the GEMMs inside.
     autocast = torch.is_autocast_enabled("cpu")
+    gemm = gemm_choice(autocast)
     x, h0, c0 = (t.float().contiguous() for t in (x, h0, c0))
     with torch.autocast("cpu", enabled=False):
-        y, h, c = _FusedLayer.apply(x, h0, c0, W, U, b, R, list(batch_sizes), reverse)
+        y, h, c = _FusedLayer.apply(x, h0, c0, W, U, b, R, list(batch_sizes), reverse, None, gemm)
     if autocast:  # what torch.nn.LSTM returns under autocast, whatever path computed it
         low = torch.get_autocast_dtype("cpu") if hasattr(torch, "get_autocast_dtype") else (
             torch.get_autocast_cpu_dtype())
@@ -384,11 +420,12 @@ def embedded_lstm_layer(
     distinct, rows = torch.unique(ids, return_inverse=True)
     embedded = torch.nn.functional.embedding(distinct, embedding, padding_idx)  # [K, E]
     G = directions[0][0].shape[0]  # 4H
-    table = embedded @ torch.cat([W for W, _, _ in directions]).t()  # [K, D*4H]: every W x, once per word
+    gemm = gemm_choice(autocast=False)
+    table = embedded @ torch.cat([W for W, _, _ in directions]).t()  # [K, D*4H]: every W x, once per word (autograd)
     ys, hs, cs = [], [], []
     for d, (_, U, b) in enumerate(directions):
         y, h, c = _FusedLayer.apply(table[:, d * G:(d + 1) * G], h0[d], c0[d], None, U, b, None,
-                                    list(batch_sizes), d == 1, rows)
+                                    list(batch_sizes), d == 1, rows, gemm)
         ys.append(y)
         hs.append(h)
         cs.append(c)

@@ -1,7 +1,7 @@
 """The vendor's fused LSTM (oneDNN on CPU, cuDNN on GPU) run with lstmkit's own parameters.
 
 This is what `torch.nn.LSTM` itself calls (`torch.lstm`, the same op). It fits only the standard
-stack: no gate recording, no variants. `lstmkit.ops.pick` decides when it may be used.
+stack: no gate recording, no variants. `lstmkit.ops.dispatch` decides when it runs.
 """
 
 from __future__ import annotations
