@@ -93,27 +93,19 @@ def _free_port() -> int:
 def train(task: str, out: Path, data: Path | None, epochs: int | None, minutes: float | None, seed: int | None,
           resume: bool, quiet: bool, nproc: int, presets: tuple[str, ...], overrides: tuple[str, ...]) -> None:
     """Train TASK into the run directory --out (tasks: adding, sentiment, sequences, lm)."""
-    from lstmkit import config as cfg
-    from lstmkit.tasks import preset_config
+    from lstmkit import runs
+    from lstmkit.tasks import requested_config
     from lstmkit.train import check_run_dir, config_for_resume, train_and_evaluate
 
-    if resume:
-        if presets or overrides or seed is not None or data is not None:
-            raise ConfigError("a resumed run keeps its configuration: only --epochs and --minutes may change")
-        config = config_for_resume(out, epochs=epochs, minutes=minutes)
-    else:
-        config = preset_config(task, presets)
-        cfg.apply_overrides(config, list(overrides))
-        if data is not None:
-            if not hasattr(config.data, "path"):
-                _no_data(task)
-            # Saved resolved, so the run's own data is found from any working directory later.
-            cfg.set_value(config, "data.path", str(data.resolve()) if data.exists() else str(data))
-        for key, value in (("train.epochs", epochs), ("train.minutes", minutes), ("train.seed", seed)):
-            if value is not None:
-                cfg.set_value(config, key, value)
-    if config.task != task:
-        raise ConfigError(f"{out} holds a {config.task!r} run, not {task!r}")
+    # --data is saved resolved, so the run's own data is found from any working directory later.
+    data_path = (str(data.resolve()) if data.exists() else str(data)) if data is not None else None
+    requested = requested_config(task, presets, overrides, {
+        "data.path": data_path, "train.epochs": epochs, "train.minutes": minutes, "train.seed": seed})
+    if resume and not runs.holds_run(out):
+        # A job script reruns one fixed command, --resume included, from its very first start.
+        click.echo(f"{out} holds no run yet: starting a new one (--resume will continue it)", err=True)
+        resume = False
+    config = config_for_resume(out, requested=requested) if resume else requested.config
     check_run_dir(out, resume)
     if nproc > 1 and config.train.members > 1:
         raise ConfigError("an ensemble (train.members > 1) trains its members one process each; drop --nproc")
@@ -148,10 +140,6 @@ def train(task: str, out: Path, data: Path | None, epochs: int | None, minutes: 
         "time_budget": f"time budget spent at step {result.step}; best validation metric {best} kept; {resume_hint}",
     }
     click.echo(messages[result.status], err=quiet)
-
-
-def _no_data(task: str) -> None:
-    raise ConfigError(f"task {task!r} generates its data and takes no --data")
 
 
 def _print_metrics(metrics: dict, as_json: bool) -> None:

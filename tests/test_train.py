@@ -376,7 +376,8 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path):
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     _, header = runs.load_tensors(run / runs.CHECKPOINT_FILE)
     assert header["position"]["step"] < 80, "killed after the end"
-    resumed = cli("train", "adding", "--out", str(run), "--resume", "--quiet")
+    # A job script after a crash: the very command that started the run, plus --resume.
+    resumed = cli(*tiny_cli_args(run, *slow, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
     assert_bit_identical(final_weights(run), final_weights(tmp_path / "reference"))
     kept = [m["mse"] for m in runs.read_metrics(run)]
@@ -414,7 +415,6 @@ def test_cli_errors_are_one_line(tmp_path):
     cases = [
         (["--set", "train.lrr=1"], 2, "Error: unknown configuration key 'train.lrr'; did you mean 'train.lr'?"),
         (["--data", "x.txt"], 2, "generates its data and takes no --data"),
-        (["--resume"], 1, "does not exist"),
         (["--set", "model.hidden_size=0", "--nproc", "2"], 2, "model.hidden_size must be at least 1"),
     ]
     for args, code, message in cases:
@@ -423,6 +423,31 @@ def test_cli_errors_are_one_line(tmp_path):
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, args
     result = cli("train", "addin", "--out", out)
     assert result.returncode == 2 and "did you mean 'adding'" in result.stderr
+
+
+def test_resume_takes_the_same_command_and_refuses_a_changed_value_by_name(tmp_path):
+    run = tmp_path / "run"
+    first = cli(*tiny_cli_args(run, "--epochs", "1", "--resume"))  # --resume from the first start on: a new run
+    assert first.returncode == 0, first.stderr
+    assert "holds no run yet: starting a new one" in first.stderr
+    assert runs.read_metrics(run)[-1]["step"] == 20
+    again = cli(*tiny_cli_args(run, "--epochs", "2", "--resume"))  # agrees with the saved configuration
+    assert again.returncode == 0, again.stderr
+    assert "starting a new one" not in again.stderr and runs.read_metrics(run)[-1]["step"] == 40
+    short = cli("train", "adding", "--out", str(run), "--resume", "--quiet", "--epochs", "3")  # the short form too
+    assert short.returncode == 0, short.stderr
+    assert runs.read_metrics(run)[-1]["step"] == 60
+    before = (run / runs.CHECKPOINT_FILE).read_bytes()
+    for args, message in [
+        (["--set", "model.hidden_size=9"], "changes model.hidden_size (saved 8, given 9) of the run in"),
+        (["--seed", "3"], "changes train.seed (saved 0, given 3) of the run"),
+        # The preset's other keys are overridden by the command's --set, as they would have been at the start.
+        (["--preset", "adding"], "changes train.clip_norm (saved 0.0, given 1.0) of the run"),
+    ]:
+        changed = cli(*tiny_cli_args(run, *args, "--resume"))
+        assert changed.returncode == 2 and message in changed.stderr, (args, changed.stderr)
+        assert "Traceback" not in changed.stderr and len(changed.stderr.strip().splitlines()) == 1
+    assert (run / runs.CHECKPOINT_FILE).read_bytes() == before  # a refused resume touches nothing
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
