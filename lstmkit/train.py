@@ -403,6 +403,8 @@ def _train_and_evaluate(
     start_time = time.monotonic()
     trained_before = pos.train_seconds
     progress = _progress_bar(total_steps, pos.step, disable=quiet or not is_writer)
+    if task.data_summary and is_writer and not quiet:
+        progress.write(task.data_summary)
     board = tensorboard_writer(run_dir) if is_writer else None
 
     def elapsed() -> float:

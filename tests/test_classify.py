@@ -339,6 +339,25 @@ def test_gzipped_csv_with_other_field_names(tmp_path):
     assert len(task.train_examples) == 180 and len(task.valid_examples) == 60
 
 
+def test_a_hundred_reviews_train_with_the_default_settings(tmp_path):
+    data = write_reviews(tmp_path / "reviews.jsonl", n=100)
+    result = CliRunner().invoke(main, ["train", "sentiment", "--data", str(data), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "data: 100 examples, 20 held out for validation (data.valid_size=0.2" in result.output
+    assert "done: 5 epochs" in result.output
+
+
+def test_a_run_saved_before_valid_max_keeps_its_uncapped_split(sentiment_run, tmp_path):
+    from lstmkit.tasks import load_run_config
+
+    saved = json.loads((sentiment_run / "config.json").read_text())
+    assert load_run_config(sentiment_run).data.valid_max == 5000
+    del saved["data"]["valid_max"]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
+    assert load_run_config(tmp_path / "old").data.valid_max == 0  # a fraction held out all of its share then
+
+
 @pytest.mark.skipif(not REAL_IMDB.exists(), reason="../shared/data/imdb is not present beside the project")
 def test_real_imdb_split_and_vocabulary():
     config = cfg.apply_overrides(default_config("sentiment"), [f"data.path={REAL_IMDB}"])

@@ -351,18 +351,21 @@ def load_labelled_text(
 
 
 def train_validation_split(
-    data: LabelledTexts, valid_size: int | float, seed: int
+    data: LabelledTexts, valid_size: int | float, seed: int, valid_max: int = 0
 ) -> tuple[LabelledTexts, LabelledTexts]:
     """Deterministic, stratified, shuffled split into (train, validation).
 
-    `valid_size` is a count (int) or a fraction in (0, 1) (float). Each class gives its share to validation
-    (largest remainders make the total exact); both parts come back shuffled, as the same seed always gives.
+    `valid_size` is a count (int) or a fraction in (0, 1) (float); a fraction gives at least one example, and at
+    most `valid_max` (0: no cap). Each class gives its share to validation (largest remainders make the total
+    exact); both parts come back shuffled, as the same seed always gives.
     """
     n = len(data)
     if isinstance(valid_size, float):
         if not 0.0 < valid_size < 1.0:
             raise ConfigError(f"valid_size as a fraction must be in (0, 1), not {valid_size}")
-        n_valid = round(valid_size * n)
+        n_valid = max(1, round(valid_size * n))
+        if valid_max:
+            n_valid = min(n_valid, valid_max)
     elif isinstance(valid_size, int) and not isinstance(valid_size, bool):
         n_valid = valid_size
     else:

@@ -33,6 +33,10 @@ class Task:
     metric: ClassVar[str] = "loss"
     metric_mode: ClassVar[str] = "min"  # "min" or "max"
     count_unit: ClassVar[str] = "examples"  # what `loss` counts, for the progress bar's rate
+    # Keys added to the task's configuration after runs were first saved: the value a run saved without the key
+    # behaved by (which may differ from today's default). See load_run_config.
+    former_defaults: ClassVar[dict[str, Any]] = {}
+    data_summary: str = ""  # one line on the data as loaded for training, for the log (how it was split, say)
 
     def __init__(self, config: RunConfig, run_dir: Path | None = None) -> None:
         """Load the training data; with `run_dir`, load only what inference needs from that run instead."""
@@ -168,4 +172,8 @@ def load_run_config(run_dir: Path) -> RunConfig:
 
     saved = runs.read_config(run_dir)
     config = default_config(saved.get("task", "?"))
+    for key, value in get_task(config.task).former_defaults.items():
+        section, _, name = key.partition(".")
+        if name not in (saved.get(section) or {}):
+            cfg.set_value(config, key, value)
     return cfg.apply_mapping(config, saved, str(Path(run_dir) / runs.CONFIG_FILE))

@@ -3,8 +3,8 @@
 Defaults are the classic Keras IMDB example: a vocabulary of the 10,000 most frequent words (ids 0 = pad and
 1 = unknown included, so no id can reach past the embedding), reviews cut to their last 500 words,
 Embedding(10000, 128) -> LSTM(64) -> Dense(1, sigmoid), Adam, binary cross-entropy, batch 32, 5 epochs.
-Unlike the seed, padding costs nothing (length buckets, each sequence read at its own last word) and 5,000
-training reviews are held out for validation, as the test split must stay unseen.
+Unlike the seed, padding costs nothing (length buckets, each sequence read at its own last word) and 20% of the
+training data, at most 5,000 reviews, is held out for validation, as the test split must stay unseen.
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ class SentimentDataConfig:
     text_field: str = "text"
     label_field: str = "label"
     valid_path: str = ""  # a separate validation file; else valid_size examples are held out of `path`
-    valid_size: float = 5000  # a count (>= 1) or a fraction (< 1)
+    # A count (>= 1) or a fraction (< 1) of the data, then at most valid_max (0: no cap): 20% of any dataset,
+    # and 5,000 of IMDB's 25,000 training reviews, as the IMDB recipe holds out.
+    valid_size: float = 0.2
+    valid_max: int = 5000
     split_seed: int | None = None  # seeds the validation split; None: train.seed
     num_words: int = 10000  # vocabulary size, the pad and unknown ids included
     maxlen: int = 500  # words kept per text
@@ -58,6 +61,8 @@ class SentimentTask(ClassifierTask):
     ModelConfig = ClassifierModelConfig
     DataConfig = SentimentDataConfig
     count_unit = "reviews"
+    # Runs saved before data.valid_max existed held out all of a fractional valid_size.
+    former_defaults = {"data.valid_max": 0}
 
     def __init__(self, config: RunConfig, run_dir: Path | None = None) -> None:
         """Load and encode the training data; or, with `run_dir`, only what predicting needs from that run."""
@@ -72,9 +77,13 @@ class SentimentTask(ClassifierTask):
         labelled = self.load(data.path)
         if data.valid_path:
             train, valid = labelled, self.load(data.valid_path, label_names=labelled.label_names)
+            self.data_summary = (f"data: {len(train):,} examples for training, {len(valid):,} for validation "
+                                 f"(from {data.valid_path})")
         else:
-            size = int(data.valid_size) if data.valid_size >= 1 else float(data.valid_size)
-            train, valid = train_validation_split(labelled, size, seed=split_seed(config))
+            train, valid = self.split(labelled)
+            self.data_summary = (f"data: {len(labelled):,} examples, {len(valid):,} held out for validation "
+                                 f"(data.valid_size={data.valid_size:g}"
+                                 f"{f', at most data.valid_max={data.valid_max}' if data.valid_size < 1 else ''})")
         self.label_names = labelled.label_names
         train_tokens = [tokenize_words(text) for text in train.texts]
         self.vocab = Vocab.build(train_tokens, num_words=data.num_words)  # from the training part only
@@ -87,6 +96,12 @@ class SentimentTask(ClassifierTask):
         data = self.config.data
         return load_labelled_text(resolve_data_path(path), text_field=data.text_field, label_field=data.label_field,
                                   label_names=label_names, max_chars=data.max_chars)
+
+    def split(self, labelled: LabelledTexts) -> tuple[LabelledTexts, LabelledTexts]:
+        """(train, validation) parts of the data, as data.valid_size, data.valid_max and the split seed say."""
+        data = self.config.data
+        size = int(data.valid_size) if data.valid_size >= 1 else float(data.valid_size)
+        return train_validation_split(labelled, size, seed=split_seed(self.config), valid_max=data.valid_max)
 
     def _ids(self, tokens: list[str], source: str, index: int) -> Tensor:
         if not tokens:
@@ -124,9 +139,7 @@ class SentimentTask(ClassifierTask):
         if data.valid_path:
             valid = self.load(data.valid_path, label_names=self.label_names)
         else:
-            labelled = self.load(data.path, label_names=self.label_names)
-            size = int(data.valid_size) if data.valid_size >= 1 else float(data.valid_size)
-            valid = train_validation_split(labelled, size, seed=split_seed(self.config))[1]
+            valid = self.split(self.load(data.path, label_names=self.label_names))[1]
         return self.encode(valid.texts, valid.source), valid.labels
 
     def evaluate_path(self, model: Any, path: str) -> dict[str, Any]:
