@@ -34,6 +34,7 @@ from torch import nn
 from lstmkit import config as cfg
 from lstmkit import runs
 from lstmkit.errors import ConfigError, LstmkitError, RunDirError
+from lstmkit.progress import progress_bar
 from lstmkit.tasks import RequestedConfig, Task, get_task, load_run_config
 
 
@@ -402,7 +403,7 @@ def _train_and_evaluate(
     status = "completed"
     start_time = time.monotonic()
     trained_before = pos.train_seconds
-    progress = _progress_bar(total_steps, pos.step, disable=quiet or not is_writer)
+    progress = progress_bar(total_steps, pos.step, disable=quiet or not is_writer, unit="step", desc="train")
     if task.data_summary and is_writer and not quiet:
         progress.write(task.data_summary)
     board = tensorboard_writer(run_dir) if is_writer else None
@@ -538,9 +539,3 @@ def tensorboard_writer(run_dir: Path) -> Any:
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
-
-
-def _progress_bar(total: int, initial: int, disable: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, disable=disable, unit="step", dynamic_ncols=True, desc="train")

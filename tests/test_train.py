@@ -410,6 +410,34 @@ def test_ctrl_c_saves_and_exits_cleanly_then_resumes(tmp_path):
     assert runs.load_tensors(run / runs.CHECKPOINT_FILE)[1]["position"]["step"] == 80
 
 
+def test_a_run_logged_to_a_file_has_plain_lines_and_no_carriage_returns(tmp_path):
+    log = tmp_path / "train.log"
+    with open(log, "w") as handle:  # as under nohup, CI or a job scheduler: neither stream is a terminal
+        args = [a for a in tiny_cli_args(tmp_path / "run") if a != "--quiet"]
+        subprocess.run([sys.executable, "-m", "lstmkit", *args], stdout=handle, stderr=subprocess.STDOUT, timeout=300,
+                       check=True)
+    text = log.read_text()
+    assert "\r" not in text and "\x1b" not in text
+    lines = text.splitlines()
+    assert [line.split(":")[0] for line in lines if line.startswith("step ")] == ["step 20 epoch 1", "step 40 epoch 2",
+                                                                                    "step 60 epoch 3"]
+    assert lines[-2].startswith("train: 60/60 step (100%)") and lines[-1].startswith("done: 3 epochs")
+
+
+def test_plain_progress_prints_a_line_at_most_every_few_seconds(monkeypatch, capsys):
+    from lstmkit import progress
+
+    bar = progress.PlainProgress(total=60, initial=20, unit="step", desc="train")
+    bar.set_postfix(loss="0.5000")
+    bar.update(1)
+    assert capsys.readouterr().err == ""  # just started: nothing yet
+    monkeypatch.setattr(progress, "PLAIN_PROGRESS_SECONDS", 0.0)
+    bar.update(9)
+    assert capsys.readouterr().err == "train: 30/60 step (50%), loss 0.5000\n"
+    progress.PlainProgress(total=None, unit="B", unit_scale=True, desc="imdb.tar.gz").update(3 * 1024 * 1024)
+    assert capsys.readouterr().err == "imdb.tar.gz: 3.00MB\n"
+
+
 def test_cli_errors_are_one_line(tmp_path):
     out = str(tmp_path / "r")
     cases = [
