@@ -491,3 +491,34 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     worst = max(abs(a - b) / abs(a) for a, b in zip(one, two, strict=True))
     assert worst < 1e-4, f"validation MSE curves differ by up to {worst:.2e} relative: {one} vs {two}"
     assert one[-1] < one[0]  # it did learn something, so the match is not trivial
+
+
+def test_two_machines_as_two_torchrun_agents_on_loopback_match_one_process(tmp_path):
+    """Two `lstmkit train --nnodes 2 --rdzv 127.0.0.1:PORT` commands, as on two machines sharing the run directory,
+    meet at a c10d rendezvous; every connection, gloo's included, stays on 127.0.0.1."""
+    from lstmkit.cli import _free_port
+
+    common = ["--set", "train.eval_every=5", "--epochs", "2"]
+    single = cli(*tiny_cli_args(tmp_path / "one", *common))
+    assert single.returncode == 0, single.stderr
+    both = [*tiny_cli_args(tmp_path / "two", *common), "--nnodes", "2", "--rdzv", f"127.0.0.1:{_free_port()}"]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "LOGLEVEL": "WARNING"}
+    agents = [subprocess.Popen([sys.executable, "-m", "lstmkit", *both], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    for agent in agents:
+        _, stderr = agent.communicate(timeout=300)
+        assert agent.returncode == 0, stderr
+    one = [m["mse"] for m in runs.read_metrics(tmp_path / "one")]
+    two = [m["mse"] for m in runs.read_metrics(tmp_path / "two")]
+    assert len(one) == len(two) == 8 and {m["processes"] for m in runs.read_metrics(tmp_path / "two")} == {2}
+    worst = max(abs(a - b) / abs(a) for a, b in zip(one, two, strict=True))
+    assert worst < 1e-4, f"validation MSE curves differ by up to {worst:.2e} relative: {one} vs {two}"
+    assert one[-1] < one[0]
+
+
+def test_several_machines_need_a_rendezvous(tmp_path):
+    for args, message in [(["--nnodes", "2"], "--nnodes N (N > 1) and --rdzv HOST:PORT go together"),
+                          (["--nnodes", "2", "--rdzv", "nohost"], "--rdzv must be HOST:PORT")]:
+        result = cli(*tiny_cli_args(tmp_path / "run", *args))
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
