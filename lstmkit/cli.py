@@ -49,12 +49,13 @@ def main() -> None:
 @click.option("--steps", "T", type=click.IntRange(min=2), default=100, show_default=True,
               help="Sequence length T of the adding problem.")
 @click.option("--hidden", type=click.IntRange(min=1), default=64, show_default=True, help="Hidden size of both models.")
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Epochs of each adding-problem model (--seconds may stop it sooner).")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=75.0, show_default=True,
               help="Wall-clock cap on each adding-problem model's training.")
 @click.option("--lm-minutes", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="Training time of the character language model (0: skip it and its sample).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of every part of the tour.")
 def demo(out: Path, T: int, hidden: int, epochs: int, seconds: float, lm_minutes: float, seed: int) -> None:
     """The tour: long-range memory (LSTM vs a plain RNN on the adding problem, and their gradient flow), then a
     character language model trained on Python's own documentation, and text generated from it."""
@@ -160,7 +161,8 @@ def train(task: str, out: Path, data: Path | None, epochs: int | None, minutes: 
         click.echo(f"interrupted at step {result.step}; checkpoint saved in {out}; {resume_hint}", err=True)
         sys.exit(130)
     messages = {
-        "completed": f"done: {result.epoch} epochs, {result.step} steps; best validation metric {best}; run in {out}",
+        "completed": f"done: {result.epoch} epoch{'s' * (result.epoch != 1)}, {result.step} steps; best validation "
+        f"metric {best}; run in {out}",
         "early_stopped": f"early stop at step {result.step} (no improvement); best validation metric {best}; "
         f"run in {out}",
         "time_budget": f"time budget spent at step {result.step}; best validation metric {best} kept; {resume_hint}",

@@ -33,12 +33,11 @@ class PlainProgress:
         return f"{value:,.0f}"
 
     def line(self) -> str:
-        unit = self.unit if self.unit_scale else f" {self.unit}"  # 3.00MB, as tqdm writes it; 30 step
-        done = self._amount(self.n)
+        # "train: step 30/60 (50%)"; sizes as tqdm writes them: "imdb.tar.gz: 3.00MB/84.1MB (4%)"
+        done = self._amount(self.n) + (f"/{self._amount(self.total)}" if self.total else "")
+        done = f"{done}{self.unit}" if self.unit_scale else f"{self.unit} {done}"
         if self.total:
-            done += f"/{self._amount(self.total)}{unit} ({100 * self.n / self.total:.0f}%)"
-        else:
-            done += unit
+            done += f" ({100 * self.n / self.total:.0f}%)"
         return f"{self.desc}: {done}" + (f", {self.postfix}" if self.postfix else "")
 
     def set_postfix(self, **values: Any) -> None:

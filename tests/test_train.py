@@ -421,7 +421,7 @@ def test_a_run_logged_to_a_file_has_plain_lines_and_no_carriage_returns(tmp_path
     lines = text.splitlines()
     assert [line.split(":")[0] for line in lines if line.startswith("step ")] == ["step 20 epoch 1", "step 40 epoch 2",
                                                                                     "step 60 epoch 3"]
-    assert lines[-2].startswith("train: 60/60 step (100%)") and lines[-1].startswith("done: 3 epochs")
+    assert lines[-2].startswith("train: step 60/60 (100%)") and lines[-1].startswith("done: 3 epochs")
 
 
 def test_plain_progress_prints_a_line_at_most_every_few_seconds(monkeypatch, capsys):
@@ -433,7 +433,7 @@ def test_plain_progress_prints_a_line_at_most_every_few_seconds(monkeypatch, cap
     assert capsys.readouterr().err == ""  # just started: nothing yet
     monkeypatch.setattr(progress, "PLAIN_PROGRESS_SECONDS", 0.0)
     bar.update(9)
-    assert capsys.readouterr().err == "train: 30/60 step (50%), loss 0.5000\n"
+    assert capsys.readouterr().err == "train: step 30/60 (50%), loss 0.5000\n"
     progress.PlainProgress(total=None, unit="B", unit_scale=True, desc="imdb.tar.gz").update(3 * 1024 * 1024)
     assert capsys.readouterr().err == "imdb.tar.gz: 3.00MB\n"
 
