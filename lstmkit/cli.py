@@ -49,12 +49,13 @@ def main() -> None:
 @click.option("--steps", "T", type=click.IntRange(min=2), default=100, show_default=True,
               help="Sequence length T of the adding problem.")
 @click.option("--hidden", type=click.IntRange(min=1), default=64, show_default=True, help="Hidden size of both models.")
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Epochs of each adding-problem model (--seconds may stop it sooner).")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=75.0, show_default=True,
               help="Wall-clock cap on each adding-problem model's training.")
 @click.option("--lm-minutes", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="Training time of the character language model (0: skip it and its sample).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of every part of the tour.")
 def demo(out: Path, T: int, hidden: int, epochs: int, seconds: float, lm_minutes: float, seed: int) -> None:
     """The tour: long-range memory (LSTM vs a plain RNN on the adding problem, and their gradient flow), then a
     character language model trained on Python's own documentation, and text generated from it."""
@@ -74,6 +75,20 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _rendezvous(nnodes: int, rdzv: str | None, out: Path) -> list[str]:
+    """torchrun's options for one machine (a free loopback port), or for `nnodes` meeting at `rdzv`."""
+    if nnodes == 1:
+        return ["--nnodes=1", "--master_addr=127.0.0.1", f"--master_port={_free_port()}"]
+    host, _, port = (rdzv or "").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--rdzv must be HOST:PORT (an address of one of the machines and a free port), not {rdzv!r}")
+    # The run directory's name is the job's id: the same on every machine, different for another run.
+    args = [f"--nnodes={nnodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={rdzv}", f"--rdzv_id=lstmkit-{out.name}"]
+    if host in ("127.0.0.1", "localhost", "::1", "[::1]"):
+        args.append("--local_addr=127.0.0.1")  # agents of one machine (a test): keep every connection on loopback
+    return args
+
+
 @main.command()
 @click.argument("task")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="The run directory.")
@@ -86,43 +101,47 @@ def _free_port() -> int:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar or evaluation lines.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes for data-parallel training (torchrun on this machine).")
+              help="Processes for data-parallel training on this machine (torchrun).")
+@click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Machines training together: run the same command on each, with the same --rdzv.")
+@click.option("--rdzv", metavar="HOST:PORT", default=None,
+              help="With --nnodes > 1: torchrun's c10d rendezvous, an address of one of the machines and a free "
+                   "port on it.")
 @click.option("--preset", "presets", multiple=True, help="A preset name (lstmkit/configs) or TOML path; repeatable.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override one configuration value, e.g. --set train.lr=3e-4; repeatable.")
 def train(task: str, out: Path, data: Path | None, epochs: int | None, minutes: float | None, seed: int | None,
-          resume: bool, quiet: bool, nproc: int, presets: tuple[str, ...], overrides: tuple[str, ...]) -> None:
-    """Train TASK into the run directory --out (tasks: adding, sentiment, sequences, lm)."""
-    from lstmkit import config as cfg
-    from lstmkit.tasks import preset_config
+          resume: bool, quiet: bool, nproc: int, nnodes: int, rdzv: str | None, presets: tuple[str, ...],
+          overrides: tuple[str, ...]) -> None:
+    """Train TASK into the run directory --out (tasks: adding, sentiment, sequences, lm).
+
+    With --resume, the command that started the run continues it: its options must agree with the run's saved
+    configuration (only --epochs and --minutes may change); on a directory with no run yet it starts one."""
+    from lstmkit import runs
+    from lstmkit.tasks import requested_config
     from lstmkit.train import check_run_dir, config_for_resume, train_and_evaluate
 
-    if resume:
-        if presets or overrides or seed is not None or data is not None:
-            raise ConfigError("a resumed run keeps its configuration: only --epochs and --minutes may change")
-        config = config_for_resume(out, epochs=epochs, minutes=minutes)
-    else:
-        config = preset_config(task, presets)
-        cfg.apply_overrides(config, list(overrides))
-        if data is not None:
-            if not hasattr(config.data, "path"):
-                _no_data(task)
-            # Saved resolved, so the run's own data is found from any working directory later.
-            cfg.set_value(config, "data.path", str(data.resolve()) if data.exists() else str(data))
-        for key, value in (("train.epochs", epochs), ("train.minutes", minutes), ("train.seed", seed)):
-            if value is not None:
-                cfg.set_value(config, key, value)
-    if config.task != task:
-        raise ConfigError(f"{out} holds a {config.task!r} run, not {task!r}")
+    # --data is saved resolved, so the run's own data is found from any working directory later.
+    data_path = (str(data.resolve()) if data.exists() else str(data)) if data is not None else None
+    requested = requested_config(task, presets, overrides, {
+        "data.path": data_path, "train.epochs": epochs, "train.minutes": minutes, "train.seed": seed})
+    if resume and not runs.holds_run(out):
+        # A job script reruns one fixed command, --resume included, from its very first start.
+        click.echo(f"{out} holds no run yet: starting a new one (--resume will continue it)", err=True)
+        resume = False
+    config = config_for_resume(out, requested=requested) if resume else requested.config
     check_run_dir(out, resume)
-    if nproc > 1 and config.train.members > 1:
-        raise ConfigError("an ensemble (train.members > 1) trains its members one process each; drop --nproc")
-    if nproc > 1:
+    if (nproc > 1 or nnodes > 1) and config.train.members > 1:
+        raise ConfigError("an ensemble (train.members > 1) trains its members one process each; drop --nproc and "
+                          "--nnodes")
+    if (nnodes > 1) != (rdzv is not None):
+        raise ConfigError("--nnodes N (N > 1) and --rdzv HOST:PORT go together: every machine runs the same command "
+                          "with both")
+    if nproc > 1 or nnodes > 1:
         # Checked above in this process (one-line errors); then torchrun takes this process's place, so a
         # Ctrl-C reaches it directly and it forwards it to the workers, which save and stop.
-        args = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc}",
-                "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "lstmkit", "train", task,
-                "--out", str(out)]
+        args = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                *_rendezvous(nnodes, rdzv, out), "-m", "lstmkit", "train", task, "--out", str(out)]
         for flag, value in (("--data", data), ("--epochs", epochs), ("--minutes", minutes), ("--seed", seed)):
             if value is not None:
                 args += [flag, str(value)]
@@ -142,16 +161,13 @@ def train(task: str, out: Path, data: Path | None, epochs: int | None, minutes: 
         click.echo(f"interrupted at step {result.step}; checkpoint saved in {out}; {resume_hint}", err=True)
         sys.exit(130)
     messages = {
-        "completed": f"done: {result.epoch} epochs, {result.step} steps; best validation metric {best}; run in {out}",
+        "completed": f"done: {result.epoch} epoch{'s' * (result.epoch != 1)}, {result.step} steps; best validation "
+        f"metric {best}; run in {out}",
         "early_stopped": f"early stop at step {result.step} (no improvement); best validation metric {best}; "
         f"run in {out}",
         "time_budget": f"time budget spent at step {result.step}; best validation metric {best} kept; {resume_hint}",
     }
     click.echo(messages[result.status], err=quiet)
-
-
-def _no_data(task: str) -> None:
-    raise ConfigError(f"task {task!r} generates its data and takes no --data")
 
 
 def _print_metrics(metrics: dict, as_json: bool) -> None:

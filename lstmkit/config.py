@@ -205,6 +205,17 @@ def apply_mapping(config: RunConfig, mapping: dict[str, Any], source: str) -> Ru
     return config
 
 
+def mapping_keys(mapping: dict[str, Any]) -> set[str]:
+    """The `section.key` names a nested {section: {key: value}} mapping (a preset) sets."""
+    return {f"{section}.{name}" for section, values in mapping.items() if section in SECTIONS
+            and isinstance(values, dict) for name in values}
+
+
+def get_value(config: RunConfig, key: str) -> Any:
+    section, _, name = key.partition(".")
+    return getattr(getattr(config, section), name)
+
+
 def preset_names() -> list[str]:
     files = resources.files("lstmkit.configs").iterdir()
     return sorted(p.name[: -len(".toml")] for p in files if p.name.endswith(".toml"))

@@ -86,7 +86,18 @@ METRIC_LABELS = {"accuracy": "validation accuracy", "bpc": "bits per character",
 
 
 def training_curves(records: list[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Loss (training and validation) and the task's main metric against steps, and the learning rate."""
+    """Loss (training and validation) and the task's main metric against steps, and the learning rate, as a PNG."""
+    plt = _pyplot()
+    fig = curves_figure(records, title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def curves_figure(records: list[dict[str, Any]], title: str = "") -> Any:
+    """The figure `training_curves` saves."""
     if not records:
         raise RunDirError("the run has no evaluations in metrics.jsonl yet; plot it after its first evaluation")
     plt = _pyplot()
@@ -115,18 +126,20 @@ def training_curves(records: list[dict[str, Any]], path: Path, title: str = "") 
                     label=f"best kept: {best[-1][1]:.4g} at step {best[-1][0]}")
             ax.legend(fontsize=8)
         ax.set_xlabel("step")
+        ax.set_ylabel(metric)
         ax.set_title(METRIC_LABELS.get(metric, metric))
         ax.grid(alpha=0.3)
     ax = axes[0, -1]
-    ax.plot(steps, [r.get("lr") for r in records], color="tab:gray")
+    rates = [r.get("lr") for r in records]
+    ax.plot(steps, rates, color="tab:gray")
+    # From 0: a constant rate then reads as one, not as a line across an axis zoomed to its last digits.
+    ax.set_ylim(0, 1.1 * max((rate for rate in rates if rate is not None), default=0.0) or 1.0)
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     ax.set_xlabel("step")
+    ax.set_ylabel("learning rate")
     ax.set_title("learning rate (at each evaluation)")
     ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig

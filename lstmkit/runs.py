@@ -140,6 +140,13 @@ def write_config(run_dir: Path, config_dict: dict[str, Any]) -> None:
     write_json(Path(run_dir) / CONFIG_FILE, document | config_dict)
 
 
+def holds_run(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a run, or the start of one: a config, a checkpoint, an ensemble's record or member."""
+    run_dir = Path(run_dir)
+    held = (CONFIG_FILE, CHECKPOINT_FILE, ENSEMBLE_FILE)
+    return any((run_dir / name).exists() for name in held) or any(run_dir.glob("member-*"))
+
+
 def read_config(run_dir: Path) -> dict[str, Any]:
     """config.json of a run directory, checked for format and version."""
     run_dir = Path(run_dir)

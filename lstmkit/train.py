@@ -35,7 +35,8 @@ from lstmkit import config as cfg
 from lstmkit import runs
 from lstmkit.errors import ConfigError, LstmkitError, RunDirError
 from lstmkit.ops import tune
-from lstmkit.tasks import Task, get_task, load_run_config
+from lstmkit.progress import progress_bar
+from lstmkit.tasks import RequestedConfig, Task, get_task, load_run_config
 
 
 class TrainingStopped(LstmkitError):
@@ -270,11 +271,11 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
             return  # an ensemble: its members hold the checkpoints (lstmkit/ensemble.py)
         if not (run_dir / runs.CHECKPOINT_FILE).is_file():
             raise RunDirError(
-                f"{run_dir} has no {runs.CHECKPOINT_FILE} to resume from; start a new run without --resume"
+                f"{run_dir} has no {runs.CHECKPOINT_FILE} to resume from (it stopped before its first step); "
+                f"delete {run_dir} and train it again"
             )
         return
-    held = (runs.CONFIG_FILE, runs.CHECKPOINT_FILE, runs.ENSEMBLE_FILE)  # the last: an ensemble's, as member-K/
-    if any((run_dir / name).exists() for name in held) or any(run_dir.glob("member-*")):
+    if runs.holds_run(run_dir):
         raise RunDirError(
             f"{run_dir} already holds a run; continue it with --resume, or choose another --out "
             "(nothing was overwritten)"
@@ -291,9 +292,33 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
         raise RunDirError(f"cannot create run directory {run_dir}: {error.strerror or error}") from None
 
 
-def config_for_resume(run_dir: Path, epochs: int | None = None, minutes: float | None = None) -> cfg.RunConfig:
-    """The saved configuration of a run; only the epoch count and the time budget may change on resume."""
+# What a resumed run may change; every other key it keeps (a changed value is refused by name).
+RESUME_MAY_CHANGE = ("train.epochs", "train.minutes")
+
+
+def config_for_resume(run_dir: Path, epochs: int | None = None, minutes: float | None = None,
+                      requested: RequestedConfig | None = None) -> cfg.RunConfig:
+    """The saved configuration of a run; only the epoch count and the time budget may change on resume.
+
+    `requested`: what the resuming command asked for (the command that started the run, say, rerun by a job
+    script). Each key it names must agree with the saved value, except the epochs and the time budget, which it
+    sets when the command itself (not a preset) names them."""
     config = load_run_config(run_dir)
+    if requested is not None:
+        changes = []
+        for key in sorted(requested.preset_keys | requested.command_keys):
+            saved, given = cfg.get_value(config, key), cfg.get_value(requested.config, key)
+            if key not in RESUME_MAY_CHANGE and saved != given:
+                changes.append(f"{key} (saved {saved!r}, given {given!r})")
+        if changes:
+            raise ConfigError(
+                f"this command changes {', '.join(changes)} of the run in {run_dir}; a resumed run keeps its "
+                "configuration (only --epochs and --minutes may change): drop the change, or train a new run into "
+                "another --out"
+            )
+        for key in RESUME_MAY_CHANGE:
+            if key in requested.command_keys:
+                cfg.set_value(config, key, cfg.get_value(requested.config, key))
     if epochs is not None:
         config.train.epochs = epochs
     if minutes is not None:
@@ -393,7 +418,9 @@ def _train_and_evaluate(
     status = "completed"
     start_time = time.monotonic()
     trained_before = pos.train_seconds
-    progress = _progress_bar(total_steps, pos.step, disable=quiet or not is_writer)
+    progress = progress_bar(total_steps, pos.step, disable=quiet or not is_writer, unit="step", desc="train")
+    if task.data_summary and is_writer and not quiet:
+        progress.write(task.data_summary)
     board = tensorboard_writer(run_dir) if is_writer else None
 
     def elapsed() -> float:
@@ -527,9 +554,3 @@ def tensorboard_writer(run_dir: Path) -> Any:
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
-
-
-def _progress_bar(total: int, initial: int, disable: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, disable=disable, unit="step", dynamic_ncols=True, desc="train")

@@ -339,6 +339,61 @@ def test_gzipped_csv_with_other_field_names(tmp_path):
     assert len(task.train_examples) == 180 and len(task.valid_examples) == 60
 
 
+def test_a_hundred_reviews_train_with_the_default_settings(tmp_path):
+    data = write_reviews(tmp_path / "reviews.jsonl", n=100)
+    result = CliRunner().invoke(main, ["train", "sentiment", "--data", str(data), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "data: 100 examples, 20 held out for validation (data.valid_size=0.2" in result.output
+    assert "done: 5 epochs" in result.output
+
+
+def test_label_names_reach_predict_and_evaluate_and_the_data_may_use_either_spelling(tmp_path):
+    data = write_reviews(tmp_path / "reviews.jsonl")
+    run = tmp_path / "named"
+    args = ["train", "sentiment", "--data", str(data), "--out", str(run), *SMALL]
+    result = CliRunner().invoke(main, [*args, "--set", "data.label_names=negative,positive"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["predict", str(run), "a wonderful moving film", "dull and boring, I hated it"])
+    assert result.exit_code == 0, result.output
+    assert [line.split("\t")[0] for line in result.output.splitlines()] == ["positive", "negative"]
+    result = CliRunner().invoke(main, ["predict", str(run), "a superb film", "--json"])
+    assert set(json.loads(result.output)["probabilities"]) == {"negative", "positive"}
+    named = tmp_path / "named.jsonl"  # the same reviews, their labels written as the names
+    named.write_text("".join(json.dumps(r | {"label": ["negative", "positive"][r["label"]]}) + "\n"
+                             for r in map(json.loads, data.read_text().splitlines())))
+    scores = []
+    for path in (data, named):
+        result = CliRunner().invoke(main, ["evaluate", str(run), "--data", str(path), "--json"])
+        assert result.exit_code == 0, result.output
+        scores.append(json.loads(result.output))
+    assert scores[0] == scores[1] and scores[0]["labels"] == ["negative", "positive"]
+    assert json.loads((run / "labels.json").read_text())["data_labels"] == ["0", "1"]
+    result = CliRunner().invoke(main, [*args[:4], "--out", str(tmp_path / "bad"), "--set", "data.label_names=yes"])
+    assert result.exit_code == 2 and "data.label_names must be 2 distinct names, one per label of the data (0, 1, " \
+                                      "in that order)" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_run_saved_before_label_names_loads_with_the_datas_labels(sentiment_run):
+    from lstmkit.tasks import open_run
+
+    assert json.loads((sentiment_run / "labels.json").read_text()) == {"format": "lstmkit.labels", "labels": ["0", "1"]}
+    task, model = open_run(sentiment_run)  # the labels.json of every run saved before names existed
+    assert task.label_names == task.data_labels == ["0", "1"]
+    assert task.predict_texts(model, ["a superb film"])[0]["label"] in ("0", "1")
+
+
+def test_a_run_saved_before_valid_max_keeps_its_uncapped_split(sentiment_run, tmp_path):
+    from lstmkit.tasks import load_run_config
+
+    saved = json.loads((sentiment_run / "config.json").read_text())
+    assert load_run_config(sentiment_run).data.valid_max == 5000
+    del saved["data"]["valid_max"]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
+    assert load_run_config(tmp_path / "old").data.valid_max == 0  # a fraction held out all of its share then
+
+
 @pytest.mark.skipif(not REAL_IMDB.exists(), reason="../shared/data/imdb is not present beside the project")
 def test_real_imdb_split_and_vocabulary():
     config = cfg.apply_overrides(default_config("sentiment"), [f"data.path={REAL_IMDB}"])

@@ -22,6 +22,7 @@ def test_demo_runs_small(tmp_path):
                                        "--lm-minutes", "0.03"])
     assert result.exit_code == 0, result.output
     assert "LSTM final MSE" in result.output and "RNN  final MSE" in result.output
+    assert "\r" not in result.output  # not a terminal: plain lines, no progress bar
     assert (out / "gradient_flow.png").stat().st_size > 0
     assert (out / "char_lm" / "model.safetensors").is_file()
     sample = result.output.split("--temperature 0.7) ==\n", 1)[1].split("\n\nnext:")[0]

@@ -365,6 +365,22 @@ def test_train_validation_split_deterministic_disjoint_stratified() -> None:
     assert len(counted_valid) == 10 and len(counted_train) == 90
 
 
+def test_the_default_split_holds_out_a_fifth_up_to_the_imdb_recipes_5000() -> None:
+    from lstmkit.tasks.sentiment import SentimentDataConfig
+
+    default = SentimentDataConfig()
+    imdb = LabelledTexts([f"t{i}" for i in range(25_000)], [i % 2 for i in range(25_000)], ["0", "1"], source="imdb")
+    train, valid = train_validation_split(imdb, default.valid_size, seed=0, valid_max=default.valid_max)
+    counted_train, counted_valid = train_validation_split(imdb, 5000, seed=0)  # the recipe's recorded split
+    assert valid.texts == counted_valid.texts and train.texts == counted_train.texts  # the same, in the same order
+    big = LabelledTexts(imdb.texts * 2, imdb.labels * 2, ["0", "1"], source="big")
+    assert len(train_validation_split(big, default.valid_size, seed=0, valid_max=default.valid_max)[1]) == 5000
+    for n, held_out in [(4000, 800), (100, 20), (2, 1)]:
+        small = LabelledTexts(imdb.texts[:n], imdb.labels[:n], ["0", "1"], source="small")
+        train, valid = train_validation_split(small, default.valid_size, seed=0, valid_max=default.valid_max)
+        assert (len(train), len(valid)) == (n - held_out, held_out)
+
+
 def test_train_validation_split_errors() -> None:
     data = LabelledTexts(["a", "b"], [0, 1], ["neg", "pos"], source="tiny")
     with pytest.raises(DataError, match="cannot split 2 examples with valid_size=2"):
@@ -443,7 +459,8 @@ def test_download_default_cache_from_environment_with_progress_bar(
     monkeypatch.setenv("LSTMKIT_CACHE", str(tmp_path / "envcache"))
     path = download_imdb(url=f"{server.url}/aclImdb_v1.tar.gz", sha256=None, progress=True)
     assert path == tmp_path / "envcache" / "aclImdb_v1.tar.gz" and path.is_file()
-    assert "aclImdb_v1.tar.gz" in capsys.readouterr().err  # tqdm's bar, labelled with the file name
+    err = capsys.readouterr().err
+    assert "aclImdb_v1.tar.gz: " in err and "\r" not in err  # not a terminal: a plain line, named by the file
 
 
 def test_download_checksum_mismatch(tmp_path: Path, server: _Server) -> None:

@@ -149,3 +149,14 @@ def test_plot_gradient_flow_from_the_command_line(tmp_path):
     result = CliRunner().invoke(main, ["plot", "--gradient-flow", "--seconds", "0.5", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "||dL/dh||" in result.output and out.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_a_constant_learning_rate_is_drawn_on_an_axis_from_zero():
+    from lstmkit.plots import curves_figure
+
+    records = [{"step": step, "loss": 0.5, "train_loss": 0.6, "accuracy": 0.8, "lr": 1e-3, "best": step == 10}
+               for step in (5, 10, 15)]
+    figure = curves_figure(records)
+    rate = figure.axes[-1]
+    assert rate.get_ylim() == pytest.approx((0.0, 1.1e-3)) and rate.get_ylabel() == "learning rate"
+    assert figure.axes[1].get_ylabel() == "accuracy"

@@ -376,7 +376,8 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path):
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     _, header = runs.load_tensors(run / runs.CHECKPOINT_FILE)
     assert header["position"]["step"] < 80, "killed after the end"
-    resumed = cli("train", "adding", "--out", str(run), "--resume", "--quiet")
+    # A job script after a crash: the very command that started the run, plus --resume.
+    resumed = cli(*tiny_cli_args(run, *slow, "--resume"))
     assert resumed.returncode == 0, resumed.stderr
     assert_bit_identical(final_weights(run), final_weights(tmp_path / "reference"))
     kept = [m["mse"] for m in runs.read_metrics(run)]
@@ -409,12 +410,39 @@ def test_ctrl_c_saves_and_exits_cleanly_then_resumes(tmp_path):
     assert runs.load_tensors(run / runs.CHECKPOINT_FILE)[1]["position"]["step"] == 80
 
 
+def test_a_run_logged_to_a_file_has_plain_lines_and_no_carriage_returns(tmp_path):
+    log = tmp_path / "train.log"
+    with open(log, "w") as handle:  # as under nohup, CI or a job scheduler: neither stream is a terminal
+        args = [a for a in tiny_cli_args(tmp_path / "run") if a != "--quiet"]
+        subprocess.run([sys.executable, "-m", "lstmkit", *args], stdout=handle, stderr=subprocess.STDOUT, timeout=300,
+                       check=True)
+    text = log.read_text()
+    assert "\r" not in text and "\x1b" not in text
+    lines = text.splitlines()
+    assert [line.split(":")[0] for line in lines if line.startswith("step ")] == ["step 20 epoch 1", "step 40 epoch 2",
+                                                                                    "step 60 epoch 3"]
+    assert lines[-2].startswith("train: step 60/60 (100%)") and lines[-1].startswith("done: 3 epochs")
+
+
+def test_plain_progress_prints_a_line_at_most_every_few_seconds(monkeypatch, capsys):
+    from lstmkit import progress
+
+    bar = progress.PlainProgress(total=60, initial=20, unit="step", desc="train")
+    bar.set_postfix(loss="0.5000")
+    bar.update(1)
+    assert capsys.readouterr().err == ""  # just started: nothing yet
+    monkeypatch.setattr(progress, "PLAIN_PROGRESS_SECONDS", 0.0)
+    bar.update(9)
+    assert capsys.readouterr().err == "train: step 30/60 (50%), loss 0.5000\n"
+    progress.PlainProgress(total=None, unit="B", unit_scale=True, desc="imdb.tar.gz").update(3 * 1024 * 1024)
+    assert capsys.readouterr().err == "imdb.tar.gz: 3.00MB\n"
+
+
 def test_cli_errors_are_one_line(tmp_path):
     out = str(tmp_path / "r")
     cases = [
         (["--set", "train.lrr=1"], 2, "Error: unknown configuration key 'train.lrr'; did you mean 'train.lr'?"),
         (["--data", "x.txt"], 2, "generates its data and takes no --data"),
-        (["--resume"], 1, "does not exist"),
         (["--set", "model.hidden_size=0", "--nproc", "2"], 2, "model.hidden_size must be at least 1"),
     ]
     for args, code, message in cases:
@@ -423,6 +451,31 @@ def test_cli_errors_are_one_line(tmp_path):
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, args
     result = cli("train", "addin", "--out", out)
     assert result.returncode == 2 and "did you mean 'adding'" in result.stderr
+
+
+def test_resume_takes_the_same_command_and_refuses_a_changed_value_by_name(tmp_path):
+    run = tmp_path / "run"
+    first = cli(*tiny_cli_args(run, "--epochs", "1", "--resume"))  # --resume from the first start on: a new run
+    assert first.returncode == 0, first.stderr
+    assert "holds no run yet: starting a new one" in first.stderr
+    assert runs.read_metrics(run)[-1]["step"] == 20
+    again = cli(*tiny_cli_args(run, "--epochs", "2", "--resume"))  # agrees with the saved configuration
+    assert again.returncode == 0, again.stderr
+    assert "starting a new one" not in again.stderr and runs.read_metrics(run)[-1]["step"] == 40
+    short = cli("train", "adding", "--out", str(run), "--resume", "--quiet", "--epochs", "3")  # the short form too
+    assert short.returncode == 0, short.stderr
+    assert runs.read_metrics(run)[-1]["step"] == 60
+    before = (run / runs.CHECKPOINT_FILE).read_bytes()
+    for args, message in [
+        (["--set", "model.hidden_size=9"], "changes model.hidden_size (saved 8, given 9) of the run in"),
+        (["--seed", "3"], "changes train.seed (saved 0, given 3) of the run"),
+        # The preset's other keys are overridden by the command's --set, as they would have been at the start.
+        (["--preset", "adding"], "changes train.clip_norm (saved 0.0, given 1.0) of the run"),
+    ]:
+        changed = cli(*tiny_cli_args(run, *args, "--resume"))
+        assert changed.returncode == 2 and message in changed.stderr, (args, changed.stderr)
+        assert "Traceback" not in changed.stderr and len(changed.stderr.strip().splitlines()) == 1
+    assert (run / runs.CHECKPOINT_FILE).read_bytes() == before  # a refused resume touches nothing
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
@@ -438,3 +491,34 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     worst = max(abs(a - b) / abs(a) for a, b in zip(one, two, strict=True))
     assert worst < 1e-4, f"validation MSE curves differ by up to {worst:.2e} relative: {one} vs {two}"
     assert one[-1] < one[0]  # it did learn something, so the match is not trivial
+
+
+def test_two_machines_as_two_torchrun_agents_on_loopback_match_one_process(tmp_path):
+    """Two `lstmkit train --nnodes 2 --rdzv 127.0.0.1:PORT` commands, as on two machines sharing the run directory,
+    meet at a c10d rendezvous; every connection, gloo's included, stays on 127.0.0.1."""
+    from lstmkit.cli import _free_port
+
+    common = ["--set", "train.eval_every=5", "--epochs", "2"]
+    single = cli(*tiny_cli_args(tmp_path / "one", *common))
+    assert single.returncode == 0, single.stderr
+    both = [*tiny_cli_args(tmp_path / "two", *common), "--nnodes", "2", "--rdzv", f"127.0.0.1:{_free_port()}"]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "LOGLEVEL": "WARNING"}
+    agents = [subprocess.Popen([sys.executable, "-m", "lstmkit", *both], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    for agent in agents:
+        _, stderr = agent.communicate(timeout=300)
+        assert agent.returncode == 0, stderr
+    one = [m["mse"] for m in runs.read_metrics(tmp_path / "one")]
+    two = [m["mse"] for m in runs.read_metrics(tmp_path / "two")]
+    assert len(one) == len(two) == 8 and {m["processes"] for m in runs.read_metrics(tmp_path / "two")} == {2}
+    worst = max(abs(a - b) / abs(a) for a, b in zip(one, two, strict=True))
+    assert worst < 1e-4, f"validation MSE curves differ by up to {worst:.2e} relative: {one} vs {two}"
+    assert one[-1] < one[0]
+
+
+def test_several_machines_need_a_rendezvous(tmp_path):
+    for args, message in [(["--nnodes", "2"], "--nnodes N (N > 1) and --rdzv HOST:PORT go together"),
+                          (["--nnodes", "2", "--rdzv", "nohost"], "--rdzv must be HOST:PORT")]:
+        result = cli(*tiny_cli_args(tmp_path / "run", *args))
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1

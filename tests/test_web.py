@@ -146,6 +146,33 @@ def test_predict_equals_the_tasks_own_predictions(client, runs):
         assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-9)
 
 
+def test_predict_takes_one_text_as_text_or_texts(client):
+    one = client.post("/api/predict", json={"text": "a wonderful moving film"})
+    many = client.post("/api/predict", json={"texts": ["a wonderful moving film"]})
+    assert one.status_code == many.status_code == 200
+    assert one.json() == many.json() and len(one.json()["results"]) == 1
+
+
+def test_label_names_reach_the_api_and_the_page(tmp_path):
+    from test_classify import write_reviews
+
+    config = cfg.apply_overrides(default_config("sentiment"), [
+        f"data.path={write_reviews(tmp_path / 'reviews.jsonl', n=120)}", "data.label_names=negative,positive",
+        "model.embedding_dim=8", "model.hidden_size=8", "train.epochs=1"])  # the data's labels are 0 and 1
+    with one_thread():
+        train_and_evaluate(config, tmp_path / "named", quiet=True)
+    with TestClient(create_app([tmp_path / "named"])) as named:
+        assert named.get("/api/runs").json()[0]["labels"] == ["negative", "positive"]
+        predicted = named.post("/api/predict", json={"text": "a superb film"}).json()["results"][0]
+        assert predicted["label"] in ("negative", "positive")
+        assert set(predicted["probabilities"]) == {"negative", "positive"}
+        # The page's prediction box shows the trace's label and a bar per entry of its probabilities.
+        traced = named.post("/api/trace", json={"text": "a superb film"}).json()["prediction"]
+        assert traced["label"] == predicted["label"] and set(traced["probabilities"]) == {"negative", "positive"}
+        page = named.get("/static/app.js").text
+        assert "label.textContent = p.label" in page and "Object.entries(p.probabilities)" in page
+
+
 def test_trace_has_every_gate_per_token_and_unit(client, runs):
     text = "the plot was dull but the actor was superb"
     trace = client.post("/api/trace", json={"run": "reviews", "text": text}).json()
@@ -230,7 +257,9 @@ BAD_REQUESTS = [
     ("/api/predict", b"", 422, ["JSON body"]),
     ("/api/predict", b"[1, 2]", 422, ["JSON object"]),
     ("/api/predict", {"texts": [1]}, 422, ["texts.0", "string"]),
-    ("/api/predict", {"text": ["a"]}, 422, ["texts: is required", "text: Extra inputs"]),
+    ("/api/predict", {}, 422, ['send "texts": ["...", ...] or, for one text, "text": "..."', "neither"]),
+    ("/api/predict", {"text": "a", "texts": ["b"]}, 422, ['"texts"', "both"]),
+    ("/api/predict", {"txt": "a"}, 422, ["txt: Extra inputs"]),
     ("/api/predict", {"run": "nope", "texts": ["a"]}, 404, ["'nope'", "reviews, verse"]),
     ("/api/trace", {"run": "nope", "text": "a"}, 404, ["reviews, verse"]),
     ("/api/predict", {"run": "verse", "texts": ["a"]}, 400, ["'lm'", "sentiment run", "reviews"]),

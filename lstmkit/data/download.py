@@ -79,9 +79,9 @@ def download_imdb(
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             if progress:
-                from tqdm import tqdm  # only needed for the bar
+                from lstmkit.progress import progress_bar
 
-                bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name)
+                bar = progress_bar(total, unit="B", unit_scale=True, desc=dest.name)
             while chunk := response.read(1 << 20):
                 out.write(chunk)
                 digest.update(chunk)

@@ -310,6 +310,7 @@ def load_labelled_text(
     format: str | None = None,
     split: str = "train",
     label_names: Sequence[str] | None = None,
+    label_aliases: dict[str, str] | None = None,
     max_chars: int | None = 200_000,
 ) -> LabelledTexts:
     """Read labelled texts from an aclImdb folder or tarball, CSV, TSV or JSON lines (gzip'd or not).
@@ -318,7 +319,8 @@ def load_labelled_text(
     picks train/ or test/, or a split folder holding pos/ and neg/), .csv, .tsv, .jsonl/.ndjson/.json (a .json
     holding one array of objects works too), each optionally .gz. `text_field`/`label_field` name the
     columns or JSON fields. Texts are returned as they are (tokenize them later); `max_chars=None` lifts the
-    length limit. See the module docstring for how labels become indices.
+    length limit. See the module docstring for how labels become indices; `label_aliases` map other spellings
+    of a label to one of `label_names` (a run's display name to the label its training data wrote).
     """
     path = Path(path)
     if not path.exists():
@@ -343,7 +345,7 @@ def load_labelled_text(
         if max_chars is not None and len(text) > max_chars:
             raise DataError(f"{where(i)}: text of {len(text):,} characters is over the limit of {max_chars:,}; "
                             "raise max_chars (or --max-chars) if it is meant to be that long")
-    labels, names = index_labels(raw, label_names, str(path), where, aliases)
+    labels, names = index_labels(raw, label_names, str(path), where, (aliases or {}) | (label_aliases or {}))
     return LabelledTexts(texts, labels, names, source=str(path) if kind != "imdb" else f"{path} ({split})")
 
 
@@ -351,18 +353,21 @@ def load_labelled_text(
 
 
 def train_validation_split(
-    data: LabelledTexts, valid_size: int | float, seed: int
+    data: LabelledTexts, valid_size: int | float, seed: int, valid_max: int = 0
 ) -> tuple[LabelledTexts, LabelledTexts]:
     """Deterministic, stratified, shuffled split into (train, validation).
 
-    `valid_size` is a count (int) or a fraction in (0, 1) (float). Each class gives its share to validation
-    (largest remainders make the total exact); both parts come back shuffled, as the same seed always gives.
+    `valid_size` is a count (int) or a fraction in (0, 1) (float); a fraction gives at least one example, and at
+    most `valid_max` (0: no cap). Each class gives its share to validation (largest remainders make the total
+    exact); both parts come back shuffled, as the same seed always gives.
     """
     n = len(data)
     if isinstance(valid_size, float):
         if not 0.0 < valid_size < 1.0:
             raise ConfigError(f"valid_size as a fraction must be in (0, 1), not {valid_size}")
-        n_valid = round(valid_size * n)
+        n_valid = max(1, round(valid_size * n))
+        if valid_max:
+            n_valid = min(n_valid, valid_max)
     elif isinstance(valid_size, int) and not isinstance(valid_size, bool):
         n_valid = valid_size
     else:

@@ -14,6 +14,8 @@ clipping, evaluation cadence, checkpoints, resume, progress, distribution). The 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,6 +33,10 @@ class Task:
     metric: ClassVar[str] = "loss"
     metric_mode: ClassVar[str] = "min"  # "min" or "max"
     count_unit: ClassVar[str] = "examples"  # what `loss` counts, for the progress bar's rate
+    # Keys added to the task's configuration after runs were first saved: the value a run saved without the key
+    # behaved by (which may differ from today's default). See load_run_config.
+    former_defaults: ClassVar[dict[str, Any]] = {}
+    data_summary: str = ""  # one line on the data as loaded for training, for the log (how it was split, say)
 
     def __init__(self, config: RunConfig, run_dir: Path | None = None) -> None:
         """Load the training data; with `run_dir`, load only what inference needs from that run instead."""
@@ -113,16 +119,44 @@ def default_config(name: str) -> RunConfig:
 def preset_config(name: str, presets: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """The task's defaults with `presets` (names or TOML paths) applied in order; a preset for another task
     is refused."""
+    return requested_config(name, presets).config
+
+
+@dataclass
+class RequestedConfig:
+    """What a `lstmkit train` command asks for, and which keys it named: through a preset, or itself (--set and
+    the options --data, --epochs, --minutes, --seed). A resumed run compares exactly those keys with its own."""
+
+    config: RunConfig
+    preset_keys: set[str] = field(default_factory=set)
+    command_keys: set[str] = field(default_factory=set)
+
+
+def requested_config(name: str, presets: Sequence[str] = (), overrides: Sequence[str] = (),
+                     values: dict[str, Any] | None = None) -> RequestedConfig:
+    """The task's defaults, then `presets` in order, then `overrides` ("section.key=value"), then `values`
+    ({"section.key": value}; None means not given)."""
     from lstmkit import config as cfg
 
     config = default_config(name)
+    requested = RequestedConfig(config)
     for preset in presets:
         mapping = cfg.load_preset(preset)
         if mapping.get("task", name) != name:
             raise ConfigError(f"preset {preset!r} is for task {mapping['task']!r}, not {name!r}")
         cfg.apply_mapping(config, mapping, f"preset {preset}")
+        requested.preset_keys |= cfg.mapping_keys(mapping)
     config.presets = ",".join(presets)
-    return config
+    cfg.apply_overrides(config, list(overrides))
+    requested.command_keys |= {item.partition("=")[0].strip() for item in overrides}
+    for key, value in (values or {}).items():
+        if value is None:
+            continue
+        if key == "data.path" and not hasattr(config.data, "path"):
+            raise ConfigError(f"task {name!r} generates its data and takes no --data")
+        cfg.set_value(config, key, value)
+        requested.command_keys.add(key)
+    return requested
 
 
 def open_run(run_dir: Path) -> tuple[Task, nn.Module]:
@@ -138,4 +172,8 @@ def load_run_config(run_dir: Path) -> RunConfig:
 
     saved = runs.read_config(run_dir)
     config = default_config(saved.get("task", "?"))
+    for key, value in get_task(config.task).former_defaults.items():
+        section, _, name = key.partition(".")
+        if name not in (saved.get(section) or {}):
+            cfg.set_value(config, key, value)
     return cfg.apply_mapping(config, saved, str(Path(run_dir) / runs.CONFIG_FILE))

@@ -1,8 +1,8 @@
 """What sentiment analysis and numeric-sequence classification share: length buckets, loss, metrics, predict.
 
-A subclass fills in, from its own data: `label_names`, `train_examples` / `valid_examples` (one tensor per
-example: [T_i] token ids or [T_i, F] features), `train_labels` / `valid_labels`, and `model_inputs()` (the
-input-layer arguments of SequenceClassifier).
+A subclass fills in, from its own data: `label_names` and `data_labels`, `train_examples` / `valid_examples`
+(one tensor per example: [T_i] token ids or [T_i, F] features), `train_labels` / `valid_labels`, and
+`model_inputs()` (the input-layer arguments of SequenceClassifier).
 
 Batches: each epoch shuffles the examples (seeded by seed and epoch), cuts them into chunks of 50 batches,
 sorts each chunk by length and cuts it into batches, then shuffles the batches. Every batch then holds
@@ -73,7 +73,8 @@ class ClassifierTask(Task):
     metric_mode = "max"
     count_unit = "ex"
 
-    label_names: list[str]
+    label_names: list[str]  # what predictions, metrics and the page show
+    data_labels: list[str]  # the same labels as the data writes them ("0", "1"), in the same order
     train_examples: list[Tensor]
     train_labels: list[int]
     valid_examples: list[Tensor]
@@ -171,12 +172,34 @@ class ClassifierTask(Task):
     # --- the run directory --------------------------------------------------------------------------------
 
     def save_labels(self, run_dir: Path) -> None:
-        runs.write_json(Path(run_dir) / LABELS_FILE, {"format": "lstmkit.labels", "labels": self.label_names})
+        """labels.json: the label names, and the labels as the data wrote them when the names rename them."""
+        document = {"format": "lstmkit.labels", "labels": self.label_names}
+        if self.data_labels != self.label_names:
+            document["data_labels"] = self.data_labels
+        runs.write_json(Path(run_dir) / LABELS_FILE, document)
 
     @staticmethod
-    def load_labels(run_dir: Path) -> list[str]:
+    def load_labels(run_dir: Path) -> tuple[list[str], list[str]]:
+        """(label names, the labels as the data writes them); a run saved without names has the data's labels."""
         path = Path(run_dir) / LABELS_FILE
-        labels = runs.read_json(path, "lstmkit.labels").get("labels")
+        document = runs.read_json(path, "lstmkit.labels")
+        labels = document.get("labels")
         if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(name, str) for name in labels):
             raise RunDirError(f"{path} is damaged: \"labels\" must be a list of at least two names")
-        return labels
+        data_labels = document.get("data_labels", labels)
+        if (not isinstance(data_labels, list) or len(data_labels) != len(labels)
+                or not all(isinstance(name, str) for name in data_labels)):
+            raise RunDirError(f"{path} is damaged: \"data_labels\" must list one data label per name")
+        return labels, data_labels
+
+
+def named_labels(data_labels: list[str], names: str) -> list[str]:
+    """The label names a run shows: `names` ("negative,positive", for the data's labels in their sorted order),
+    or, when it is empty, the data's own labels."""
+    if not names.strip():
+        return list(data_labels)
+    given = [name.strip() for name in names.split(",")]
+    if len(given) != len(data_labels) or len(set(given)) != len(given) or not all(given):
+        raise ConfigError(f"data.label_names must be {len(data_labels)} distinct names, one per label of the data "
+                          f"({', '.join(data_labels)}, in that order), separated by commas; got {names!r}")
+    return given

@@ -3,8 +3,8 @@
 Defaults are the classic Keras IMDB example: a vocabulary of the 10,000 most frequent words (ids 0 = pad and
 1 = unknown included, so no id can reach past the embedding), reviews cut to their last 500 words,
 Embedding(10000, 128) -> LSTM(64) -> Dense(1, sigmoid), Adam, binary cross-entropy, batch 32, 5 epochs.
-Unlike the seed, padding costs nothing (length buckets, each sequence read at its own last word) and 5,000
-training reviews are held out for validation, as the test split must stay unseen.
+Unlike the seed, padding costs nothing (length buckets, each sequence read at its own last word) and 20% of the
+training data, at most 5,000 reviews, is held out for validation, as the test split must stay unseen.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from lstmkit.data.reviews import LabelledTexts, load_labelled_text, train_valida
 from lstmkit.data.vocab import Vocab, tokenize_words
 from lstmkit.errors import ConfigError, DataError
 from lstmkit.models import pool
-from lstmkit.tasks.classify import ClassifierModelConfig, ClassifierTask, class_probabilities, split_seed
+from lstmkit.tasks.classify import ClassifierModelConfig, ClassifierTask, class_probabilities, named_labels, split_seed
 
 VOCAB_FILE = "vocab.json"
 
@@ -32,7 +32,13 @@ class SentimentDataConfig:
     text_field: str = "text"
     label_field: str = "label"
     valid_path: str = ""  # a separate validation file; else valid_size examples are held out of `path`
-    valid_size: float = 5000  # a count (>= 1) or a fraction (< 1)
+    # A count (>= 1) or a fraction (< 1) of the data, then at most valid_max (0: no cap): 20% of any dataset,
+    # and 5,000 of IMDB's 25,000 training reviews, as the IMDB recipe holds out.
+    valid_size: float = 0.2
+    valid_max: int = 5000
+    # Names for the data's labels in their sorted order, comma-separated: "negative,positive" for 0/1 labels.
+    # Empty: the labels as the data writes them (string labels such as "pos" are names already).
+    label_names: str = ""
     split_seed: int | None = None  # seeds the validation split; None: train.seed
     num_words: int = 10000  # vocabulary size, the pad and unknown ids included
     maxlen: int = 500  # words kept per text
@@ -58,6 +64,8 @@ class SentimentTask(ClassifierTask):
     ModelConfig = ClassifierModelConfig
     DataConfig = SentimentDataConfig
     count_unit = "reviews"
+    # Runs saved before data.valid_max existed held out all of a fractional valid_size.
+    former_defaults = {"data.valid_max": 0}
 
     def __init__(self, config: RunConfig, run_dir: Path | None = None) -> None:
         """Load and encode the training data; or, with `run_dir`, only what predicting needs from that run."""
@@ -67,15 +75,20 @@ class SentimentTask(ClassifierTask):
             raise ConfigError("data.maxlen must be >= 1 and data.num_words >= 3 (pad, unknown and one word)")
         if run_dir is not None:
             self.vocab = Vocab.load(Path(run_dir) / VOCAB_FILE)
-            self.label_names = self.load_labels(run_dir)
+            self.label_names, self.data_labels = self.load_labels(run_dir)
             return
-        labelled = self.load(data.path)
+        labelled = self.load(data.path, known_labels=False)
+        self.data_labels = labelled.label_names
+        self.label_names = named_labels(labelled.label_names, data.label_names)
         if data.valid_path:
-            train, valid = labelled, self.load(data.valid_path, label_names=labelled.label_names)
+            train, valid = labelled, self.load(data.valid_path)
+            self.data_summary = (f"data: {len(train):,} examples for training, {len(valid):,} for validation "
+                                 f"(from {data.valid_path})")
         else:
-            size = int(data.valid_size) if data.valid_size >= 1 else float(data.valid_size)
-            train, valid = train_validation_split(labelled, size, seed=split_seed(config))
-        self.label_names = labelled.label_names
+            train, valid = self.split(labelled)
+            self.data_summary = (f"data: {len(labelled):,} examples, {len(valid):,} held out for validation "
+                                 f"(data.valid_size={data.valid_size:g}"
+                                 f"{f', at most data.valid_max={data.valid_max}' if data.valid_size < 1 else ''})")
         train_tokens = [tokenize_words(text) for text in train.texts]
         self.vocab = Vocab.build(train_tokens, num_words=data.num_words)  # from the training part only
         self.train_examples = [self._ids(tokens, train.source, i) for i, tokens in enumerate(train_tokens)]
@@ -83,10 +96,20 @@ class SentimentTask(ClassifierTask):
         self.valid_examples = self.encode(valid.texts, source=valid.source)
         self.valid_labels = valid.labels
 
-    def load(self, path: str, label_names: list[str] | None = None) -> LabelledTexts:
+    def load(self, path: str, known_labels: bool = True) -> LabelledTexts:
+        """Labelled texts from `path`; with `known_labels`, of this run's labels, written as the training data
+        wrote them or by their names."""
         data = self.config.data
+        names = dict(zip(self.label_names, self.data_labels, strict=True)) if known_labels else None
         return load_labelled_text(resolve_data_path(path), text_field=data.text_field, label_field=data.label_field,
-                                  label_names=label_names, max_chars=data.max_chars)
+                                  label_names=self.data_labels if known_labels else None, label_aliases=names,
+                                  max_chars=data.max_chars)
+
+    def split(self, labelled: LabelledTexts) -> tuple[LabelledTexts, LabelledTexts]:
+        """(train, validation) parts of the data, as data.valid_size, data.valid_max and the split seed say."""
+        data = self.config.data
+        size = int(data.valid_size) if data.valid_size >= 1 else float(data.valid_size)
+        return train_validation_split(labelled, size, seed=split_seed(self.config), valid_max=data.valid_max)
 
     def _ids(self, tokens: list[str], source: str, index: int) -> Tensor:
         if not tokens:
@@ -121,16 +144,11 @@ class SentimentTask(ClassifierTask):
         data = self.config.data
         if split != "valid":
             raise ConfigError(f"a sentiment run holds out a validation part only; for {split!r} pass --data PATH")
-        if data.valid_path:
-            valid = self.load(data.valid_path, label_names=self.label_names)
-        else:
-            labelled = self.load(data.path, label_names=self.label_names)
-            size = int(data.valid_size) if data.valid_size >= 1 else float(data.valid_size)
-            valid = train_validation_split(labelled, size, seed=split_seed(self.config))[1]
+        valid = self.load(data.valid_path) if data.valid_path else self.split(self.load(data.path))[1]
         return self.encode(valid.texts, valid.source), valid.labels
 
     def evaluate_path(self, model: Any, path: str) -> dict[str, Any]:
-        labelled = self.load(path, label_names=self.label_names)
+        labelled = self.load(path)
         return self.evaluate_examples(model, self.encode(labelled.texts, labelled.source), labelled.labels)
 
     def check_length(self, texts: list[str]) -> None:

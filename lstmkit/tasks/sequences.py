@@ -61,7 +61,7 @@ class SequencesTask(ClassifierTask):
     def __init__(self, config: RunConfig, run_dir: Path | None = None) -> None:
         super().__init__(config, run_dir)
         if run_dir is not None:  # inference: the run directory alone is enough; the data loads only if asked
-            self.label_names = self.load_labels(run_dir)
+            self.label_names, self.data_labels = self.load_labels(run_dir)
             self.features = self._load_features(run_dir)
             self.examples = None
             return
@@ -73,7 +73,7 @@ class SequencesTask(ClassifierTask):
         if getattr(self, "label_names", data.label_names) != data.label_names:
             raise DataError(f"{config.data.path} now has the labels {data.label_names}, but the run was trained on "
                             f"{self.label_names}; the data changed since training")
-        self.label_names = data.label_names
+        self.label_names = self.data_labels = data.label_names
         self.features = data.x.shape[2]
         self.parts = split_indices(data.labels, config.data.valid_size, config.data.test_size, split_seed(config))
         examples = self.examples_of(data)

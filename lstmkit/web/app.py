@@ -212,10 +212,21 @@ GateName = Literal[GATES]  # type: ignore[valid-type]  # the six names of GATE_N
 
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"texts": ["A wonderful, moving film.", "Two hours I will never get back."]}]})
+        "examples": [{"texts": ["A wonderful, moving film.", "Two hours I will never get back."]},
+                     {"text": "A wonderful, moving film."}]})
 
     run: str | None = RUN_FIELD
-    texts: list[str] = Field(min_length=1, description="Texts to classify (each at most the server's max_chars).")
+    texts: list[str] | None = Field(None, min_length=1,
+                                    description="Texts to classify (each at most the server's max_chars).")
+    text: str | None = Field(None, description="One text to classify, instead of `texts` (as /api/trace takes it).")
+
+    def all_texts(self) -> list[str]:
+        """The texts of either form; a request with neither or both is a 422 that says what to send."""
+        if (self.texts is None) == (self.text is None):
+            which = "both" if self.text is not None else "neither"
+            raise HTTPException(422, f'send "texts": ["...", ...] or, for one text, "text": "..." (this request has '
+                                     f"{which})")
+        return self.texts if self.texts is not None else [self.text]
 
 
 class Prediction(BaseModel):
@@ -417,17 +428,19 @@ def create_app(run_dirs: Sequence[Path], limits: Limits | None = None) -> FastAP
         return [run.info() for run in runs.values()]
 
     @app.post("/api/predict", response_model=PredictResponse, summary="Classify texts with a sentiment run",
+              description='`{"texts": [...]}` or, for one text, `{"text": "..."}`; either way one result per text.',
               responses={400: {"description": "Not a sentiment run, or a text the model cannot read"},
                          404: {"description": "No run of that name"},
                          413: {"description": "Too many texts, or a text over max_chars"}})
     async def predict(body: PredictRequest) -> dict[str, Any]:
+        texts = body.all_texts()
         run = pick_run(runs, body.run, ("sentiment",), "/api/predict")
-        if len(body.texts) > limits.max_texts:
-            raise HTTPException(413, f"{len(body.texts)} texts in one request, over this server's limit of "
+        if len(texts) > limits.max_texts:
+            raise HTTPException(413, f"{len(texts)} texts in one request, over this server's limit of "
                                      f"{limits.max_texts}; split them")
-        for i, text in enumerate(body.texts):
+        for i, text in enumerate(texts):
             check_chars(text, f"text {i + 1}", limits)
-        results = await slots.call(run.task.predict_texts, run.model, body.texts)
+        results = await slots.call(run.task.predict_texts, run.model, texts)
         return {"run": run.name, "results": results}
 
     @app.post("/api/trace", response_model=TraceResponse,
