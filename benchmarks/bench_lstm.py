@@ -33,12 +33,17 @@ import torch
 from torch import nn
 
 import lstmkit
+from lstmkit.ops import tune
 
 # torch.nn.LSTM warns on every projected call that oneDNN takes no projections; that is what config e measures.
 warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
 warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")  # said when mkldnn.flags() is set
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPE_NAME = {v: k for k, v in DTYPES.items()}
+AUTO_SUMMARY: list[str] = []  # one line per config, dtype and mode: what auto chose and what it cost
+# ISA flags that decide which GEMM and LSTM paths are fast (printed with the CPU model).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "asimd", "sve", "bf16")
 
 
 @dataclass(frozen=True)
@@ -165,27 +170,34 @@ def bench_config(cfg: BenchConfig, repeats: int, dtype: torch.dtype) -> list[dic
     if cfg.layers == 1 and not cfg.proj and not cfg.bidirectional:
         contenders["loop cell"] = LoopLSTM(reference)
     x = torch.randn(cfg.B, cfg.T, cfg.I)
+
+    def step(module: nn.Module, mode: str) -> None:
+        if mode == "infer":
+            with torch.no_grad(), autocast(dtype):
+                first_output(module, x)
+        else:
+            with autocast(dtype):
+                out = first_output(module, x)
+            out.float().sum().backward()
+
+    first_calls = {}
+    for mode in cfg.modes:  # the first call of each kind: backend="auto" measures its candidates (fresh cache)
+        began = time.perf_counter()
+        step(ours, mode)
+        first_calls[mode] = time.perf_counter() - began
     for name, module in contenders.items():
         if module is not reference:
             validate(module, reference, x, name, dtype)
 
     rows = []
     for mode in cfg.modes:
-        def step(module: nn.Module, mode: str = mode) -> None:
-            if mode == "infer":
-                with torch.no_grad(), autocast(dtype):
-                    first_output(module, x)
-            else:
-                with autocast(dtype):
-                    out = first_output(module, x)
-                out.float().sum().backward()
-
+        first_call = first_calls[mode]
         for module in contenders.values():  # warm-up
-            step(module)
+            step(module, mode)
         times: dict[str, list[float]] = {name: [] for name in contenders}
         for r in range(repeats):  # interleaved, so drifts in machine load hit every contender
             for name in rotated(list(contenders), r):
-                times[name].append(time_call(lambda module=contenders[name]: step(module)))
+                times[name].append(time_call(lambda module=contenders[name], mode=mode: step(module, mode)))
         medians = {name: statistics.median(ts) for name, ts in times.items()}
         base = medians["nn.LSTM"]
         for name, seconds in medians.items():
@@ -194,6 +206,15 @@ def bench_config(cfg: BenchConfig, repeats: int, dtype: torch.dtype) -> list[dic
                 "speedup_vs_nn.LSTM": base / seconds, "tokens_per_s": cfg.B * cfg.T / seconds,
                 "gflops": cfg.flops(mode) / seconds / 1e9,
             })
+        # What "auto" chose, and how it stands against the fastest single path of this run (nn.LSTM is the vendor
+        # path; the loop cell and nn.LSTM -oneDNN are not paths of lstmkit's).
+        kind = ours.call_kind(cfg.B, cfg.T, False, mode == "train")
+        chosen = tune.tuner().cached(kind.key)
+        singles = {n: medians[n] for n in ("nn.LSTM", "lstmkit/cpu", "lstmkit/torch", "lstmkit/op")}
+        best = min(singles, key=singles.get)
+        AUTO_SUMMARY.append(f"{cfg.name:17s} {DTYPE_NAME[dtype]:5s} {mode:6s} auto ran {chosen or '?':6s} "
+                            f"first call {first_call * 1e3:7.0f} ms; auto / fastest single path ({best}): "
+                            f"{singles[best] / medians['lstmkit']:.2f}")
     return rows
 
 
@@ -250,6 +271,21 @@ def bench_streaming(cfg: BenchConfig, repeats: int) -> list[dict[str, object]]:
             for name, seconds in medians.items()]
 
 
+def ours_for_cost() -> lstmkit.LSTM:
+    model = lstmkit.LSTM(8, 16)
+    with torch.no_grad():
+        model(torch.randn(4, 2, 8))  # the kind is measured and cached here
+    return model
+
+
+def dispatch_cost(model: lstmkit.LSTM, calls: int = 2000) -> float:
+    """Seconds of one `path_for` (the dispatch of a call whose kind is cached), averaged over `calls`."""
+    began = time.perf_counter()
+    for _ in range(calls):
+        model.path_for(2, 4, False, False)
+    return (time.perf_counter() - began) / calls
+
+
 def kernel_load_times() -> tuple[float, float] | str:
     """Seconds to build the C kernel into an empty cache (cold) and to load it from there (warm), each in a
     fresh process; or why it is not available."""
@@ -279,7 +315,11 @@ def main() -> None:
         unknown = [n for n in chosen if n not in known]
         if unknown:
             raise SystemExit(f"unknown {what} {unknown[0]!r}; choose from {', '.join(known)}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    if not os.environ.get("LSTMKIT_CACHE"):  # a fresh cache, so that the first-call cost is measured, not read
+        os.environ["LSTMKIT_CACHE"] = tempfile.mkdtemp(prefix="lstmkit-bench-")
+    model, flags = tune.cpu_description()
+    print(f"CPU: {model} ({platform.machine()}); ISA: {' '.join(f for f in ISA_FLAGS if f in flags) or 'none listed'}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; dispatch cache {tune.tuner().path}")
     load = kernel_load_times()
     print("C kernel: " + (f"built cold in {load[0]:.2f} s, loaded warm in {load[1]:.3f} s" if isinstance(load, tuple)
                           else f"not available ({load}); lstmkit/cpu runs the torch backend"))
@@ -297,6 +337,17 @@ def main() -> None:
                 print(f"{row['config']:17s} {dtype_name:5s} {row['mode']:6s} {row['impl']:16s} {row['ms']:9.2f} "
                       f"{row['speedup_vs_nn.LSTM']:10.2f} {row['tokens_per_s']:11.0f} {row['gflops']:8.1f}",
                       flush=True)
+    print("\nbackend=\"auto\": what it ran, its first call of the kind (measuring included), and its time against "
+          "the fastest single path")
+    for line in AUTO_SUMMARY:
+        print(line)
+    from lstmkit.ops import lstm_cpu
+
+    print("GEMM library of the C kernel's big GEMMs: " + ", ".join(
+        f"{k} {v['path']} ({', '.join(f'{p} {ms:.1f} ms' for p, ms in v['ms'].items())})"
+        for k, v in tune.tuner().entries().items() if k.startswith("gemm|")) if lstm_cpu.available() else "none")
+    cached_cost = dispatch_cost(ours_for_cost())
+    print(f"a cached choice costs {cached_cost * 1e6:.1f} us a call (ops.dispatch with a known kind)")
     peaks = {d: max(peak, gemm_peak(DTYPES[d])) for d, peak in peaks.items()}
     print("\nGEMM peak (2048^3, best before and after): " + ", ".join(f"{d} {p:.0f} GFLOP/s" for d, p in peaks.items()))
     print(f"{'config':17s} {'dtype':5s} {'mode':6s} {'impl':16s} {'% of peak':>9s}")

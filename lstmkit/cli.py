@@ -399,9 +399,8 @@ def tune(target: str, data: Path | None, presets: tuple[str, ...], overrides: tu
     RUN: a run directory (its configuration; also lists the paths its checkpoint recorded, which a resumed run
     keeps). TASK: a task name with --preset/--data/--set as `lstmkit train` takes them. Nothing is written
     besides the cache."""
-    from lstmkit import config as cfg
     from lstmkit import runs
-    from lstmkit.tasks import load_run_config, preset_config
+    from lstmkit.tasks import load_run_config, requested_config
     from lstmkit.train import recorded_dispatch
     from lstmkit.tuning import describe, rehearse_training
 
@@ -418,12 +417,8 @@ def tune(target: str, data: Path | None, presets: tuple[str, ...], overrides: tu
     else:
         if run_dir.exists() or os.sep in target:
             raise ConfigError(f"{target} is not a run directory (no {runs.CONFIG_FILE}); give a run or a task name")
-        config = preset_config(target, presets)
-        cfg.apply_overrides(config, list(overrides))
-        if data is not None:
-            if not hasattr(config.data, "path"):
-                _no_data(target)
-            cfg.set_value(config, "data.path", str(data.resolve()) if data.exists() else str(data))
+        data_path = (str(data.resolve()) if data.exists() else str(data)) if data is not None else None
+        config = requested_config(target, presets, overrides, {"data.path": data_path}).config
     from lstmkit.ops import tune as dispatch_cache
 
     choices = rehearse_training(config, batches)

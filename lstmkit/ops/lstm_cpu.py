@@ -24,6 +24,7 @@ shared home directory on mixed machines builds one library per kind of CPU.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -305,11 +306,18 @@ def gemm_choice(autocast: bool) -> str:
     candidates = ["mkl"] + (["onednn"] if _onednn_available() else []) + (["bf16"] if autocast else [])
     if len(candidates) == 1:
         return "mkl"
-    generator = torch.Generator().manual_seed(0)
-    a, b = torch.randn(6400, 256, generator=generator), torch.randn(1024, 256, generator=generator)
     key = f"gemm|{'autocast' if autocast else 'float32'}|threads{torch.get_num_threads()}"
     with torch.autocast("cpu", enabled=False):
-        return tune.tuner().decide(key, candidates, "mkl", lambda how: gemm_nt(a, b, how))
+        choice = tune.tuner().decide(key, candidates, "mkl", lambda how: gemm_nt(*_gemm_operands(), how))
+    _gemm_operands.cache_clear()  # 7.6 MB not kept for a process's life
+    return choice
+
+
+@functools.cache
+def _gemm_operands() -> tuple[Tensor, Tensor]:
+    """The GEMM `gemm_choice` times, made once, when a choice is measured (never for a cached one)."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(6400, 256, generator=generator), torch.randn(1024, 256, generator=generator)
 
 
 class _FusedLayer(torch.autograd.Function):
