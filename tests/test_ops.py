@@ -142,14 +142,14 @@ def test_dispatch_of_named_backends_and_what_only_one_path_can_run():
 
 
 def test_auto_candidates_are_the_paths_that_compute_the_call_exactly():
-    kernel = ["cpu"] if lstm_cpu.available() else []
-    assert candidates(_call(), training=True) == ["vendor", *kernel, "torch"]
+    own = ["cpu"] if lstm_cpu.available() else ["torch"]  # the kernel where it runs, else the portable path
+    assert candidates(_call(), training=True) == ["vendor", *own]
     assert candidates(_call(dtype="float64"), training=True) == ["vendor", "torch"]  # the kernel is float32
     assert candidates(_call(device="cuda"), training=True) == ["vendor", "torch"]  # cuDNN packs natively
     assert candidates(_call(device="cuda"), training=False) == ["torch"]  # cuDNN's backward refuses eval mode
     assert candidates(_call(device="cuda", train=False), training=False) == ["vendor", "torch"]  # no backward
     assert candidates(_call(device="cuda", dropout=True), training=True) == ["torch"]  # cuDNN's own dropout state
-    assert candidates(_call(dropout=True), training=True) == ["vendor", *kernel, "torch"]  # oneDNN: torch's RNG
+    assert candidates(_call(dropout=True), training=True) == ["vendor", *own]  # oneDNN draws from torch's RNG
     # Where one path alone fits, "auto" takes it without rehearsing.
     never = lambda path: pytest.fail("no rehearsal expected")  # noqa: E731
     only_torch = lambda: _call(device="cuda", dropout=True)  # noqa: E731

@@ -185,3 +185,13 @@ def test_the_gemm_library_is_measured_once_and_every_choice_computes_the_same():
         assert lstm_cpu.gemm_choice(autocast=True) in lstm_cpu.GEMMS
         assert {k for k in tuner.decisions() if k.startswith("gemm|")} == {
             f"gemm|float32|threads{torch.get_num_threads()}", f"gemm|autocast|threads{torch.get_num_threads()}"}
+
+
+def test_lstmkit_tune_naming_a_path_takes_it_where_it_can_run(tmp_path, monkeypatch):
+    never = lambda p: pytest.fail("measured with a path named")  # noqa: E731
+    monkeypatch.setenv("LSTMKIT_TUNE", "torch")
+    tuner = tune.Tuner(tmp_path / "dispatch.json")
+    assert tuner.decide(CALL.key, ["vendor", "cpu", "torch"], "cpu", never) == "torch"
+    assert tuner.decide("gemm|float32|threads2", ["mkl", "onednn"], "mkl", never) == "mkl"  # not a path there
+    monkeypatch.setenv("LSTMKIT_TUNE", "cpu")
+    assert tune.Tuner(tmp_path / "other.json").decide(CALL.key, ["vendor", "torch"], "vendor", never) == "vendor"

@@ -49,10 +49,11 @@ def _cpu_kernel_fits(call: CallKind) -> bool:
 
 
 def candidates(call: CallKind, training: bool) -> list[str]:
-    """The paths that compute this call exactly, for "auto" to choose from."""
-    paths = ["torch"]
-    if _cpu_kernel_fits(call):
-        paths.insert(0, "cpu")
+    """The paths that compute this call exactly, for "auto" to choose from. Where the C kernel runs, the portable
+    path is not among them: on the 2-core EPYC (Zen 5) it lost to the kernel on every fp32 config of make bench
+    (1.2-3.4x), and where it beat the kernel under bf16 (config c: 305 vs 324 ms a train step) oneDNN's bf16 LSTM
+    beat both by 2.5x (BENCHMARKS.md); rehearsing it would add a third to the first call's cost."""
+    paths = ["cpu"] if _cpu_kernel_fits(call) else ["torch"]
     # cuDNN's backward refuses eval mode (lstmkit promises gradients in eval mode too), and cuDNN draws dropout
     # masks from a state of its own that no checkpoint captures (F.dropout's come from torch's generator, so an
     # interrupted and resumed run repeats them exactly).

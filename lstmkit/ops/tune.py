@@ -15,7 +15,8 @@ Where the choice lives:
      ISA flags, torch version and lstmkit version; a damaged or foreign file is ignored with one warning and
      rewritten; a cache that cannot be written is kept in memory for the process;
   3. a measurement, now; or, with `LSTMKIT_TUNE=0`, under torch.distributed (ranks must not disagree) or when
-     every candidate fails, the rule the caller gives (`lstmkit.ops.rule`).
+     every candidate fails, the rule the caller gives (`lstmkit.ops.rule`). `LSTMKIT_TUNE=vendor` (or cpu,
+     torch) takes that path wherever it can run the call, and the rule elsewhere.
 A cache entry "*" (any kind) is honoured after the exact key: it pins one path everywhere, for tests and for
 users who want one.
 
@@ -45,7 +46,7 @@ CACHE_FORMAT = 1
 # A rehearsal runs the call's own shape, up to this many steps: per-step costs change with T (oneDNN's train step
 # at B=32, H=64 costs 2.1x as much per step at T=256 as at T=128 on a Zen 5, its workspace leaving the cache),
 # so a much shorter rehearsal misjudges; the cap bounds the first call's cost on long sequences.
-REHEARSAL_STEPS = 256
+REHEARSAL_STEPS = 512
 REPEATS = 2  # timed runs per candidate after an untimed one; the fastest counts (noise only ever adds time)
 BUDGET_SECONDS = 1.5  # past this, no further repeat starts: the best so far is taken
 DROP_FACTOR = 2.0  # a candidate this much slower than the best after one run is not run again
@@ -121,7 +122,8 @@ def measure(candidates: list[str], run: Callable[[str], object], clock: Callable
             repeats: int = REPEATS, budget: float = BUDGET_SECONDS) -> dict[str, float]:
     """Seconds of the fastest timed run of each candidate (inf where it raised), after one untimed run of each.
     Interleaved, so a drift in machine load hits all alike; one that is DROP_FACTOR slower than the best is not
-    run again; no repeat starts past `budget` seconds."""
+    run again; the timed rounds are as many as fit in `budget` seconds at the untimed round's cost (at least one),
+    and none starts past it."""
     best = dict.fromkeys(candidates, math.inf)
     start, alive = clock(), list(candidates)
     for path in candidates:  # untimed: a first call pays one-time costs (oneDNN builds its primitives, ~0.5 s)
@@ -130,6 +132,9 @@ def measure(candidates: list[str], run: Callable[[str], object], clock: Callable
         except (RuntimeError, MemoryError, ValueError):
             best[path] = math.nan
     alive = [p for p in alive if best[p] == best[p]]
+    # As many timed rounds as the budget left allows at the untimed round's cost (at least one, at most `repeats`).
+    round_cost = max(clock() - start, 1e-9)
+    repeats = max(1, min(repeats, int((budget - round_cost) / round_cost)))
     for _ in range(repeats):
         for path in alive:
             began = clock()
@@ -152,12 +157,23 @@ def fastest(times: dict[str, float]) -> str | None:
     return min(finite, key=finite.get) if finite else None  # type: ignore[arg-type]
 
 
+def _setting() -> str:
+    return os.environ.get("LSTMKIT_TUNE", "1").strip().lower()
+
+
 def tuning_enabled() -> bool:
-    """False with LSTMKIT_TUNE=0, and under torch.distributed, where ranks timing apart could pick different paths
-    (and the engine records rank 0's run only); the rule decides there."""
-    if os.environ.get("LSTMKIT_TUNE", "1").strip().lower() in ("0", "off", "false", "no"):
+    """False with LSTMKIT_TUNE=0 (or a path's name, below), and under torch.distributed, where ranks timing apart
+    could pick different paths (and the engine records rank 0's run only); the rule decides there."""
+    if _setting() in ("0", "off", "false", "no") or forced_path():
         return False
     return int(os.environ.get("WORLD_SIZE", "1")) <= 1
+
+
+def forced_path() -> str | None:
+    """LSTMKIT_TUNE=vendor|cpu|torch: that path wherever it can run a call (the rule elsewhere), never measuring;
+    for comparing paths on a whole program, and for the test suite's runs on one path."""
+    setting = _setting()
+    return setting if setting in ("vendor", "cpu", "torch") else None
 
 
 class Tuner:
@@ -222,8 +238,9 @@ class Tuner:
     # --- decisions --------------------------------------------------------------------------------------------
 
     def cached(self, key: str) -> str | None:
-        """The pinned or cached path for a key (the exact key, then "*"), or None."""
-        pinned = self._pinned.get(key) or self._pinned.get("*")
+        """The choice already made for a key: pinned by a run, else named by LSTMKIT_TUNE, else in the cache file
+        (each: the exact key, then "*"); None when it is still to be measured."""
+        pinned = self._pinned.get(key) or self._pinned.get("*") or forced_path()
         if pinned:
             return pinned
         choices = self._load()
