@@ -148,7 +148,8 @@ def test_auto_rehearses_a_new_kind_once_without_touching_the_rng_or_the_gradient
         with torch.no_grad():
             model(x)
         first = len(rehearsed)
-        assert first > 1 and set(rehearsed) >= {"vendor", "torch"}  # the candidates, then the call itself
+        own = "cpu" if lstm_cpu.available() else "torch"
+        assert first > 1 and set(rehearsed) >= {"vendor", own}  # the candidates, then the call itself
         assert not torch.equal(torch.get_rng_state(), state)  # the real call's dropout drew from the generator...
         torch.set_rng_state(state)
         with torch.random.fork_rng():
@@ -195,3 +196,47 @@ def test_lstmkit_tune_naming_a_path_takes_it_where_it_can_run(tmp_path, monkeypa
     assert tuner.decide("gemm|float32|threads2", ["mkl", "onednn"], "mkl", never) == "mkl"  # not a path there
     monkeypatch.setenv("LSTMKIT_TUNE", "cpu")
     assert tune.Tuner(tmp_path / "other.json").decide(CALL.key, ["vendor", "torch"], "vendor", never) == "vendor"
+
+
+def bf16_tolerance(layers: int) -> float:
+    """Relative error (as `relative_error`) allowed under bf16 autocast against float64, derived from bf16's
+    precision: every GEMM rounds both operands to bf16's 8-bit significand (u = 2^-8 each), so each product
+    carries up to 2u, and the float32 sum of such products of random sign carries about 2u of its own size; a
+    layer chains two GEMMs (input and recurrent) and rounds its output to bf16 once more (u). Forward:
+    L (2 * 2u + u); a gradient repeats the chain backwards: twice that. A wrong gate or a missing term is ~1."""
+    return layers * 5 * 2.0**-8
+
+
+@pytest.mark.parametrize("path", ["vendor", "cpu", "torch"])
+def test_bf16_autocast_forward_and_gradients_against_float64(path):
+    """What "auto" may run under `torch.autocast("cpu", torch.bfloat16)` (and train.amp=bf16), path by path,
+    against the float64 torch backend: outputs, final states and the gradients of the input and every weight."""
+    if path == "cpu" and not lstm_cpu.available():
+        pytest.skip(f"the C kernel is not available ({lstm_cpu.unavailable_reason()})")
+    from conftest import relative_error
+
+    torch.manual_seed(0)
+    L, I, H, B, T = 2, 24, 32, 8, 30
+    # "torch" is no candidate of "auto" where the kernel runs; the backend names it.
+    model = lstmkit.LSTM(I, H, num_layers=L, batch_first=True, backend="torch" if path == "torch" else "auto")
+    oracle = lstmkit.LSTM.from_torch(model.to_torch().double(), backend="torch")
+    x = torch.randn(B, T, I)
+    dy, dh, dc = torch.randn(B, T, H), torch.randn(L, B, H), torch.randn(L, B, H)
+    results = []
+    for module, dtype in ((model, torch.float32), (oracle, torch.float64)):
+        leaf = x.to(dtype).detach().clone().requires_grad_(True)
+        with paths_pinned(path) as tuner, torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.float32):
+            y, (h_n, c_n) = module(leaf)
+        paths = {v for k, v in tuner.decisions().items() if not k.startswith("gemm|")}
+        assert module is oracle or path == "torch" or paths == {path}
+        assert module is oracle or y.dtype == h_n.dtype == c_n.dtype == torch.bfloat16
+        ((y.double() * dy.double()).sum() + (h_n.double() * dh.double()).sum()
+         + (c_n.double() * dc.double()).sum()).backward()
+        results.append({"y": y, "h_n": h_n, "c_n": c_n, "dx": leaf.grad,
+                        **{f"d{name}": p.grad for name, p in module.named_parameters()}})
+    forward, backward = bf16_tolerance(L), 2 * bf16_tolerance(L)
+    for name, value in results[0].items():
+        assert value is not None and results[1][name] is not None, f"{path}: no {name}"
+        bound = forward if name in ("y", "h_n", "c_n") else backward
+        error = relative_error(value, results[1][name])
+        assert error <= bound, f"{path}: {name} relative error {error:.3e} > {bound:.3e}"
