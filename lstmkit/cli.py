@@ -69,6 +69,13 @@ def demo(out: Path, T: int, hidden: int, epochs: int, seconds: float, lm_minutes
         raise click.ClickException(f"cannot write to {out}: {error.strerror or error}") from None
 
 
+def _data_path(data: Path | None) -> str | None:
+    """--data as a run saves it: resolved, so the run's own data is found from any working directory later."""
+    if data is None:
+        return None
+    return str(data.resolve()) if data.exists() else str(data)
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -121,10 +128,8 @@ def train(task: str, out: Path, data: Path | None, epochs: int | None, minutes: 
     from lstmkit.tasks import requested_config
     from lstmkit.train import check_run_dir, config_for_resume, train_and_evaluate
 
-    # --data is saved resolved, so the run's own data is found from any working directory later.
-    data_path = (str(data.resolve()) if data.exists() else str(data)) if data is not None else None
     requested = requested_config(task, presets, overrides, {
-        "data.path": data_path, "train.epochs": epochs, "train.minutes": minutes, "train.seed": seed})
+        "data.path": _data_path(data), "train.epochs": epochs, "train.minutes": minutes, "train.seed": seed})
     if resume and not runs.holds_run(out):
         # A job script reruns one fixed command, --resume included, from its very first start.
         click.echo(f"{out} holds no run yet: starting a new one (--resume will continue it)", err=True)
@@ -417,8 +422,7 @@ def tune(target: str, data: Path | None, presets: tuple[str, ...], overrides: tu
     else:
         if run_dir.exists() or os.sep in target:
             raise ConfigError(f"{target} is not a run directory (no {runs.CONFIG_FILE}); give a run or a task name")
-        data_path = (str(data.resolve()) if data.exists() else str(data)) if data is not None else None
-        config = requested_config(target, presets, overrides, {"data.path": data_path}).config
+        config = requested_config(target, presets, overrides, {"data.path": _data_path(data)}).config
     from lstmkit.ops import tune as dispatch_cache
 
     choices = rehearse_training(config, batches)

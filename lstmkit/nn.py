@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from lstmkit import ops
-from lstmkit.ops import lstm_op, lstm_vendor, tune
+from lstmkit.ops import lstm_op, lstm_torch, lstm_vendor, tune
 
 GATE_ORDER = ("i", "f", "g", "o")  # PyTorch's order of the four row blocks of weight_ih / weight_hh / biases
 
@@ -65,15 +65,6 @@ def _check_tensor_like(name: str, t: object, like: Tensor) -> Tensor:
             f"move one of them (e.g. .to('{like.device}'))"
         )
     return t
-
-
-def _autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The dtype autocast computes in on this device type, or None when autocast is off."""
-    if not torch.is_autocast_enabled(device_type):
-        return None
-    if hasattr(torch, "get_autocast_dtype"):
-        return torch.get_autocast_dtype(device_type)
-    return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
 
 
 def _batch_sizes_list(batch_sizes: Tensor) -> list[int]:
@@ -330,7 +321,7 @@ class LSTM(nn.Module):
                              batch_sizes if packed else None)
         sizes = batch_sizes_t if packed and path == "vendor" else batch_sizes
         x, h_n, c_n = self._stack(path, x, sizes, h0, c0, record, packed, steps)
-        low = _autocast_dtype(like.device.type)
+        low = lstm_torch.autocast_dtype(like.device.type)
         if low is not None:  # what torch.nn.LSTM returns under autocast, whichever path computed it
             x, h_n, c_n = x.to(low), h_n.to(low), c_n.to(low)
         return self._assemble(x, h_n, c_n, packed, is_batched, input)
@@ -338,7 +329,7 @@ class LSTM(nn.Module):
     def call_kind(self, batch: int, steps: int, packed: bool, needs_grad: bool) -> ops.CallKind:
         """What `ops.dispatch` decides on for a call of B=batch sequences of up to T=steps steps."""
         like = self.weight_ih_l0
-        low = _autocast_dtype(like.device.type)
+        low = lstm_torch.autocast_dtype(like.device.type)
         return ops.CallKind(
             device=like.device.type, dtype=str(like.dtype).removeprefix("torch."),
             autocast=str(low).removeprefix("torch.") if low is not None else "", train=needs_grad, batch=batch,
@@ -363,8 +354,7 @@ class LSTM(nn.Module):
             c0 = x.new_zeros(self.num_layers * self.num_directions, batch, self.hidden_size, dtype=like.dtype)
             with torch.random.fork_rng(devices=[]), torch.set_grad_enabled(needs_grad):  # dropout must not shift it
                 x.requires_grad_(needs_grad)
-                y, h_n, c_n = self._stack(path, x, sizes if path != "vendor" or sizes is None else
-                                          torch.tensor(sizes), h0, c0, None, packed, (T, batch))
+                y, h_n, c_n = self._stack(path, x, sizes, h0, c0, None, packed, (T, batch))
                 if needs_grad:  # grads returned, not accumulated: the module's .grad stays untouched
                     leaves = [x] + [p for p in self.parameters() if p.requires_grad]
                     torch.autograd.grad(y, leaves, torch.ones_like(y), allow_unused=True)
@@ -376,8 +366,8 @@ class LSTM(nn.Module):
         self, path: str, x: Tensor, batch_sizes: list[int] | Tensor | None, h0: Tensor, c0: Tensor, record: list | None,
         packed: bool, steps: tuple[int, int],
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Every layer and direction on one path: x [N, I] rows -> ([N, D*P], h_n, c_n). batch_sizes: a tensor
-        for the vendor's packed input, a list for lstmkit's own layers, None for a full [T, B] batch."""
+        """Every layer and direction on one path: x [N, I] rows -> ([N, D*P], h_n, c_n). batch_sizes: of packed
+        input (a list, or for the vendor the PackedSequence's tensor as it is), None for a full [T, B] batch."""
         if path == "vendor":
             # The parameter dict before getattr (nn.Module.__getattr__ costs ~0.5 us a name, per call); getattr
             # for names that are no longer plain parameters (torch.nn.utils.parametrize, weight norm).
@@ -388,7 +378,7 @@ class LSTM(nn.Module):
                 h0, c0, flat_weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional
             )
             if packed:
-                return lstm_vendor.lstm_stack(x, batch_sizes, *vendor_args)
+                return lstm_vendor.lstm_stack(x, torch.as_tensor(batch_sizes), *vendor_args)
             T, B = steps
             y, h_n, c_n = lstm_vendor.lstm_stack(x.view(T, B, -1), None, *vendor_args)
             return y.reshape(T * B, y.shape[2]), h_n, c_n

@@ -350,6 +350,11 @@ def _device(train: cfg.TrainConfig) -> torch.device:
     return torch.device("cpu")
 
 
+def amp_context(train: cfg.TrainConfig, device: torch.device) -> torch.autocast:
+    """The autocast of a run's forward passes: bf16 with train.amp=bf16, else off."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=train.amp == "bf16")
+
+
 def to_device(batch: Any, device: torch.device) -> Any:
     """Tensors anywhere inside tuples, lists and dicts, moved to `device`."""
     if isinstance(batch, torch.Tensor):
@@ -413,7 +418,7 @@ def _train_and_evaluate(
         wrapped = nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     total_steps = steps_per_epoch * train.epochs
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=train.amp == "bf16")
+    autocast = amp_context(train, device)
     better = (lambda a, b: a < b) if task.metric_mode == "min" else (lambda a, b: a > b)
     status = "completed"
     start_time = time.monotonic()

@@ -8,7 +8,7 @@ import torch
 from lstmkit import config as cfg
 from lstmkit.ops import tune
 from lstmkit.tasks import get_task
-from lstmkit.train import _device, _seed_everything, to_device
+from lstmkit.train import _device, _seed_everything, amp_context, to_device
 
 
 def rehearse_training(config: cfg.RunConfig, batches: int = 3) -> dict[str, str]:
@@ -19,7 +19,7 @@ def rehearse_training(config: cfg.RunConfig, batches: int = 3) -> dict[str, str]
     task = get_task(config.task)(config)
     device = _device(train)
     model = task.build_model().to(device)
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=train.amp == "bf16")
+    autocast = amp_context(train, device)
     task.start_epoch(0, 0)
     items = task.train_plan(0)[:batches]
     for training in (True, False):

@@ -12,7 +12,8 @@ Why C and how it is built: the torch-ops loop pays ~10 Python-dispatched ops per
 layers costs more than the maths (config a of `benchmarks/bench_lstm.py`: 500 steps). The C file needs
 no torch or Python headers; it is compiled at first use with the system C compiler (`cc`, or $CC) into a
 cache directory ($LSTMKIT_CACHE, else ~/.cache/lstmkit) in about half a second, and loaded with ctypes.
-The GEMMs are MKL's, found in the libtorch_cpu that torch has loaded already (x86-64 wheels ship MKL).
+The per-step GEMMs are MKL's, found in the libtorch_cpu that torch has loaded already (x86-64 wheels ship MKL);
+the big GEMMs before and after the loop run in the library `gemm_choice` measured fastest on this machine.
 Without a compiler, without MKL, or with LSTMKIT_NO_C_KERNEL=1, `available()` is False and every call
 goes to the portable backend, so nothing else changes. So do gate traces and torch.func transforms; a
 backward with create_graph=True (double backward) re-runs the layer on the portable path to differentiate it.
@@ -24,7 +25,6 @@ shared home directory on mixed machines builds one library per kind of CPU.
 from __future__ import annotations
 
 import ctypes
-import functools
 import hashlib
 import os
 import platform
@@ -157,7 +157,7 @@ def load_seconds() -> float:
 
 def supports(x: Tensor, *weights: Tensor | None) -> bool:
     """Whether the C kernel can run a layer: float32 weights on the CPU, and float32 input (or bf16/fp16 input
-    under CPU autocast, which the kernel computes in float32 like the "op" backend)."""
+    under CPU autocast: the time loop then computes in float32, the big GEMMs as `gemm_choice` says)."""
     if not all(w is None or (w.device.type == "cpu" and w.dtype == torch.float32) for w in weights):
         return False
     if x.device.type != "cpu" or not (x.dtype == torch.float32 or (x.dtype in (torch.bfloat16, torch.float16)
@@ -307,17 +307,16 @@ def gemm_choice(autocast: bool) -> str:
     if len(candidates) == 1:
         return "mkl"
     key = f"gemm|{'autocast' if autocast else 'float32'}|threads{torch.get_num_threads()}"
+    operands: list[Tensor] = []  # made at the first rehearsal only: a cached choice allocates nothing
+
+    def rehearse(how: str) -> Tensor:
+        if not operands:
+            generator = torch.Generator().manual_seed(0)
+            operands.extend((torch.randn(6400, 256, generator=generator), torch.randn(1024, 256, generator=generator)))
+        return gemm_nt(*operands, how)
+
     with torch.autocast("cpu", enabled=False):
-        choice = tune.tuner().decide(key, candidates, "mkl", lambda how: gemm_nt(*_gemm_operands(), how))
-    _gemm_operands.cache_clear()  # 7.6 MB not kept for a process's life
-    return choice
-
-
-@functools.cache
-def _gemm_operands() -> tuple[Tensor, Tensor]:
-    """The GEMM `gemm_choice` times, made once, when a choice is measured (never for a cached one)."""
-    generator = torch.Generator().manual_seed(0)
-    return torch.randn(6400, 256, generator=generator), torch.randn(1024, 256, generator=generator)
+        return tune.tuner().decide(key, candidates, "mkl", rehearse)
 
 
 class _FusedLayer(torch.autograd.Function):
@@ -398,9 +397,8 @@ def lstm_layer(
     x, h0, c0 = (t.float().contiguous() for t in (x, h0, c0))
     with torch.autocast("cpu", enabled=False):
         y, h, c = _FusedLayer.apply(x, h0, c0, W, U, b, R, list(batch_sizes), reverse, None, gemm)
-    if autocast:  # what torch.nn.LSTM returns under autocast, whatever path computed it
-        low = torch.get_autocast_dtype("cpu") if hasattr(torch, "get_autocast_dtype") else (
-            torch.get_autocast_cpu_dtype())
+    low = lstm_torch.autocast_dtype("cpu")
+    if low is not None:  # what torch.nn.LSTM returns under autocast, whatever path computed it
         y, h, c = y.to(low), h.to(low), c.to(low)
     return y, h, c
 

@@ -16,6 +16,16 @@ import torch
 from torch import Tensor
 
 
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast computes in on this device type, or None when autocast is off: what an LSTM's outputs
+    are under autocast (as torch.nn.LSTM's), whichever path computed them."""
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    if hasattr(torch, "get_autocast_dtype"):
+        return torch.get_autocast_dtype(device_type)
+    return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
+
+
 def lstm_step(
     xw_t: Tensor, h: Tensor, c: Tensor, U: Tensor, R: Tensor | None
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
