@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from lstmkit import ops
-from lstmkit.ops import lstm_op, lstm_torch, lstm_vendor, tune
+from lstmkit.ops import lstm_op, lstm_torch, lstm_vendor
 
 GATE_ORDER = ("i", "f", "g", "o")  # PyTorch's order of the four row blocks of weight_ih / weight_hh / biases
 
@@ -344,7 +344,7 @@ class LSTM(nn.Module):
         like = self.weight_ih_l0
 
         def rehearse(path: str) -> None:
-            T = min(steps, tune.REHEARSAL_STEPS)
+            T = self.call_kind(batch, steps, packed, needs_grad).rehearsal_steps()
             sizes = batch_sizes[:T] if batch_sizes is not None else None
             rows = sum(sizes) if sizes is not None else T * batch
             generator = torch.Generator(device=like.device).manual_seed(0)

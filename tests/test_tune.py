@@ -240,3 +240,16 @@ def test_bf16_autocast_forward_and_gradients_against_float64(path):
         bound = forward if name in ("y", "h_n", "c_n") else backward
         error = relative_error(value, results[1][name])
         assert error <= bound, f"{path}: {name} relative error {error:.3e} > {bound:.3e}"
+
+
+def test_rehearsals_run_the_calls_own_length_up_to_a_cap_and_cut_large_layers():
+    small = CallKind(**{**CALL.__dict__, "steps": 500})  # config a: 32 x 500, 128 -> 64
+    assert small.rehearsal_steps() == 500 if tune.REHEARSAL_STEPS >= 500 else tune.REHEARSAL_STEPS
+    assert CallKind(**{**CALL.__dict__, "steps": 5000}).rehearsal_steps() == tune.REHEARSAL_STEPS
+    assert CallKind(**{**CALL.__dict__, "steps": 7}).rehearsal_steps() == 7
+    large = CallKind(**{**CALL.__dict__, "batch": 64, "input_size": 256, "hidden_size": 256, "layers": 2,
+                        "bidirectional": True, "steps": 1000})  # config f, longer
+    assert large.flops_per_step() == 3 * 2 * 2 * 64 * 4 * 256 * ((256 + 256) + (512 + 256))
+    assert tune.MIN_REHEARSAL_STEPS <= large.rehearsal_steps() < 1000
+    assert large.rehearsal_steps() * large.flops_per_step() <= max(
+        tune.REHEARSAL_FLOPS, tune.MIN_REHEARSAL_STEPS * large.flops_per_step())

@@ -43,10 +43,14 @@ from pathlib import Path
 import torch
 
 CACHE_FORMAT = 1
-# A rehearsal runs the call's own shape, up to this many steps: per-step costs change with T (oneDNN's train step
-# at B=32, H=64 costs 2.1x as much per step at T=256 as at T=128 on a Zen 5, its workspace leaving the cache),
-# so a much shorter rehearsal misjudges; the cap bounds the first call's cost on long sequences.
+# A rehearsal runs the call's own shape, up to REHEARSAL_STEPS steps: per-step costs change with T (oneDNN's train
+# step at B=32, H=64 costs 2.1x as much per step at T=256 as at T=128 on a Zen 5, its workspace leaving the cache),
+# so a much shorter rehearsal misjudges small layers. Large layers, whose steps are GEMM-bound and cost the same
+# at any T, are cut to REHEARSAL_FLOPS of matrix work (but never below MIN_REHEARSAL_STEPS): that keeps the first
+# call of config f (two bidirectional layers of 256, a train step) at 1.4 s instead of 2.1 (EPYC, Zen 5).
 REHEARSAL_STEPS = 512
+MIN_REHEARSAL_STEPS = 32
+REHEARSAL_FLOPS = 10e9
 REPEATS = 2  # timed runs per candidate after an untimed one; the fastest counts (noise only ever adds time)
 BUDGET_SECONDS = 1.5  # past this, no further repeat starts: the best so far is taken
 DROP_FACTOR = 2.0  # a candidate this much slower than the best after one run is not run again
@@ -80,6 +84,22 @@ class CallKind:
     packed: bool
     dropout: bool  # inter-layer dropout in training
     threads: int
+
+    def flops_per_step(self) -> float:
+        """Matrix FLOPs of one time step of the whole stack (forward; a train step 3x): 2 B 4H (I + P) per layer and
+        direction, plus 2 B H P for a projection."""
+        P, D = self.proj_size or self.hidden_size, 2 if self.bidirectional else 1
+        total = 0.0
+        for layer in range(self.layers):
+            width = self.input_size if layer == 0 else D * P
+            total += D * 2 * self.batch * (4 * self.hidden_size * (width + P) + (self.hidden_size * P
+                                                                                 if self.proj_size else 0))
+        return total * (3 if self.train else 1)
+
+    def rehearsal_steps(self) -> int:
+        """How many steps a rehearsal of this call runs (see REHEARSAL_STEPS)."""
+        affordable = int(REHEARSAL_FLOPS / max(self.flops_per_step(), 1.0))
+        return min(self.steps, REHEARSAL_STEPS, max(MIN_REHEARSAL_STEPS, affordable))
 
     @property
     def key(self) -> str:
