@@ -17,6 +17,13 @@ CALL = CallKind(device="cpu", dtype="float32", autocast="", train=True, batch=32
                 hidden_size=64, proj_size=0, layers=1, bidirectional=False, packed=False, dropout=False, threads=2)
 
 
+@pytest.fixture(autouse=True)
+def _measuring(monkeypatch):
+    """These tests are of the measuring itself: the suite may run with LSTMKIT_TUNE=0 or a path named."""
+    monkeypatch.delenv("LSTMKIT_TUNE", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+
 class FakeClock:
     """time.perf_counter for the tuner: each rehearsal of a path advances it by that path's cost."""
 
