@@ -208,7 +208,8 @@ def bench_config(cfg: BenchConfig, repeats: int, dtype: torch.dtype) -> list[dic
             })
         # What "auto" chose, and how it stands against the fastest single path of this run (nn.LSTM is the vendor
         # path; the loop cell and nn.LSTM -oneDNN are not paths of lstmkit's).
-        kind = ours.call_kind(cfg.B, cfg.T, False, mode == "train")
+        with autocast(dtype):  # the kind's key holds the autocast dtype
+            kind = ours.call_kind(cfg.B, cfg.T, False, mode == "train")
         chosen = tune.tuner().decisions().get(kind.key)
         singles = {n: medians[n] for n in ("nn.LSTM", "lstmkit/cpu", "lstmkit/torch", "lstmkit/op")}
         best = min(singles, key=singles.get)
