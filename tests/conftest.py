@@ -65,6 +65,17 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+def kernel_threads(batch: int) -> int:
+    """How many threads the C kernel splits a batch of `batch` full-length sequences between (1 without it)."""
+    from lstmkit.ops import lstm_cpu
+
+    return lstm_cpu._plan([batch])[2] if lstm_cpu.available() else 1
+
+
+needs_two_threads = pytest.mark.skipif(torch.get_num_threads() < 2, reason=(
+    f"torch has {torch.get_num_threads()} thread here: the C kernel's rows cannot split between threads"))
+
+
 def random_lstm_configs(count: int, seed: int, bidirectional: bool = True) -> list[dict]:
     """Random lstmkit.LSTM / torch.nn.LSTM constructor arguments plus a problem size: T, B and whether to pass an
     initial state (hx). Odd sizes, T=1 and B=1 are in the draw."""

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close, float32_tolerance, paths_pinned, random_lstm_configs
+from conftest import assert_close, float32_tolerance, kernel_threads, needs_two_threads, paths_pinned, random_lstm_configs
 from test_ops import GRAD_NAMES, SHAPES
 from torch.nn.utils.rnn import pack_padded_sequence
 
@@ -226,23 +226,28 @@ def test_nan_in_the_input_gives_nan_like_nn_lstm():
 
 
 @needs_kernel
+@needs_two_threads
 def test_repeated_calls_are_bit_identical_and_threads_agree():
     torch.manual_seed(4)
     model = lstmkit.LSTM(7, 19, num_layers=2, bidirectional=True, backend="cpu")
-    x = torch.randn(11, 37, 7, requires_grad=True)
+    x = torch.randn(11, 37, 7, requires_grad=True)  # [T, B, I]: 37 rows, split between every thread torch has
+    assert kernel_threads(37) == min(torch.get_num_threads(), 37 // lstm_cpu.MIN_ROWS_PER_THREAD) > 1
     first = model(x)[0]
     (grad,) = torch.autograd.grad(first.square().sum(), x)
-    for _ in range(3):
+    for call in range(3):
         again = model(x)[0]
-        assert torch.equal(again, first)
-        assert torch.equal(torch.autograd.grad(again.square().sum(), x)[0], grad)
+        again_grad = torch.autograd.grad(again.square().sum(), x)[0]
+        for name, a, b in (("output", again, first), ("input gradient", again_grad, grad)):
+            assert torch.equal(a, b), f"{name} of repeated call {call + 1} differs: max diff {(a - b).abs().max():.3e}"
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         single = model(x)[0]
+        (single_grad,) = torch.autograd.grad(single.square().sum(), x)
     finally:
         torch.set_num_threads(threads)
-    assert_close(single, first, "one thread vs all")
+    assert_close(single, first, f"output, one thread vs {threads}")
+    assert_close(single_grad, grad, f"input gradient, one thread vs {threads}")
 
 
 @needs_kernel
