@@ -41,6 +41,15 @@ def float32_tolerance(reduction: int, computations: int = 2) -> float:
     return max(TOLERANCE[torch.float32], computations * reduction * UNIT_ROUNDOFF[torch.float32])
 
 
+def bf16_tolerance(layers: int) -> float:
+    """Relative error (as `relative_error`) allowed under bf16 autocast against float64, derived from bf16's
+    precision: every GEMM rounds both operands to bf16's 8-bit significand (u = 2^-8 each), so each product
+    carries up to 2u, and the float32 sum of such products of random sign carries about 2u of its own size; a
+    layer chains two GEMMs (input and recurrent) and rounds its output to bf16 once more (u). Forward:
+    L (2 * 2u + u); a gradient repeats the chain backwards: twice that. A wrong gate or a missing term is ~1."""
+    return layers * 5 * UNIT_ROUNDOFF[torch.bfloat16]
+
+
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     actual, expected = actual.detach().double(), expected.detach().double()
     scale = expected.abs().max().item() if expected.numel() else 0.0
