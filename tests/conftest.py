@@ -105,6 +105,28 @@ def random_lstm_configs(count: int, seed: int, bidirectional: bool = True) -> li
 
 
 @contextlib.contextmanager
+def batches_drawn(task_class: type):
+    """The items of every training batch a task class makes while this is open (what a resumed run trains on:
+    a resume that started over from step 0 would end with the same weights, but draws every batch again)."""
+    drawn: list = []
+    own = "make_batch" in vars(task_class)
+    real = task_class.make_batch
+
+    def counting(self, item, rank, world):
+        drawn.append(item)
+        return real(self, item, rank, world)
+
+    task_class.make_batch = counting
+    try:
+        yield drawn
+    finally:
+        if own:
+            task_class.make_batch = real
+        else:
+            del task_class.make_batch
+
+
+@contextlib.contextmanager
 def paths_pinned(path: str):
     """backend="auto" runs `path` wherever that path can run the call (a tuner of its own with "*" pinned)."""
     with tempfile.TemporaryDirectory() as folder, tune.using(tune.Tuner(Path(folder) / "dispatch.json")) as tuner:

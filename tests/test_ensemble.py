@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import assert_close
+from conftest import assert_close, batches_drawn
 from fastapi.testclient import TestClient
 from test_classify import SMALL, write_reviews
 
@@ -205,8 +205,15 @@ def test_an_interrupted_ensemble_resumes_to_the_same_members_and_more_epochs_tra
     result = CliRunner().invoke(main, [*args, "--minutes", "0.0001"])  # stops inside member 1
     assert result.exit_code == 0 and "time budget spent" in result.output, result.output
     assert (run / "member-1" / "checkpoint.safetensors").is_file() and not (run / "member-2").exists()
-    result = CliRunner().invoke(main, ["train", "sentiment", "--out", str(run), "--resume", "--minutes", "100"])
+    stopped_at = checkpoint_position(run / "member-1")["step"]
+    with batches_drawn(SentimentTask) as drawn:
+        result = CliRunner().invoke(main, ["train", "sentiment", "--out", str(run), "--resume", "--minutes", "100"])
     assert result.exit_code == 0, result.output
+    # Member 1 goes on from its checkpoint, member 2 trains whole; a member started over would draw more batches.
+    steps = [checkpoint_position(ensemble_run / f"member-{k}")["step"] for k in (1, 2)]
+    expected = steps[0] - stopped_at + steps[1]
+    assert len(drawn) == expected, (f"the resume drew {len(drawn)} batches; {expected} remain (member 1 stopped at "
+                                    f"step {stopped_at} of {steps[0]}, member 2 has {steps[1]})")
     for k in (1, 2):
         resumed = open_run(run / f"member-{k}")[1].state_dict()
         straight = open_run(ensemble_run / f"member-{k}")[1].state_dict()
@@ -219,6 +226,12 @@ def test_an_interrupted_ensemble_resumes_to_the_same_members_and_more_epochs_tra
         assert max(epochs) == 5, epochs
     assert [m["epochs"] for m in json.loads((run / "ensemble.json").read_text())["members"]] == [5, 5]
     assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 5  # what a plain --resume keeps
+
+
+def checkpoint_position(run: Path) -> dict:
+    from lstmkit import runs
+
+    return runs.load_tensors(run / runs.CHECKPOINT_FILE)[1]["position"]
 
 
 def runs_metrics(run: Path) -> list[dict]:

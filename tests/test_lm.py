@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import batches_drawn
 
 from lstmkit import config as cfg
 from lstmkit import runs
@@ -115,8 +116,12 @@ def test_resume_mid_epoch_carries_the_state_exactly(tmp_path, monkeypatch):
     tensors, header = runs.load_tensors(tmp_path / "cut" / runs.CHECKPOINT_FILE)
     assert header["position"]["batch"] > 0 and "task.h" in tensors  # mid-epoch, with the carried state
     monkeypatch.setattr(LMTask, "make_batch", real)
-    train_and_evaluate(config_for_resume(tmp_path / "cut"), tmp_path / "cut", resume=True, quiet=True)
-    full, _ = runs.load_tensors(tmp_path / "full" / runs.CHECKPOINT_FILE)
+    with batches_drawn(LMTask) as drawn:
+        train_and_evaluate(config_for_resume(tmp_path / "cut"), tmp_path / "cut", resume=True, quiet=True)
+    full, full_header = runs.load_tensors(tmp_path / "full" / runs.CHECKPOINT_FILE)
+    total = full_header["position"]["step"]
+    # A run that started over from step 0 would end with the same weights, drawing every batch again.
+    assert len(drawn) == total - 13, f"the resumed run drew {len(drawn)} batches; {total - 13} remain after step 13"
     cut, _ = runs.load_tensors(tmp_path / "cut" / runs.CHECKPOINT_FILE)
     differing = [k for k in full if k.startswith("model.") and not torch.equal(full[k], cut[k])]
     assert not differing, differing

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import batches_drawn
 
 from lstmkit import config as cfg
 from lstmkit import runs
@@ -168,7 +169,10 @@ def test_resume_with_more_epochs_is_exact(tmp_path, optimizer):
     train_and_evaluate(tiny_config(*extra), tmp_path / "full", quiet=True)
     train_and_evaluate(tiny_config(*extra, "train.epochs=1"), tmp_path / "split", quiet=True)
     resumed = config_for_resume(tmp_path / "split", epochs=3)
-    result = train_and_evaluate(resumed, tmp_path / "split", resume=True, quiet=True)
+    with batches_drawn(AddingTask) as drawn:
+        result = train_and_evaluate(resumed, tmp_path / "split", resume=True, quiet=True)
+    # A run that started over from step 0 would end with the same weights: it would draw all 60 batches.
+    assert len(drawn) == 40, f"the resumed run drew {len(drawn)} batches; 40 remain after the checkpoint at step 20"
     assert result.step == 60 and [m["step"] for m in runs.read_metrics(tmp_path / "split")] == [20, 40, 60]
     assert_bit_identical(final_weights(tmp_path / "full"), final_weights(tmp_path / "split"))
 
@@ -364,24 +368,46 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path):
             "--set", "model.num_layers=2", "--set", "model.dropout=0.3"]
     reference = cli(*tiny_cli_args(tmp_path / "reference", *slow))
     assert reference.returncode == 0, reference.stderr
-    run = tmp_path / "killed"
+    run = tmp_path / "run"
+    delay = random.Random().uniform(0.0, 0.1)  # a new moment every run; every failure below names it, to replay
+    replay = f"(SIGKILL {delay:.4f} s after the first periodic checkpoint)"
     process = subprocess.Popen([sys.executable, "-m", "lstmkit", *tiny_cli_args(run, *slow)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while checkpoint_step(run) < 7 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.01)  # past the first periodic checkpoint: the kill lands mid-epoch, mid-run
-    time.sleep(random.Random().uniform(0.0, 0.1))
+    time.sleep(delay)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert process.returncode == -signal.SIGKILL, f"the run finished before it could be killed {replay}"
     _, header = runs.load_tensors(run / runs.CHECKPOINT_FILE)
-    assert header["position"]["step"] < 80, "killed after the end"
-    # A job script after a crash: the very command that started the run, plus --resume.
-    resumed = cli(*tiny_cli_args(run, *slow, "--resume"))
-    assert resumed.returncode == 0, resumed.stderr
-    assert_bit_identical(final_weights(run), final_weights(tmp_path / "reference"))
+    killed_at = header["position"]["step"]
+    assert killed_at < 80, f"killed after the end {replay}"
+    # A job script after a crash: the very command that started the run, plus --resume; it counts the batches
+    # it trains on (a resume that started over from step 0 would end bit-identical too, drawing all 80).
+    counter = tmp_path / "batches_drawn"
+    resumed = run_counting_batches(counter, tiny_cli_args(run, *slow, "--resume"))
+    assert resumed.returncode == 0, f"{replay}: {resumed.stderr}"
+    drawn = int(counter.read_text())
+    assert drawn == 80 - killed_at, f"the resumed run drew {drawn} batches after the checkpoint at step {killed_at} " \
+                                    f"of 80 {replay}"
+    weights, expected = final_weights(run), final_weights(tmp_path / "reference")
+    differing = [k for k in expected if not torch.equal(weights[k], expected[k])]
+    assert not differing, f"not bit-identical after a resume from step {killed_at}: {differing[:5]} {replay}"
     kept = [m["mse"] for m in runs.read_metrics(run)]
-    assert kept == [m["mse"] for m in runs.read_metrics(tmp_path / "reference")]  # no duplicated lines either
+    assert kept == [m["mse"] for m in runs.read_metrics(tmp_path / "reference")], f"metrics differ {replay}"
+
+
+def run_counting_batches(counter: Path, args: list[str]) -> subprocess.CompletedProcess:
+    """`python -m lstmkit ARGS` that writes to `counter` how many training batches the adding task made."""
+    code = ("import atexit, sys\n"
+            "from lstmkit.cli import main\n"
+            "from lstmkit.tasks.adding import AddingTask\n"
+            "real, drawn = AddingTask.make_batch, []\n"
+            "AddingTask.make_batch = lambda self, *args: drawn.append(1) or real(self, *args)\n"
+            f"atexit.register(lambda: open({str(counter)!r}, 'w').write(str(len(drawn))))\n"
+            "main(sys.argv[1:], prog_name='lstmkit')\n")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
 
 
 def checkpoint_step(run: Path) -> int:
