@@ -13,7 +13,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close, float32_tolerance, kernel_threads, needs_two_threads, paths_pinned, random_lstm_configs
+from conftest import (
+    assert_close,
+    float32_tolerance,
+    kernel_threads,
+    needs_two_threads,
+    paths_pinned,
+    random_lstm_configs,
+)
 from test_ops import GRAD_NAMES, SHAPES
 from torch.nn.utils.rnn import pack_padded_sequence
 
