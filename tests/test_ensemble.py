@@ -18,6 +18,7 @@ from lstmkit import config as cfg
 from lstmkit.cli import main
 from lstmkit.ensemble import EnsembleClassifier
 from lstmkit.errors import ConfigError, RunDirError
+from lstmkit.metrics import classification_metrics
 from lstmkit.models import SequenceClassifier
 from lstmkit.tasks import default_config, open_run
 from lstmkit.tasks.classify import class_probabilities
@@ -82,6 +83,12 @@ def test_evaluate_and_predict_an_ensemble_run(ensemble_run):
     assert result.exit_code == 0, result.output
     scores = json.loads(result.output)
     assert scores["accuracy"] == pytest.approx(float((mean.argmax(1) == np.asarray(labels)).mean()))
+    # Accuracy alone cannot tell the mean from one member on easy examples: the loss and ROC-AUC of the mean can.
+    expected = classification_metrics(np.asarray(labels), mean, task.label_names)
+    alone = [classification_metrics(np.asarray(labels), p, task.label_names) for p in member_probs]
+    for key in ("loss", "roc_auc"):
+        assert scores[key] == pytest.approx(expected[key], rel=1e-6), (key, scores[key], expected[key])
+    assert all(scores["loss"] != pytest.approx(m["loss"], rel=1e-6) for m in alone), "a member's own loss"
     record = json.loads((ensemble_run / "ensemble.json").read_text())
     assert record["valid"]["accuracy"] == pytest.approx(scores["accuracy"])
     result = runner.invoke(main, ["predict", str(ensemble_run), "A wonderful, moving and brilliant film.",
