@@ -47,11 +47,19 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone gives 0600
 
 
+def _reason(error: OSError) -> str:
+    """What an OSError of a write means to the user, in a few words."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full"
+    return error.strerror or str(error)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace `path` with `data` all at once; on failure the old file is untouched and the error says so."""
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp_name = None
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -59,12 +67,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except OSError as error:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
-        kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
-        raise RunDirError(f"could not write {path}: {reason}; {kept}. Free some space, then rerun with --resume") \
-            from None
+        if tmp_name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+        kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
+        raise RunDirError(f"could not write {path}: {_reason(error)}; {kept}. Free some space, then rerun with "
+                          "--resume") from None
     _fsync_dir(path.parent)
 
 
@@ -196,19 +204,28 @@ def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], s
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> int:
     """Append one line to metrics.jsonl, flushed to disk; returns the file's new size in bytes."""
     path = Path(run_dir) / METRICS_FILE
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-        return handle.tell()
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+            return handle.tell()
+    except OSError as error:
+        # A part of the line may be on disk: a resume truncates the file to its checkpoint's size, dropping it.
+        raise RunDirError(f"could not append to {path}: {_reason(error)}; the last checkpoint is intact. Free some "
+                          "space, then rerun with --resume") from None
 
 
 def truncate_metrics(run_dir: Path, size: int) -> None:
     """Drop lines written after the checkpoint being resumed (they will be written again)."""
     path = Path(run_dir) / METRICS_FILE
-    if path.exists() and path.stat().st_size > size:
-        with open(path, "r+b") as handle:
-            handle.truncate(size)
+    try:
+        if path.exists() and path.stat().st_size > size:
+            with open(path, "r+b") as handle:
+                handle.truncate(size)
+    except OSError as error:
+        raise RunDirError(f"could not cut {path} back to its checkpoint's {size} bytes: {_reason(error)}; nothing "
+                          "was trained. Move it away (it is rewritten from the checkpoint on), then rerun") from None
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

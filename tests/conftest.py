@@ -41,6 +41,15 @@ def float32_tolerance(reduction: int, computations: int = 2) -> float:
     return max(TOLERANCE[torch.float32], computations * reduction * UNIT_ROUNDOFF[torch.float32])
 
 
+def bf16_tolerance(layers: int) -> float:
+    """Relative error (as `relative_error`) allowed under bf16 autocast against float64, derived from bf16's
+    precision: every GEMM rounds both operands to bf16's 8-bit significand (u = 2^-8 each), so each product
+    carries up to 2u, and the float32 sum of such products of random sign carries about 2u of its own size; a
+    layer chains two GEMMs (input and recurrent) and rounds its output to bf16 once more (u). Forward:
+    L (2 * 2u + u); a gradient repeats the chain backwards: twice that. A wrong gate or a missing term is ~1."""
+    return layers * 5 * UNIT_ROUNDOFF[torch.bfloat16]
+
+
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     actual, expected = actual.detach().double(), expected.detach().double()
     scale = expected.abs().max().item() if expected.numel() else 0.0
@@ -65,6 +74,17 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+def kernel_threads(batch: int) -> int:
+    """How many threads the C kernel splits a batch of `batch` full-length sequences between (1 without it)."""
+    from lstmkit.ops import lstm_cpu
+
+    return lstm_cpu._plan([batch])[2] if lstm_cpu.available() else 1
+
+
+needs_two_threads = pytest.mark.skipif(torch.get_num_threads() < 2, reason=(
+    f"torch has {torch.get_num_threads()} thread here: the C kernel's rows cannot split between threads"))
+
+
 def random_lstm_configs(count: int, seed: int, bidirectional: bool = True) -> list[dict]:
     """Random lstmkit.LSTM / torch.nn.LSTM constructor arguments plus a problem size: T, B and whether to pass an
     initial state (hx). Odd sizes, T=1 and B=1 are in the draw."""
@@ -82,6 +102,28 @@ def random_lstm_configs(count: int, seed: int, bidirectional: bool = True) -> li
             "T": rng.choice([1, 2, 7, 9]), "B": rng.choice([1, 3, 5]), "hx": rng.random() < 0.5,
         })
     return configs
+
+
+@contextlib.contextmanager
+def batches_drawn(task_class: type):
+    """The items of every training batch a task class makes while this is open (what a resumed run trains on:
+    a resume that started over from step 0 would end with the same weights, but draws every batch again)."""
+    drawn: list = []
+    own = "make_batch" in vars(task_class)
+    real = task_class.make_batch
+
+    def counting(self, item, rank, world):
+        drawn.append(item)
+        return real(self, item, rank, world)
+
+    task_class.make_batch = counting
+    try:
+        yield drawn
+    finally:
+        if own:
+            task_class.make_batch = real
+        else:
+            del task_class.make_batch
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import assert_close
+from conftest import assert_close, batches_drawn
 from fastapi.testclient import TestClient
 from test_classify import SMALL, write_reviews
 
@@ -18,6 +18,7 @@ from lstmkit import config as cfg
 from lstmkit.cli import main
 from lstmkit.ensemble import EnsembleClassifier
 from lstmkit.errors import ConfigError, RunDirError
+from lstmkit.metrics import classification_metrics
 from lstmkit.models import SequenceClassifier
 from lstmkit.tasks import default_config, open_run
 from lstmkit.tasks.classify import class_probabilities
@@ -82,6 +83,12 @@ def test_evaluate_and_predict_an_ensemble_run(ensemble_run):
     assert result.exit_code == 0, result.output
     scores = json.loads(result.output)
     assert scores["accuracy"] == pytest.approx(float((mean.argmax(1) == np.asarray(labels)).mean()))
+    # Accuracy alone cannot tell the mean from one member on easy examples: the loss and ROC-AUC of the mean can.
+    expected = classification_metrics(np.asarray(labels), mean, task.label_names)
+    alone = [classification_metrics(np.asarray(labels), p, task.label_names) for p in member_probs]
+    for key in ("loss", "roc_auc"):
+        assert scores[key] == pytest.approx(expected[key], rel=1e-6), (key, scores[key], expected[key])
+    assert all(scores["loss"] != pytest.approx(m["loss"], rel=1e-6) for m in alone), "a member's own loss"
     record = json.loads((ensemble_run / "ensemble.json").read_text())
     assert record["valid"]["accuracy"] == pytest.approx(scores["accuracy"])
     result = runner.invoke(main, ["predict", str(ensemble_run), "A wonderful, moving and brilliant film.",
@@ -205,8 +212,15 @@ def test_an_interrupted_ensemble_resumes_to_the_same_members_and_more_epochs_tra
     result = CliRunner().invoke(main, [*args, "--minutes", "0.0001"])  # stops inside member 1
     assert result.exit_code == 0 and "time budget spent" in result.output, result.output
     assert (run / "member-1" / "checkpoint.safetensors").is_file() and not (run / "member-2").exists()
-    result = CliRunner().invoke(main, ["train", "sentiment", "--out", str(run), "--resume", "--minutes", "100"])
+    stopped_at = checkpoint_position(run / "member-1")["step"]
+    with batches_drawn(SentimentTask) as drawn:
+        result = CliRunner().invoke(main, ["train", "sentiment", "--out", str(run), "--resume", "--minutes", "100"])
     assert result.exit_code == 0, result.output
+    # Member 1 goes on from its checkpoint, member 2 trains whole; a member started over would draw more batches.
+    steps = [checkpoint_position(ensemble_run / f"member-{k}")["step"] for k in (1, 2)]
+    expected = steps[0] - stopped_at + steps[1]
+    assert len(drawn) == expected, (f"the resume drew {len(drawn)} batches; {expected} remain (member 1 stopped at "
+                                    f"step {stopped_at} of {steps[0]}, member 2 has {steps[1]})")
     for k in (1, 2):
         resumed = open_run(run / f"member-{k}")[1].state_dict()
         straight = open_run(ensemble_run / f"member-{k}")[1].state_dict()
@@ -219,6 +233,12 @@ def test_an_interrupted_ensemble_resumes_to_the_same_members_and_more_epochs_tra
         assert max(epochs) == 5, epochs
     assert [m["epochs"] for m in json.loads((run / "ensemble.json").read_text())["members"]] == [5, 5]
     assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 5  # what a plain --resume keeps
+
+
+def checkpoint_position(run: Path) -> dict:
+    from lstmkit import runs
+
+    return runs.load_tensors(run / runs.CHECKPOINT_FILE)[1]["position"]
 
 
 def runs_metrics(run: Path) -> list[dict]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import batches_drawn
 
 from lstmkit import config as cfg
 from lstmkit import runs
@@ -69,6 +70,27 @@ def test_generation_is_seeded_and_checked(char_run):
         generate(model, task.vocab, "Zé the", 5)
 
 
+def test_top_k_and_top_p_keep_exactly_the_tokens_they_name():
+    from lstmkit.sample import pick_next
+
+    # Probabilities 0.5, 0.25, 0.125, 0.0625, 0.0625 over ids 3, 0, 4, 1, 2 (logits are their logs).
+    probs = torch.tensor([0.25, 0.0625, 0.0625, 0.5, 0.125])
+    logits = probs.log()
+
+    def drawn(**kwargs) -> set[int]:
+        generator = torch.Generator().manual_seed(0)
+        return {pick_next(logits, 1.0, generator=generator, greedy=False, **{"top_k": None, "top_p": None,
+                                                                             **kwargs}) for _ in range(400)}
+
+    assert drawn(top_k=1) == {3} and drawn(top_k=2) == {3, 0} and drawn(top_k=3) == {3, 0, 4}
+    assert drawn(top_p=0.5) == {3}  # 0.5 alone reaches 0.5
+    assert drawn(top_p=0.6) == {3, 0}  # 0.5 falls short of 0.6; with 0.25 it reaches it
+    assert drawn(top_p=0.8) == {3, 0, 4}
+    assert drawn(top_k=2, top_p=0.9) == {3, 0}  # top-k first, then the nucleus of what is left
+    assert drawn() == {0, 1, 2, 3, 4}
+    assert pick_next(logits, 1.0, None, None, True, torch.Generator()) == 3  # greedy
+
+
 def test_generate_and_evaluate_commands(char_run, tmp_path):
     runner = CliRunner()
     result = runner.invoke(main, ["generate", str(char_run), "--prompt", "the cat ", "--length", "10", "--greedy"])
@@ -115,8 +137,12 @@ def test_resume_mid_epoch_carries_the_state_exactly(tmp_path, monkeypatch):
     tensors, header = runs.load_tensors(tmp_path / "cut" / runs.CHECKPOINT_FILE)
     assert header["position"]["batch"] > 0 and "task.h" in tensors  # mid-epoch, with the carried state
     monkeypatch.setattr(LMTask, "make_batch", real)
-    train_and_evaluate(config_for_resume(tmp_path / "cut"), tmp_path / "cut", resume=True, quiet=True)
-    full, _ = runs.load_tensors(tmp_path / "full" / runs.CHECKPOINT_FILE)
+    with batches_drawn(LMTask) as drawn:
+        train_and_evaluate(config_for_resume(tmp_path / "cut"), tmp_path / "cut", resume=True, quiet=True)
+    full, full_header = runs.load_tensors(tmp_path / "full" / runs.CHECKPOINT_FILE)
+    total = full_header["position"]["step"]
+    # A run that started over from step 0 would end with the same weights, drawing every batch again.
+    assert len(drawn) == total - 13, f"the resumed run drew {len(drawn)} batches; {total - 13} remain after step 13"
     cut, _ = runs.load_tensors(tmp_path / "cut" / runs.CHECKPOINT_FILE)
     differing = [k for k in full if k.startswith("model.") and not torch.equal(full[k], cut[k])]
     assert not differing, differing

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import warnings
 from dataclasses import dataclass
 
 import pytest
 import torch
-from conftest import assert_close
+from conftest import assert_close, bf16_tolerance, paths_pinned
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import lstmkit
+from lstmkit.ops import lstm_cpu
 
 
 @dataclass(frozen=True)
@@ -104,18 +106,33 @@ def config_id(cfg: Config) -> str:
     return "-".join(parts)
 
 
-# "torch" is lstmkit's own computation; "auto" mostly runs torch's fused kernel, and this checks its plumbing
-# (state layout, packing, batch order) in lstmkit.LSTM.
+# "torch" is lstmkit's own computation; "auto" runs torch's fused kernel or the C kernel, and this checks its
+# plumbing (state layout, packing, batch order) in lstmkit.LSTM.
 BACKENDS = ["torch", "auto"]
+# The oracle of each path: "torch" against torch.nn.LSTM; what "auto" runs, with the path pinned, against "torch"
+# (not against nn.LSTM, whose op is the very one the "vendor" path calls: torch compared with torch).
+PATHS = ["torch", "auto:vendor", "auto:cpu"]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+def pinned(path: str):
+    """A context running backend="auto" on `path` ("auto:vendor", "auto:cpu"), or nothing for a plain backend."""
+    return paths_pinned(path.split(":")[1]) if path.startswith("auto:") else contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("cfg", CONFIGS, ids=config_id)
-def test_matches_torch_nn_lstm(cfg: Config, backend: str):
-    ours, theirs = build_pair(cfg, backend=backend)
+def test_matches_torch_nn_lstm(cfg: Config, path: str):
+    if path == "auto:cpu" and not lstm_cpu.available():
+        pytest.skip(f"the C kernel is not built here ({lstm_cpu.unavailable_reason()})")
+    ours, theirs = build_pair(cfg, backend=path.split(":")[0])
+    oracle = theirs if path == "torch" else lstmkit.LSTM.from_torch(theirs, backend="torch")
     inputs = make_inputs(cfg)
-    out_a, h_a, c_a, grads_a = run_and_backprop(ours, cfg, *inputs)
-    out_b, h_b, c_b, grads_b = run_and_backprop(theirs, cfg, *inputs)
+    with pinned(path) as tuner:
+        out_a, h_a, c_a, grads_a = run_and_backprop(ours, cfg, *inputs)
+    if tuner is not None:
+        ran = {v for k, v in tuner.decisions().items() if not k.startswith("gemm|")}
+        assert ran == {path.split(":")[1]}, f"{path} pinned, but auto ran {ran}"
+    out_b, h_b, c_b, grads_b = run_and_backprop(oracle, cfg, *inputs)
     if cfg.packed:
         assert isinstance(out_a, PackedSequence)
         assert torch.equal(out_a.batch_sizes, out_b.batch_sizes)
@@ -123,12 +140,12 @@ def test_matches_torch_nn_lstm(cfg: Config, backend: str):
             a, b = getattr(out_a, field), getattr(out_b, field)
             assert (a is None and b is None) or torch.equal(a, b), field
         out_a, out_b = out_a.data, out_b.data
-    assert_close(out_a, out_b, "output")
-    assert_close(h_a, h_b, "h_n")
-    assert_close(c_a, c_b, "c_n")
+    assert_close(out_a, out_b, f"{path}: output")
+    assert_close(h_a, h_b, f"{path}: h_n")
+    assert_close(c_a, c_b, f"{path}: c_n")
     assert set(grads_a) == set(grads_b)
     for name in grads_a:
-        assert_close(grads_a[name], grads_b[name], f"grad of {name}")
+        assert_close(grads_a[name], grads_b[name], f"{path}: grad of {name}")
 
 
 @pytest.mark.parametrize("cfg", CONFIGS[:8], ids=config_id)
@@ -393,21 +410,30 @@ def test_lstm_cell_bad_input():
         cell(torch.randn(2, 3, dtype=torch.float64))
 
 
-def test_autocast_input_like_torch_nn_lstm():
-    """Under bf16 autocast an fp32 LSTM takes bf16 input, as torch.nn.LSTM does (e.g. after a Linear)."""
+@pytest.mark.parametrize("path", PATHS)
+def test_autocast_input_like_torch_nn_lstm(path: str):
+    """Under bf16 autocast an fp32 LSTM takes bf16 input, as torch.nn.LSTM does (e.g. after a Linear). Each path
+    against the float64 portable backend on the same bf16 input, within a bound derived from bf16's precision."""
+    if path == "auto:cpu" and not lstm_cpu.available():
+        pytest.skip(f"the C kernel is not built here ({lstm_cpu.unavailable_reason()})")
     torch.manual_seed(4)
     linear = nn.Linear(8, 16)
     x = torch.randn(20, 4, 8)
-    for backend in BACKENDS:
-        ours = lstmkit.LSTM(16, 32, 2, backend=backend)
-        theirs = ours.to_torch()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out_a, (h_a, _) = ours(linear(x))
-            out_b, (h_b, _) = theirs(linear(x))
-        assert_close(out_a.float(), out_b.float(), f"output under autocast ({backend})", dtype=torch.bfloat16)
-        assert_close(h_a.float(), h_b.float(), f"h_n under autocast ({backend})", dtype=torch.bfloat16)
+    ours = lstmkit.LSTM(16, 32, 2, backend=path.split(":")[0])
+    oracle = lstmkit.LSTM.from_torch(ours.to_torch().double(), backend="torch")
+    with pinned(path) as tuner, torch.autocast("cpu", dtype=torch.bfloat16):
+        inputs = linear(x)
+        out_a, (h_a, _) = ours(inputs)
+    if tuner is not None:
+        ran = {v for k, v in tuner.decisions().items() if not k.startswith("gemm|")}
+        assert ran == {path.split(":")[1]}, f"{path} pinned, but auto ran {ran}"
+    assert inputs.dtype == out_a.dtype == h_a.dtype == torch.bfloat16, (inputs.dtype, out_a.dtype, h_a.dtype)
+    out_b, (h_b, _) = oracle(inputs.double())
+    tolerance = bf16_tolerance(layers=2)
+    assert_close(out_a, out_b, f"output under autocast ({path}) vs float64", tolerance=tolerance)
+    assert_close(h_a, h_b, f"h_n under autocast ({path}) vs float64", tolerance=tolerance)
     with pytest.raises(TypeError, match="dtype torch.bfloat16 but the LSTM's parameters are"):
-        lstmkit.LSTM(16, 32)(torch.randn(3, 2, 16, dtype=torch.bfloat16))  # outside autocast: still an error
+        ours(torch.randn(3, 2, 16, dtype=torch.bfloat16))  # outside autocast: still an error
 
 
 def test_module_api_surface():

@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close, random_lstm_configs
+from conftest import assert_close, kernel_threads, needs_two_threads, random_lstm_configs
 from test_ops import GRAD_NAMES, SHAPES
 
 import lstmkit
+from lstmkit.ops import lstm_cpu
 from lstmkit.ops.lstm_op import lstm_layer
 from lstmkit.reference import lstm_backward, lstm_forward, random_lstm_problem
 
@@ -90,14 +91,20 @@ def test_compile_fullgraph_and_export_with_a_dynamic_length(backend):
     assert_close(exported.module()(longer)[0], model(longer)[0], "exported, another T")
 
 
+@needs_two_threads
 def test_repeated_calls_are_bit_identical():
     model = lstmkit.LSTM(5, 9, 2, proj_size=4, backend="op")
-    x = torch.randn(7, 2, 5, requires_grad=True)
+    B = 17  # rows the C loops split between threads (at 2 rows they run on one)
+    if not lstm_cpu.available():
+        pytest.skip(f"the op's time loops are the C kernel's, not built here ({lstm_cpu.unavailable_reason()})")
+    assert kernel_threads(B) > 1, f"B={B} runs on one thread of the C kernel: the test would not test threads"
+    x = torch.randn(7, B, 5, requires_grad=True)
     first = model(x)[0]
     (first_grad,) = torch.autograd.grad(first.sum(), x)
     second = model(x)[0]
     (second_grad,) = torch.autograd.grad(second.sum(), x)
-    assert torch.equal(first, second) and torch.equal(first_grad, second_grad)
+    for name, a, b in (("output", first, second), ("input gradient", first_grad, second_grad)):
+        assert torch.equal(a, b), f"{name} of a repeated call differs (B={B}): max diff {(a - b).abs().max():.3e}"
 
 
 def test_packed_input_and_traces_take_the_portable_path():

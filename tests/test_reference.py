@@ -18,7 +18,8 @@ for _ in range(6):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}-B{}-I{}-H{}-P{}".format(*s))
 def test_bptt_matches_finite_differences(shape):
     T, B, I, H, P = shape
-    inputs, upstream = random_lstm_problem(np.random.default_rng(hash(shape) % 2**32), T, B, I, H, P)
+    # Seeded from the integers (hash() of a tuple holding None changes between processes): the same problem every run.
+    inputs, upstream = random_lstm_problem(np.random.default_rng([T, B, I, H, P or 0]), T, B, I, H, P)
     errors = check_bptt(inputs, upstream)
     expected_keys = {"dx", "dW", "dU", "db", "dh0", "dc0"} | ({"dR"} if P is not None else set())
     assert set(errors) == expected_keys
@@ -27,15 +28,21 @@ def test_bptt_matches_finite_differences(shape):
 
 
 def test_forward_by_hand_one_unit():
-    # H = 1, I = 1, one step. With W = U = 0 the gates are sigma(b): pick b so each is known exactly.
-    b = np.array([0.0, np.log(3.0), 0.5, 0.0])  # i = 0.5, f = sigma(ln 3) = 0.75, g = tanh(0.5), o = 0.5
-    x, W, U = np.ones((1, 1, 1)), np.zeros((4, 1)), np.zeros((4, 1))
-    h0, c0 = np.array([[0.3]]), np.array([[2.0]])
+    # H = 1, I = 1, one step, every gate a different value, so a swap of any two gates (or of W and U) shows.
+    # Pre-activations a = W x + U h0 + b, with b chosen so that each gate is a known number:
+    # i = sigma(ln 1/3) = 0.25, f = sigma(ln 3) = 0.75, g = tanh(0.5), o = sigma(ln 4) = 0.8.
+    x, h0, c0 = np.full((1, 1, 1), 2.0), np.array([[0.3]]), np.array([[2.0]])
+    W, U = np.array([[0.5], [-0.25], [1.0], [0.2]]), np.array([[1.0], [2.0], [-1.0], [0.5]])
+    a = np.array([np.log(1 / 3), np.log(3.0), 0.5, np.log(4.0)])
+    b = a - W[:, 0] * 2.0 - U[:, 0] * 0.3
     y, hT, cT, cache = lstm_forward(x, W, U, b, h0, c0)
-    c_expected = 0.75 * 2.0 + 0.5 * np.tanh(0.5)  # 6.55
-    assert np.isclose(cache.f[0, 0, 0], 0.75) and np.isclose(cache.i[0, 0, 0], 0.5)
-    assert np.isclose(cT[0, 0], c_expected)
-    assert np.isclose(hT[0, 0], 0.5 * np.tanh(c_expected))  # 6.56
+    gates = {name: getattr(cache, name)[0, 0, 0] for name in "ifgo"}
+    expected = {"i": 0.25, "f": 0.75, "g": np.tanh(0.5), "o": 0.8}
+    for name, value in expected.items():
+        assert np.isclose(gates[name], value, rtol=1e-12), f"gate {name}: {gates[name]} != {value} (all: {gates})"
+    c_expected = 0.75 * 2.0 + 0.25 * np.tanh(0.5)  # 6.55
+    assert np.isclose(cT[0, 0], c_expected, rtol=1e-12), f"c_T {cT[0, 0]} != {c_expected}"
+    assert np.isclose(hT[0, 0], 0.8 * np.tanh(c_expected), rtol=1e-12), f"h_T {hT[0, 0]}"  # 6.56
     assert np.array_equal(y[0], hT)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import batches_drawn
 
 from lstmkit import config as cfg
 from lstmkit import runs
@@ -168,7 +169,10 @@ def test_resume_with_more_epochs_is_exact(tmp_path, optimizer):
     train_and_evaluate(tiny_config(*extra), tmp_path / "full", quiet=True)
     train_and_evaluate(tiny_config(*extra, "train.epochs=1"), tmp_path / "split", quiet=True)
     resumed = config_for_resume(tmp_path / "split", epochs=3)
-    result = train_and_evaluate(resumed, tmp_path / "split", resume=True, quiet=True)
+    with batches_drawn(AddingTask) as drawn:
+        result = train_and_evaluate(resumed, tmp_path / "split", resume=True, quiet=True)
+    # A run that started over from step 0 would end with the same weights: it would draw all 60 batches.
+    assert len(drawn) == 40, f"the resumed run drew {len(drawn)} batches; 40 remain after the checkpoint at step 20"
     assert result.step == 60 and [m["step"] for m in runs.read_metrics(tmp_path / "split")] == [20, 40, 60]
     assert_bit_identical(final_weights(tmp_path / "full"), final_weights(tmp_path / "split"))
 
@@ -227,20 +231,73 @@ def test_weights_of_another_shape_are_named(tmp_path):
         runs.load_weights(task.build_model(), tmp_path / "run" / runs.MODEL_FILE)
 
 
-def test_full_disk_while_saving_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+def cli_with_file_size_limit(limit: int, *args: str) -> subprocess.CompletedProcess:
+    """`lstmkit ARGS` in a process whose files cannot grow past `limit` bytes (RLIMIT_FSIZE: a write past it fails
+    with EFBIG, as one fails on a full disk). The C kernel is built first, and LSTMKIT_TUNE=0 writes no dispatch
+    cache, so the run's own files are the only ones written."""
+    pytest.importorskip("resource", reason="RLIMIT_FSIZE is POSIX")
+    code = ("import resource, sys\n"
+            "from lstmkit.ops import lstm_cpu\n"
+            "lstm_cpu.available()\n"
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+            "from lstmkit.cli import main\n"
+            "main(sys.argv[1:], prog_name='lstmkit')\n")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "LSTMKIT_TUNE": "0"})
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, message: str) -> None:
+    assert result.returncode == 1 and message in result.stderr, (message, result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_write_that_fails_while_saving_keeps_the_last_good_checkpoint(tmp_path):
     run = tmp_path / "run"
-    train_and_evaluate(tiny_config("train.epochs=1"), run, quiet=True)
+    assert cli(*tiny_cli_args(run, "--epochs", "1")).returncode == 0
     good = (run / runs.CHECKPOINT_FILE).read_bytes()
-    real_fsync = os.fsync
-
-    def full_disk(fd):
-        raise OSError(28, "No space left on device")  # errno.ENOSPC
-
-    monkeypatch.setattr(runs.os, "fsync", full_disk)
-    with pytest.raises(RunDirError, match="could not write .*: the disk is full; the previous .* is intact"):
-        train_and_evaluate(config_for_resume(run, epochs=2), run, resume=True, quiet=True)
-    monkeypatch.setattr(runs.os, "fsync", real_fsync)
+    assert len(good) > 8000  # the first file the resumed run writes is its checkpoint at step 21: it cannot fit
+    result = cli_with_file_size_limit(8000, *tiny_cli_args(run, "--epochs", "2", "--resume"))
+    assert_one_line_error(result, f"could not write {run / runs.CHECKPOINT_FILE}: File too large; the previous "
+                                  f"{runs.CHECKPOINT_FILE} is intact")
     assert (run / runs.CHECKPOINT_FILE).read_bytes() == good
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")], "temporary files were left behind"
+    again = cli(*tiny_cli_args(run, "--epochs", "2", "--resume"))  # room again: the same command goes on
+    assert again.returncode == 0, again.stderr
+    assert [m["step"] for m in runs.read_metrics(run)] == [20, 40]
+
+
+@pytest.mark.parametrize("name", ["config.json", "vocab.json", "checkpoint.safetensors", "model.safetensors",
+                                  "metrics.jsonl", "metrics.jsonl on a full disk"])
+def test_every_file_the_engine_writes_reports_a_failed_write_in_one_line(tmp_path, name):
+    """Real failing writes, no fakes: a file-size limit (EFBIG) for the first files of a run, the path taken by a
+    directory (EISDIR) for later ones, /dev/full (ENOSPC) for the appended metrics."""
+    run = tmp_path / "run"
+    file = name.split()[0]
+    args = tiny_cli_args(run, "--epochs", "1")
+    if file == "vocab.json":  # a task with an artifact: the language model's vocabulary
+        text = tmp_path / "verse.txt"
+        text.write_text("the cat sat on the mat.\n" * 40)
+        args = ["train", "lm", "--out", str(run), "--quiet", "--data", str(text), "--epochs", "1",
+                *[a for s in ["data.bptt=8", "model.embedding_dim=8", "model.hidden_size=8", "train.batch_size=4"]
+                  for a in ("--set", s)]]
+    if file in ("config.json", "checkpoint.safetensors"):
+        # config.json (700 B) is the first file a run writes, its step-0 checkpoint (25 kB) the first big one.
+        result = cli_with_file_size_limit(256 if file == "config.json" else 8000, *args)
+        reason = "File too large"
+    else:
+        run.mkdir()
+        if name == "metrics.jsonl on a full disk":
+            if not Path("/dev/full").exists():
+                pytest.skip("no /dev/full on this system")
+            (run / file).symlink_to("/dev/full")  # every write there fails with ENOSPC
+            reason = "the disk is full"
+        else:
+            (run / file).mkdir()
+            (run / file / "kept").write_text("")  # a non-empty directory: nothing can be renamed over it
+            reason = "Is a directory"
+        result = cli(*args)
+    verb = "append to" if file == runs.METRICS_FILE else "write"
+    assert_one_line_error(result, f"could not {verb} {run / file}: {reason}")
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")], "temporary files were left behind"
 
 
@@ -364,24 +421,46 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(tmp_path):
             "--set", "model.num_layers=2", "--set", "model.dropout=0.3"]
     reference = cli(*tiny_cli_args(tmp_path / "reference", *slow))
     assert reference.returncode == 0, reference.stderr
-    run = tmp_path / "killed"
+    run = tmp_path / "run"
+    delay = random.Random().uniform(0.0, 0.1)  # a new moment every run; every failure below names it, to replay
+    replay = f"(SIGKILL {delay:.4f} s after the first periodic checkpoint)"
     process = subprocess.Popen([sys.executable, "-m", "lstmkit", *tiny_cli_args(run, *slow)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while checkpoint_step(run) < 7 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.01)  # past the first periodic checkpoint: the kill lands mid-epoch, mid-run
-    time.sleep(random.Random().uniform(0.0, 0.1))
+    time.sleep(delay)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert process.returncode == -signal.SIGKILL, f"the run finished before it could be killed {replay}"
     _, header = runs.load_tensors(run / runs.CHECKPOINT_FILE)
-    assert header["position"]["step"] < 80, "killed after the end"
-    # A job script after a crash: the very command that started the run, plus --resume.
-    resumed = cli(*tiny_cli_args(run, *slow, "--resume"))
-    assert resumed.returncode == 0, resumed.stderr
-    assert_bit_identical(final_weights(run), final_weights(tmp_path / "reference"))
+    killed_at = header["position"]["step"]
+    assert killed_at < 80, f"killed after the end {replay}"
+    # A job script after a crash: the very command that started the run, plus --resume; it counts the batches
+    # it trains on (a resume that started over from step 0 would end bit-identical too, drawing all 80).
+    counter = tmp_path / "batches_drawn"
+    resumed = run_counting_batches(counter, tiny_cli_args(run, *slow, "--resume"))
+    assert resumed.returncode == 0, f"{replay}: {resumed.stderr}"
+    drawn = int(counter.read_text())
+    assert drawn == 80 - killed_at, f"the resumed run drew {drawn} batches after the checkpoint at step {killed_at} " \
+                                    f"of 80 {replay}"
+    weights, expected = final_weights(run), final_weights(tmp_path / "reference")
+    differing = [k for k in expected if not torch.equal(weights[k], expected[k])]
+    assert not differing, f"not bit-identical after a resume from step {killed_at}: {differing[:5]} {replay}"
     kept = [m["mse"] for m in runs.read_metrics(run)]
-    assert kept == [m["mse"] for m in runs.read_metrics(tmp_path / "reference")]  # no duplicated lines either
+    assert kept == [m["mse"] for m in runs.read_metrics(tmp_path / "reference")], f"metrics differ {replay}"
+
+
+def run_counting_batches(counter: Path, args: list[str]) -> subprocess.CompletedProcess:
+    """`python -m lstmkit ARGS` that writes to `counter` how many training batches the adding task made."""
+    code = ("import atexit, sys\n"
+            "from lstmkit.cli import main\n"
+            "from lstmkit.tasks.adding import AddingTask\n"
+            "real, drawn = AddingTask.make_batch, []\n"
+            "AddingTask.make_batch = lambda self, *args: drawn.append(1) or real(self, *args)\n"
+            f"atexit.register(lambda: open({str(counter)!r}, 'w').write(str(len(drawn))))\n"
+            "main(sys.argv[1:], prog_name='lstmkit')\n")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
 
 
 def checkpoint_step(run: Path) -> int:

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import paths_pinned
+from conftest import bf16_tolerance, paths_pinned
 
 import lstmkit
 from lstmkit.ops import CallKind, lstm_cpu, tune
@@ -203,15 +203,6 @@ def test_lstmkit_tune_naming_a_path_takes_it_where_it_can_run(tmp_path, monkeypa
     assert tuner.decide("gemm|float32|threads2", ["mkl", "onednn"], "mkl", never) == "mkl"  # not a path there
     monkeypatch.setenv("LSTMKIT_TUNE", "cpu")
     assert tune.Tuner(tmp_path / "other.json").decide(CALL.key, ["vendor", "torch"], "vendor", never) == "vendor"
-
-
-def bf16_tolerance(layers: int) -> float:
-    """Relative error (as `relative_error`) allowed under bf16 autocast against float64, derived from bf16's
-    precision: every GEMM rounds both operands to bf16's 8-bit significand (u = 2^-8 each), so each product
-    carries up to 2u, and the float32 sum of such products of random sign carries about 2u of its own size; a
-    layer chains two GEMMs (input and recurrent) and rounds its output to bf16 once more (u). Forward:
-    L (2 * 2u + u); a gradient repeats the chain backwards: twice that. A wrong gate or a missing term is ~1."""
-    return layers * 5 * 2.0**-8
 
 
 @pytest.mark.parametrize("path", ["vendor", "cpu", "torch"])
