@@ -580,16 +580,24 @@ def test_two_machines_as_two_torchrun_agents_on_loopback_match_one_process(tmp_p
     common = ["--set", "train.eval_every=5", "--epochs", "2"]
     single = cli(*tiny_cli_args(tmp_path / "one", *common))
     assert single.returncode == 0, single.stderr
-    both = [*tiny_cli_args(tmp_path / "two", *common), "--nnodes", "2", "--rdzv", f"127.0.0.1:{_free_port()}"]
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "LOGLEVEL": "WARNING"}
-    agents = [subprocess.Popen([sys.executable, "-m", "lstmkit", *both], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
-    for agent in agents:
-        _, stderr = agent.communicate(timeout=300)
-        assert agent.returncode == 0, stderr
+    # torchrun's own teardown race: an agent whose c10d store closes under it while its worker is exiting fails a
+    # finished run (pytorch/pytorch#69197; seen once in about ten runs here). Only that error earns a second try.
+    for attempt in range(2):
+        two_dir = tmp_path / f"two-{attempt}"
+        both = [*tiny_cli_args(two_dir, *common), "--nnodes", "2", "--rdzv", f"127.0.0.1:{_free_port()}"]
+        agents = [subprocess.Popen([sys.executable, "-m", "lstmkit", *both], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+        results = [(agent.communicate(timeout=300)[1], agent.wait()) for agent in agents]
+        failed = [stderr for stderr, code in results if code != 0]
+        if attempt == 0 and failed and all("failed to shutdown the rendezvous" in e for e in failed):
+            continue
+        for stderr, code in results:
+            assert code == 0, stderr
+        break
     one = [m["mse"] for m in runs.read_metrics(tmp_path / "one")]
-    two = [m["mse"] for m in runs.read_metrics(tmp_path / "two")]
-    assert len(one) == len(two) == 8 and {m["processes"] for m in runs.read_metrics(tmp_path / "two")} == {2}
+    two = [m["mse"] for m in runs.read_metrics(two_dir)]
+    assert len(one) == len(two) == 8 and {m["processes"] for m in runs.read_metrics(two_dir)} == {2}
     worst = max(abs(a - b) / abs(a) for a, b in zip(one, two, strict=True))
     assert worst < 1e-4, f"validation MSE curves differ by up to {worst:.2e} relative: {one} vs {two}"
     assert one[-1] < one[0]
