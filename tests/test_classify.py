@@ -77,9 +77,14 @@ def test_each_text_scores_the_same_alone_and_in_a_padded_batch(bidirectional, po
 
 
 def test_feature_inputs_and_multiclass_logits():
-    model = SequenceClassifier(num_classes=10, hidden_size=8, input_size=5, pooling="mean")
-    logits = model(torch.randn(3, 6, 5), torch.tensor([6, 2, 4]))
+    model = SequenceClassifier(num_classes=10, hidden_size=8, input_size=5, pooling="mean").eval()
+    x, lengths = torch.randn(3, 6, 5), torch.tensor([6, 2, 4])
+    logits = model(x, lengths)
     assert logits.shape == (3, 10)
+    # Each row: the LSTM on its own valid steps, their mean, then the head (a logit per class, no padding read).
+    for k, n in enumerate(lengths.tolist()):
+        output, _ = model.lstm(x[k:k + 1, :n])
+        assert_close(logits[k], model.head(output.mean(dim=1))[0], f"logits of row {k}")
     with pytest.raises(ValueError, match="pooling must be"):
         SequenceClassifier(num_classes=2, hidden_size=4, input_size=3, pooling="median")
     with pytest.raises(ValueError, match="not both"):
@@ -144,6 +149,10 @@ def test_a_projected_sentiment_run_trains_predicts_and_traces(tmp_path):
     with TestClient(create_app([run])) as client:
         response = client.post("/api/trace", json={"text": text})
         assert response.status_code == 200, response.text
+        served = response.json()
+    # The page's trace is the same model's: the CLI's prediction and label.
+    assert served["prediction"]["probability"] == pytest.approx(probability, abs=1e-6)
+    assert served["prediction"]["label"] == "1"
 
 
 def test_max_mean_pooling_is_each_rows_max_and_mean_side_by_side():
