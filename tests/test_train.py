@@ -557,8 +557,13 @@ def test_resume_takes_the_same_command_and_refuses_a_changed_value_by_name(tmp_p
     assert (run / runs.CHECKPOINT_FILE).read_bytes() == before  # a refused resume touches nothing
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
-    common = ["--set", "train.eval_every=5", "--set", "train.batch_size=16", "--epochs", "2"]
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, optimizer):
+    """Adam is blind to the gradient's scale; SGD is not, so an all-reduce that summed instead of averaging (twice
+    the step) fails the SGD case."""
+    lr = {"adam": [], "sgd": ["--set", "train.lr=0.5"]}[optimizer]
+    common = ["--set", "train.eval_every=5", "--set", "train.batch_size=16", "--epochs", "2",
+              "--set", f"train.optimizer={optimizer}", *lr]
     single = cli(*tiny_cli_args(tmp_path / "one", *common))
     assert single.returncode == 0, single.stderr
     double = cli(*tiny_cli_args(tmp_path / "two", *common, "--nproc", "2"))

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from test_web import make_char_run, make_sentiment_run
 
@@ -133,6 +134,13 @@ def test_the_pickers_redraw_without_asking_the_server_again(page, url):
     assert "3 of 8 units" in page.inner_text("#units-note")
     page.select_option("#units-order", "variance")
     assert cell_count(page) == T * 3
+    # The three units whose forget gate (layer 0, reverse) varies most over the text, most variable first.
+    trace = api_trace(url, "reviews", REVIEW)
+    requests.clear()  # that request was the test's own
+    forget = np.array(next(e for e in trace["layers"] if e["layer"] == 0 and e["direction"] == "reverse")["forget"])
+    expected = [int(u) for u in np.argsort(-forget.var(axis=0), kind="stable")[:3]]
+    shown = page.eval_on_selector_all("#heatmap .hm-unit", "units => units.map(u => Number(u.dataset.unit))")
+    assert shown == expected, f"units shown {shown}, most variable first {expected} (variances {forget.var(axis=0)})"
     assert requests == []  # all of it from the one trace already fetched
 
 
@@ -160,11 +168,12 @@ def test_a_selected_span_lists_its_units_and_where_they_fire_together(page, url)
     page.mouse.up()
     assert page.locator("#token-strip .tok.in-span").count() == 2
     assert info.inner_text().startswith("tokens 0–1")
-    page.fill("#threshold", "0.05")
-    if int(info.get_attribute("data-units")):
-        chip = page.locator("#selected-units .chip").first
-        chip.click()  # colours the text by that unit
-        assert page.locator("#token-strip .tok").first.evaluate("el => el.style.background") != ""
+    page.fill("#threshold", "0")  # units whose h stays above 0 over both tokens: some, so there is a chip to click
+    assert int(info.get_attribute("data-units")) > 0
+    chip = page.locator("#selected-units .chip").first
+    assert page.locator("#token-strip .tok").first.evaluate("el => el.style.background") == ""
+    chip.click()  # colours the text by that unit
+    assert page.locator("#token-strip .tok").first.evaluate("el => el.style.background") != ""
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web_page.png"), full_page=True)
 
