@@ -614,3 +614,23 @@ def test_several_machines_need_a_rendezvous(tmp_path):
         result = cli(*tiny_cli_args(tmp_path / "run", *args))
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_nproc_hands_preset_minutes_and_resume_to_every_worker(tmp_path):
+    """What the command says reaches the workers, not only process 0: a preset that adds a layer (a worker
+    without it builds other parameters, and the gradient all-reduce cannot pair them), the time budget, and
+    --resume, which must continue the run rather than start one over."""
+    preset = tmp_path / "two_layers.toml"
+    preset.write_text('task = "adding"\n\n[model]\nnum_layers = 2\n')
+    run = tmp_path / "run"
+    args = [*tiny_cli_args(run, "--preset", str(preset), "--minutes", "30", "--nproc", "2")]
+    first = cli(*args, "--epochs", "1")
+    assert first.returncode == 0, first.stderr
+    saved = json.loads((run / runs.CONFIG_FILE).read_text())
+    assert saved["model"]["num_layers"] == 2 and saved["train"]["minutes"] == 30
+    steps_after_one = len(runs.read_metrics(run))
+    resumed = cli(*args, "--epochs", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    metrics = runs.read_metrics(run)
+    assert len(metrics) == 2 * steps_after_one and {m["processes"] for m in metrics} == {2}
+    assert metrics[-1]["step"] == 2 * metrics[steps_after_one - 1]["step"]  # continued: epoch 2's steps only
