@@ -103,6 +103,45 @@ def _from_rank0(value: float, world: int) -> float:
     return tensor.item()
 
 
+def _scaled_for_share(loss: torch.Tensor, count: int, world: int) -> torch.Tensor:
+    """The loss to differentiate, so that DDP's gradient average is the gradient of the global batch's mean loss.
+
+    `loss` is the mean over this process's `count` examples; DDP averages the processes' gradients, which is the
+    global mean only when every share is the same size. A classifier's batches may split unevenly (5 examples over
+    2 processes: 3 and 2; 1 example: 1 and none), so each process weighs its mean by count * world / global_count
+    (exactly 1.0 for even shares). One small collective per step, under DDP only."""
+    if world == 1:
+        return loss
+    (global_count,) = _all_reduce([float(count)], world)
+    return loss * (count * world / global_count)
+
+
+def _task_state_of_all(task: Task, world: int) -> dict[str, torch.Tensor]:
+    """The task's carried state of the whole global batch, gathered from every process (a collective: every
+    rank calls it). Each process carries its own columns, batch on dim 1 (`Task.state_tensors`), so a checkpoint
+    holds every column whatever the process count, and a run resumes under another `--nproc` too."""
+    state = task.state_tensors()
+    if world == 1:
+        return state
+    gathered = {}
+    for key, tensor in state.items():
+        parts = [torch.empty_like(tensor) for _ in range(world)]
+        dist.all_gather(parts, tensor.contiguous())
+        gathered[key] = torch.cat(parts, dim=1)
+    return gathered
+
+
+def _task_state_of_rank(state: dict[str, torch.Tensor], rank: int, world: int, path: Path) -> dict[str, torch.Tensor]:
+    """This process's columns of a saved carried state (the inverse of `_task_state_of_all`)."""
+    if world == 1:
+        return state
+    for key, tensor in state.items():
+        if tensor.dim() < 2 or tensor.shape[1] % world:
+            raise RunDirError(f"{path} carries a task state {key!r} of shape {list(tensor.shape)} that does not split "
+                              f"over {world} processes; resume with the process count it was saved with")
+    return {key: tensor.chunk(world, dim=1)[rank].clone() for key, tensor in state.items()}
+
+
 def _reseed_for_step(seed: int, step: int, rank: int) -> None:
     """Make the RNG stream of each step a pure function of (seed, step, rank).
 
@@ -193,19 +232,22 @@ def _rng_from_files(tensors: dict[str, torch.Tensor], saved: dict[str, Any]) -> 
 
 
 def save_checkpoint(
-    run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, task: Task, pos: Position
+    run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, task_state: dict[str, torch.Tensor],
+    pos: Position,
 ) -> None:
+    """`task_state`: the task's carried state of the whole global batch (`_task_state_of_all`)."""
     optim_tensors, optim_meta = _optimizer_to_files(optimizer)
     rng_tensors, rng_meta = _rng_to_files()
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors |= optim_tensors | rng_tensors | {f"task.{k}": v for k, v in task.state_tensors().items()}
+    tensors |= optim_tensors | rng_tensors | {f"task.{k}": v for k, v in task_state.items()}
     # The paths backend="auto" chose so far (and the GEMM library): a resumed run keeps them (see load_checkpoint).
     metadata = {"format": "lstmkit.checkpoint", "position": pos.__dict__, "optimizer": optim_meta, "rng": rng_meta,
                 "dispatch": tune.tuner().decisions()}
     runs.save_tensors(Path(run_dir) / runs.CHECKPOINT_FILE, tensors, metadata)
 
 
-def load_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, task: Task) -> Position:
+def load_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, task: Task,
+                    rank: int = 0, world: int = 1) -> Position:
     path = Path(run_dir) / runs.CHECKPOINT_FILE
     tensors, metadata = runs.load_tensors(path)
     if metadata.get("format") != "lstmkit.checkpoint" or "position" not in metadata:
@@ -218,7 +260,8 @@ def load_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
         _rng_from_files(tensors, metadata["rng"])
     except (KeyError, ValueError, TypeError) as error:
         raise RunDirError(f"{path} has a damaged resume state ({error}); delete it to start over") from None
-    task.load_state_tensors({k[len("task."):]: v for k, v in tensors.items() if k.startswith("task.")})
+    task_state = {k[len("task."):]: v for k, v in tensors.items() if k.startswith("task.")}
+    task.load_state_tensors(_task_state_of_rank(task_state, rank, world, path))
     # The run computes on the paths it started with, whatever this machine's cache says now: a resumed run then
     # repeats the uninterrupted one bit for bit (a checkpoint of an older lstmkit has none; absent keys are decided).
     dispatch = metadata.get("dispatch", {})
@@ -402,7 +445,7 @@ def _train_and_evaluate(
     if steps_per_epoch == 0:
         raise ConfigError("the training data gives no batches; check data.path and train.batch_size")
     if resume:
-        pos = load_checkpoint(run_dir, model, optimizer, task)
+        pos = load_checkpoint(run_dir, model, optimizer, task, rank, world)
         if is_writer:
             runs.truncate_metrics(run_dir, pos.metrics_size)
     else:
@@ -411,7 +454,7 @@ def _train_and_evaluate(
             runs.write_config(run_dir, cfg.to_dict(config))
             task.save_artifacts(run_dir)
             # A checkpoint at step 0 right away: a run stopped at any moment after this can be resumed.
-            save_checkpoint(run_dir, model, optimizer, task, pos)
+            save_checkpoint(run_dir, model, optimizer, task.state_tensors(), pos)  # nothing carried yet
     if world > 1 and device.type == "cuda":
         wrapped: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
     else:
@@ -433,8 +476,9 @@ def _train_and_evaluate(
 
     def checkpoint() -> None:
         pos.train_seconds = elapsed()
+        task_state = _task_state_of_all(task, world)
         if is_writer:
-            save_checkpoint(run_dir, model, optimizer, task, pos)
+            save_checkpoint(run_dir, model, optimizer, task_state, pos)
         if world > 1:
             dist.barrier()
 
@@ -487,7 +531,7 @@ def _train_and_evaluate(
                 with autocast:
                     loss, count = task.loss(wrapped, batch)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                _scaled_for_share(loss, count, world).backward()
                 # The global gradient norm, clipped when asked (max_norm=inf measures without clipping).
                 grad_norm = nn.utils.clip_grad_norm_(model.parameters(), train.clip_norm or math.inf)
                 # One collective per step carries the loss and every reason to stop, so all ranks agree.

@@ -223,6 +223,36 @@ def test_vocabulary_ids_never_pass_the_embedding(tmp_path):
     assert ids.tolist() == [1] * 5  # unknown words, truncated to maxlen
 
 
+def test_two_processes_match_one_on_uneven_batches_with_the_commands_data(tmp_path):
+    """--nproc 2 on a classifier whose every batch splits unevenly: 21 training reviews in batches of 5 give shares
+    of 3 and 2, and a last batch of 1 that leaves one process without an example. DDP's plain average of the two
+    processes' mean losses weighs the examples unequally (and the repeated example twice); SGD shows it. The data
+    comes from --data alone, so workers that did not receive it could not reproduce the single process."""
+    import os
+    import subprocess
+    import sys
+
+    data = write_reviews(tmp_path / "reviews.jsonl", n=41, seed=2)
+    common = ["train", "sentiment", "--data", str(data), "--quiet", "--epochs", "2",
+              "--set", "data.valid_size=20", "--set", "model.embedding_dim=8", "--set", "model.hidden_size=8",
+              "--set", "train.batch_size=5", "--set", "train.optimizer=sgd", "--set", "train.lr=1.0",
+              "--set", "train.eval_every=2"]
+    curves = {}
+    for name, extra in [("one", []), ("two", ["--nproc", "2"])]:
+        done = subprocess.run([sys.executable, "-m", "lstmkit", *common, "--out", str(tmp_path / name), *extra],
+                              capture_output=True, text=True, timeout=300, env={**os.environ})
+        assert done.returncode == 0, done.stderr
+        metrics = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        assert {m["processes"] for m in metrics} == {len(extra) and 2 or 1}
+        curves[name] = [m["loss"] for m in metrics]
+    one, two = curves["one"], curves["two"]
+    assert len(one) == len(two) == 2 * 3  # 5 steps an epoch: evaluations at steps 2, 4 and the epoch's end
+    worst = max(abs(a - b) / abs(a) for a, b in zip(one, two, strict=True))
+    assert worst < 1e-4, f"validation loss curves differ by up to {worst:.2e} relative: {one} vs {two}"
+    # The weights moved far more than the tolerance, so the curves are not equal for want of movement.
+    assert (max(one) - min(one)) / one[0] > 1e-2, one
+
+
 def test_classification_metrics_by_hand():
     labels = np.array([0, 0, 1, 1, 1])
     probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.8, 0.2], [0.1, 0.9]])

@@ -148,6 +148,45 @@ def test_resume_mid_epoch_carries_the_state_exactly(tmp_path, monkeypatch):
     assert not differing, differing
 
 
+def test_two_processes_carry_their_columns_state_through_a_resume(tmp_path):
+    """--nproc 2: each process carries the hidden state of its own columns from window to window. Two processes
+    match one; a run stopped mid-epoch by its time budget saves the state of every column (not process 0's alone,
+    which the other process would then resume from), and its resume ends bit-identical to an uninterrupted run."""
+    import subprocess
+    import sys
+
+    text = write_text(tmp_path / "verse.txt", repeats=200)
+    common = ["train", "lm", "--data", str(text), "--quiet", "--epochs", "1", "--set", "data.bptt=16",
+              "--set", "model.embedding_dim=16", "--set", "model.hidden_size=32", "--set", "model.num_layers=1",
+              "--set", "model.dropout=0", "--set", "train.batch_size=8", "--set", "train.lr=0.01",
+              "--set", "train.eval_every=25"]
+
+    def train(name: str, *extra: str) -> Path:
+        done = subprocess.run([sys.executable, "-m", "lstmkit", *common, "--out", str(tmp_path / name), *extra],
+                              capture_output=True, text=True, timeout=300, env={**os.environ})
+        assert done.returncode == 0, done.stderr
+        return tmp_path / name
+
+    one, two = train("one"), train("two", "--nproc", "2")
+    losses = {run: [m["loss"] for m in runs.read_metrics(run)] for run in (one, two)}
+    assert len(losses[one]) == len(losses[two]) >= 4
+    worst = max(abs(a - b) / a for a, b in zip(losses[one], losses[two], strict=True))
+    assert worst < 1e-4, f"validation losses differ by up to {worst:.2e} relative: {losses[one]} vs {losses[two]}"
+    assert losses[one][-1] < 0.5 * losses[one][0]
+
+    cut = train("cut", "--nproc", "2", "--minutes", "0.002")  # 0.12 s of training: stops after a few steps
+    tensors, header = runs.load_tensors(cut / runs.CHECKPOINT_FILE)
+    steps = runs.load_tensors(two / runs.CHECKPOINT_FILE)[1]["position"]["step"]
+    assert 0 < header["position"]["batch"] < steps, header["position"]  # mid-epoch
+    assert tensors["task.h"].shape == (1, 8, 32)  # every column of the global batch of 8
+    train("cut", "--nproc", "2", "--minutes", "60", "--resume")
+    full, _ = runs.load_tensors(two / runs.CHECKPOINT_FILE)
+    resumed, resumed_header = runs.load_tensors(cut / runs.CHECKPOINT_FILE)
+    assert resumed_header["position"]["step"] == steps
+    differing = [k for k in full if k.startswith("model.") and not torch.equal(full[k], resumed[k])]
+    assert not differing, f"resumed at step {header['position']['step']}; differing: {differing}"
+
+
 def test_tied_weights_save_resume_and_stay_tied(tmp_path):
     run = tmp_path / "tied"
     config = small(write_text(tmp_path / "v.txt"), "data.level=word", "data.bptt=6", "train.epochs=1",

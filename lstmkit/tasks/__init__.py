@@ -66,7 +66,9 @@ class Task:
         the state the task carries across batches has just been restored by `load_state_tensors`)."""
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """State carried across batches that a bit-exact resume needs (e.g. a language model's hidden state)."""
+        """State carried across batches that a bit-exact resume needs (e.g. a language model's hidden state):
+        this process's share, the batch on dim 1 ([layers, B, H] as torch's LSTM states); the checkpoint gathers
+        every process's columns (`train._task_state_of_all`)."""
         return {}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:

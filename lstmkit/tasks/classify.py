@@ -130,15 +130,20 @@ class ClassifierTask(Task):
         shuffled = torch.randperm(len(batches), generator=generator).tolist()
         return [batches[i] for i in shuffled]
 
-    def make_batch(self, item: list[int], rank: int, world: int) -> tuple[Tensor, Tensor, Tensor]:
-        share = item[rank::world] or item[:1]  # a batch smaller than the process count repeats one example
+    def make_batch(self, item: list[int], rank: int, world: int) -> tuple[Tensor, Tensor, Tensor, int]:
+        """This process's examples of the batch, and how many of them count: a process left without any (a batch
+        smaller than the process count) still runs one, so DDP's collectives meet, and counts 0 (its gradient
+        then weighs nothing, `train._scaled_for_share`)."""
+        share = item[rank::world]
+        counted = len(share)
+        share = share or item[:1]
         inputs, lengths = collate([self.train_examples[i] for i in share])
-        return inputs, lengths, torch.tensor([self.train_labels[i] for i in share])
+        return inputs, lengths, torch.tensor([self.train_labels[i] for i in share]), counted
 
-    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, int]:
-        inputs, lengths, labels = batch
+    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, Tensor, int]) -> tuple[Tensor, int]:
+        inputs, lengths, labels, counted = batch
         logits = model(inputs, lengths).float()
-        return self.loss_from_logits(logits, labels), len(labels)
+        return self.loss_from_logits(logits, labels), counted
 
     def loss_from_logits(self, logits: Tensor, labels: Tensor) -> Tensor:
         if logits.shape[1] == 1:  # two classes: one logit, binary cross-entropy (the seed's sigmoid output)
