@@ -342,6 +342,10 @@ class SpeechTask(ClassifierTask):
 
     def predict_files(self, model: Any, paths: list[str]) -> list[dict[str, Any]]:
         """Label and probabilities per recording."""
+        for path in paths:
+            if not Path(path).exists():
+                raise DataError(f"{path}: no such recording; a speech run predicts from recordings (paths of WAV, "
+                                "FLAC or OGG files)")
         frames = [self.recording_frames(Path(p))[1] for p in paths]
         probabilities = self.predict_proba(model, frames)
         return [{"file": str(p), **self.labelled(probs)} for p, probs in zip(paths, probabilities, strict=True)]
