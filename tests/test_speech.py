@@ -271,3 +271,102 @@ def test_predict_evaluate_and_inspect_through_the_cli(trained, tmp_path):
     assert all(np.asarray(entry["forget"]).shape == (frames, 12) for entry in trace["layers"])
     assert trace["prediction"]["label"] == predictions[0]["label"]
     assert (tmp_path / "inspect" / "inspect.png").stat().st_size > 10_000
+
+
+# --- bad input: one line naming the file, a non-zero exit ---------------------------------------------------
+
+
+def _bad_file(kind: str, path: Path) -> Path:
+    """A recording that cannot be used, of `kind`, at `path` (its suffix may change)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "not audio":
+        path.write_text("RIFF? no: a text file with a .wav name\n")
+    elif kind == "empty file":
+        path.write_bytes(b"")
+    elif kind == "0 seconds":
+        write_wav(path, np.zeros(0, np.float32), 8000)
+    elif kind == "10 minutes":
+        write_wav(path, np.zeros(600 * 4000, np.float32), 4000)
+    elif kind == "6 channels":
+        write_wav(path, np.zeros((4000, 6), np.float32), 8000)
+    elif kind == "odd rate":
+        write_wav(path, tone(100, 0.5, 1000), 1000)
+    elif kind == "damaged mid-file":
+        whole = write_wav(path, tone(440, 0.5, 8000), 8000).read_bytes()
+        path.write_bytes(whole[: len(whole) // 2])  # cut off: the header promises twice as much
+    return path
+
+
+BAD_FILES = ["not audio", "empty file", "0 seconds", "10 minutes", "6 channels", "odd rate", "damaged mid-file"]
+MESSAGES = {"not audio": "not a recording", "empty file": "is empty", "0 seconds": "0-second", "10 minutes":
+            "600.0 s long", "6 channels": "6 channels", "odd rate": "1,000 Hz", "damaged mid-file": "cut off"}
+
+
+def assert_one_line_error(result, *expected: str) -> None:
+    assert result.exit_code != 0, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output and not isinstance(result.exception, AssertionError)
+    for piece in expected:
+        assert piece in lines[0], f"{piece!r} not in {lines[0]!r}"
+
+
+def train_args(data: Path, out: Path, *extra: str) -> list:
+    return ["train", "speech", "--data", data, "--out", out, "--quiet", *[a for s in SMALL for a in ("--set", s)],
+            *extra]
+
+
+@pytest.mark.parametrize("kind", BAD_FILES)
+def test_a_bad_recording_among_good_ones_stops_training_with_its_name(tmp_path, kind):
+    data = make_recordings(tmp_path / "d", per_class=3)
+    bad = _bad_file(kind, data / "low" / "bad_one.wav")
+    assert_one_line_error(cli(*train_args(data, tmp_path / "run")), str(bad), MESSAGES[kind])
+    assert not (tmp_path / "run" / runs.CONFIG_FILE).exists()  # refused before the run was written
+
+
+def test_skip_bad_reports_every_skipped_file_and_trains_on_the_rest(tmp_path):
+    data = make_recordings(tmp_path / "d", per_class=3)
+    bad = [_bad_file(kind, data / "high" / f"bad_{k}.wav") for k, kind in enumerate(["not audio", "damaged mid-file"])]
+    result = cli(*train_args(data, tmp_path / "run", "--set", "data.skip_bad=true", "--epochs", "1"))
+    assert result.exit_code == 0, result.output
+    skipped = [line for line in result.output.splitlines() if line.startswith("skipped ")]
+    assert len(skipped) == 2 and all(any(str(path) in line for line in skipped) for path in bad), result.output
+    task = SpeechTask(load_run_config(tmp_path / "run"))
+    task.frames()
+    assert len(task.files) == 9 and not any(path in task.files for path in bad)
+
+
+def test_bad_folders_and_patterns(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(cli(*train_args(tmp_path / "empty", tmp_path / "r1")), str(tmp_path / "empty"),
+                          "no recordings")
+    one = make_recordings(tmp_path / "one", per_class=3)
+    for label in ("high", "sweep"):
+        for file in (one / label).iterdir():
+            file.unlink()
+    assert_one_line_error(cli(*train_args(one, tmp_path / "r2")), "only the label 'low'")
+    folders = make_recordings(tmp_path / "folders", per_class=3)
+    result = cli(*train_args(folders, tmp_path / "r3", "--set", "data.label_from=filename", "--set",
+                             r"data.label_pattern=^(\d)_"))
+    assert_one_line_error(result, str(folders / "high" / "high_0.wav"), "does not match")
+    assert_one_line_error(cli(*train_args(folders, tmp_path / "r4", "--set", "data.label_pattern=(")),
+                          "data.label_pattern", "not a regular expression")
+
+
+def test_predict_refuses_recordings_on_a_text_run_and_text_on_a_speech_run(trained, tmp_path):
+    from test_web import make_sentiment_run
+
+    text_run = make_sentiment_run(tmp_path)
+    recording = write_wav(tmp_path / "word.wav", tone(300, 0.3, 8000), 8000)
+    assert_one_line_error(cli("predict", text_run, recording), str(recording), "sentiment", "speech run")
+    assert_one_line_error(cli("inspect", text_run, recording, "--out", tmp_path / "i"), str(recording), "speech run")
+    assert_one_line_error(cli("predict", trained, "what a lovely film"), "what a lovely film", "recordings")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a text, not a recording\n")
+    assert_one_line_error(cli("predict", trained, notes), str(notes), "not a recording")
+    for kind in BAD_FILES:
+        bad = _bad_file(kind, tmp_path / "bad" / f"{kind.replace(' ', '_')}.wav")
+        assert_one_line_error(cli("predict", trained, recording, bad), str(bad), MESSAGES[kind])
+    other = make_recordings(tmp_path / "other", per_class=1)
+    (other / "low").rename(other / "whistle")
+    assert_one_line_error(cli("evaluate", trained, "--data", other), "whistle", "not one of this run's")
