@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("--preset", action="append", default=[])
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--only", choices=["loso", "official"], default=None)
+    parser.add_argument("--folds", default="", help="Comma-separated fold names to run (e.g. theo,official); "
+                                                     "default: all of --only")
     parser.add_argument("--data", type=Path, default=FSDD)
     parser.add_argument("--out", type=Path, default=None, help="Keep the runs here (default: a temporary folder).")
     args = parser.parse_args()
@@ -53,6 +55,9 @@ def main() -> None:
             folds += [(f"loso-{speaker}", f"_{speaker}_") for speaker in SPEAKERS]
         if args.only in (None, "official"):
             folds.append(("official", r"_[0-4]\.wav$"))
+        if args.folds:
+            wanted = {f"loso-{n}" if n in SPEAKERS else n for n in args.folds.split(",")}
+            folds = [(name, match) for name, match in folds if name in wanted]
         rows = []
         for name, match in folds:
             row = run_fold(name, match, args.preset, args.overrides, root, args.data)

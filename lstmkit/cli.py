@@ -232,8 +232,8 @@ def predict(run: Path, texts: tuple[str, ...], file: Path | None, as_json: bool)
 
     task, model = open_run(run)
     if not hasattr(task, "predict_texts") and not hasattr(task, "predict_files"):
-        raise ConfigError(f"{run} is a {task.name!r} run; predict works on classifiers of texts (sentiment runs) and "
-                          "of recordings (speech runs)")
+        raise ConfigError(f"{run} is a {task.name!r} run; predict works on text classifiers (sentiment runs) and "
+                          "on recording classifiers (speech runs)")
     inputs = list(texts)
     if file is not None:
         try:
