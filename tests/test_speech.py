@@ -21,7 +21,7 @@ from conftest import assert_close, batches_drawn, float32_tolerance
 from lstmkit import runs
 from lstmkit.cli import main
 from lstmkit.data import audio
-from lstmkit.tasks import get_task, load_run_config, requested_config
+from lstmkit.tasks import get_task, load_run_config, open_run, requested_config
 from lstmkit.tasks.speech import CACHE_FILE, FEATURES_FILE, SpeechTask
 from lstmkit.train import config_for_resume, train_and_evaluate
 
@@ -209,6 +209,27 @@ def test_specaugment_masks_the_same_bands_in_every_delta_block(tmp_path):
     assert torch.equal(masked[kept], frames[kept])
 
 
+def test_speed_and_vocal_tract_perturbation_move_time_and_bands_by_the_drawn_factors(tmp_path):
+    data = make_recordings(tmp_path / "d", per_class=3)
+    frames = torch.zeros(40, 32)
+    frames[:, 10] = 1.0  # one band lit in the base block
+    frames[:, 16 + 10] = 2.0  # and the same band in the Δ block
+    task = get_task("speech")(speech_config(data, "data.n_mels=16", "data.deltas=1", "data.stretch=0.3",
+                                            "data.warp=0.2"))
+    torch.manual_seed(5)
+    draws = torch.rand(2)
+    factor, alpha = 1 + 0.3 * (2 * float(draws[0]) - 1), 1 + 0.2 * (2 * float(draws[1]) - 1)
+    torch.manual_seed(5)
+    out = task.perturbed(frames)
+    assert out.shape == (round(40 * factor), 32)
+    peak = 10 * alpha  # output band m reads input band m / alpha: the lit band moves to 10 alpha
+    lit = out[0, :16]
+    assert abs(float((lit * torch.arange(16)).sum() / lit.sum()) - peak) < 0.5  # its centre of mass
+    assert torch.allclose(out[:, 16:], 2 * out[:, :16])  # the Δ block warped alike
+    quiet = get_task("speech")(speech_config(data))
+    assert quiet.perturbed(frames) is frames  # off by default
+
+
 # --- training, resume, inference --------------------------------------------------------------------------
 
 
@@ -225,9 +246,10 @@ def test_resume_is_bit_identical_and_reads_the_feature_cache(tmp_path, monkeypat
     from test_train import assert_bit_identical, final_weights
 
     data = make_recordings(tmp_path / "d", per_class=6)
-    extra = ["train.epochs=3", "data.time_masks=2", "data.freq_masks=1", "model.dropout=0.2"]  # random draws
+    extra = ["train.epochs=3", "data.time_masks=2", "data.freq_masks=1", "data.stretch=0.2", "data.warp=0.1",
+             "model.dropout=0.2"]  # random draws, which a resumed run must continue exactly
     train_and_evaluate(speech_config(data, *extra), tmp_path / "full", quiet=True)
-    train_and_evaluate(speech_config(data, *extra[1:], "train.epochs=1"), tmp_path / "split", quiet=True)
+    train_and_evaluate(speech_config(data, *extra, "train.epochs=1"), tmp_path / "split", quiet=True)
     assert (tmp_path / "split" / CACHE_FILE).is_file()
 
     def no_reading(*args, **kwargs):
@@ -370,3 +392,20 @@ def test_predict_refuses_recordings_on_a_text_run_and_text_on_a_speech_run(train
     other = make_recordings(tmp_path / "other", per_class=1)
     (other / "low").rename(other / "whistle")
     assert_one_line_error(cli("evaluate", trained, "--data", other), "whistle", "not one of this run's")
+
+
+def test_an_ensemble_of_speech_runs_predicts_with_its_members_mean(tmp_path):
+    data = make_recordings(tmp_path / "d", per_class=4)
+    run = tmp_path / "ensemble"
+    train_and_evaluate(speech_config(data, "train.members=2", "train.epochs=2", "data.normalize=train"), run,
+                       quiet=True)
+    recording = next((data / "low").iterdir())
+    task, model = open_run(run)
+    members = [SpeechTask.from_run(run / f"member-{k}")[1] for k in (1, 2)]
+    frames = task.recording_frames(recording)[1]
+    expected = np.mean([task.predict_proba(member, [frames])[0] for member in members], axis=0)
+    predicted = task.predict_files(model, [str(recording)])[0]
+    assert_close(np.asarray(list(predicted["probabilities"].values())), expected, "ensemble probabilities",
+                 tolerance=1e-6)
+    result = cli("inspect", run, recording, "--out", tmp_path / "views")
+    assert result.exit_code == 0 and "gates of member 1 of 2" in result.output, result.output

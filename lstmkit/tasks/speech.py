@@ -11,8 +11,9 @@ Every recording is resampled to data.sample_rate. Its frames (see lstmkit/data/a
 audio_features.json). The raw frames of every file are cached in the run (feature_cache.safetensors) and reused when
 a run resumes and its files have not changed.
 
-Training may mask the frames as SpecAugment does (data.time_masks masks of at most data.time_mask_frames frames,
-data.freq_masks of at most data.freq_mask_bands bands), drawn from torch's generator, which a checkpoint saves.
+Training may perturb each example's frames: speed (data.stretch), vocal-tract length (data.warp: the mel axis
+scaled), and SpecAugment's masks (data.time_masks masks of at most data.time_mask_frames frames, data.freq_masks of
+at most data.freq_mask_bands bands); all are drawn from torch's generator, which a checkpoint saves.
 """
 
 from __future__ import annotations
@@ -60,7 +61,12 @@ class SpeechDataConfig:
     fmin: float = 0.0
     fmax: float = 0.0  # 0: sample_rate / 2
     normalize: Literal["file", "train", "none"] = "file"
-    time_masks: int = 0  # SpecAugment, training only
+    # Training only, drawn per example from torch's generator: speed (frames resampled in time by a factor in
+    # 1 ± stretch), vocal-tract length (log-mel bands read at positions scaled by 1 ± warp, as VTLP warps the
+    # frequency axis), then SpecAugment's masks.
+    stretch: float = 0.0
+    warp: float = 0.0
+    time_masks: int = 0
     time_mask_frames: int = 10
     freq_masks: int = 0
     freq_mask_bands: int = 8
@@ -88,6 +94,10 @@ class SpeechTask(ClassifierTask):
         for key in ("time_masks", "time_mask_frames", "freq_masks", "freq_mask_bands"):
             if getattr(data, key) < 0:
                 raise ConfigError(f"data.{key} must be 0 or more; got {getattr(data, key)}")
+        if not (0 <= data.stretch < 1 and 0 <= data.warp < 1):
+            raise ConfigError(f"data.stretch and data.warp must be in [0, 1); got {data.stretch}, {data.warp}")
+        if data.warp and data.features != "logmel":
+            raise ConfigError("data.warp scales the mel axis, which MFCCs no longer have; use data.features=logmel")
         if data.max_seconds <= 0:
             raise ConfigError(f"data.max_seconds must be above 0; got {data.max_seconds}")
         self.stats: audio.FeatureStats | None = None
@@ -261,8 +271,26 @@ class SpeechTask(ClassifierTask):
 
         share = item[rank::world] or item[:1]
         examples, labels = self._part("train")
-        inputs, lengths = collate([self.masked(examples[i]) for i in share])
+        inputs, lengths = collate([self.masked(self.perturbed(examples[i])) for i in share])
         return inputs, lengths, torch.tensor([labels[i] for i in share])
+
+    def perturbed(self, frames: Tensor) -> Tensor:
+        """Speed and vocal-tract length perturbation of one example's frames [T, F] (linear interpolation)."""
+        data = self.config.data
+        if data.stretch:
+            factor = 1.0 + data.stretch * (2 * float(torch.rand(())) - 1)
+            T = max(1, round(len(frames) * factor))
+            frames = torch.nn.functional.interpolate(frames.t()[None], size=T, mode="linear", align_corners=True)[0].t()
+        if data.warp:
+            alpha = 1.0 + data.warp * (2 * float(torch.rand(())) - 1)
+            bands = len(frames[0]) // (1 + self.spec.deltas)
+            source = (torch.arange(bands, dtype=torch.float32) / alpha).clamp(max=bands - 1)
+            low = source.floor().long()
+            high = (low + 1).clamp(max=bands - 1)
+            weight = source - low
+            blocks = frames.reshape(len(frames), 1 + self.spec.deltas, bands)
+            frames = (blocks[..., low] * (1 - weight) + blocks[..., high] * weight).reshape(len(frames), -1)
+        return frames
 
     def masked(self, frames: Tensor) -> Tensor:
         """SpecAugment's time and frequency masks (zero: the mean, after normalisation), the same bands masked in

@@ -37,7 +37,8 @@ def add_speech_routes(app: FastAPI, runs: dict[str, Any], slots: Any, limits: An
         body = await request.body()
         if not body:
             raise HTTPException(400, "send the recording's bytes as the request body (a WAV, FLAC or OGG file)")
-        name = re.sub(r"[^\w.-]", "_", Path(filename).name)[:100] or "recording.wav"
+        shown = Path(filename).name[:100] or "recording.wav"  # in messages and the answer
+        name = re.sub(r"[^\w.-]", "_", shown)  # on disk, in a folder of its own
 
         def traced() -> bytes:
             with tempfile.TemporaryDirectory(prefix="lstmkit-upload-") as scratch:
@@ -46,8 +47,9 @@ def add_speech_routes(app: FastAPI, runs: dict[str, Any], slots: Any, limits: An
                 try:
                     result = served.task.trace_recording(served.model, path, max_frames=limits.max_tokens)
                 except DataError as error:
-                    raise DataError(str(error).replace(str(path), name)) from None
-            payload = {"run": served.name, "labels": served.task.label_names, **trace_json(result, decimals)}
+                    raise DataError(str(error).replace(str(path), shown)) from None
+            payload = {"run": served.name, "labels": served.task.label_names, **trace_json(result, decimals),
+                       "file": shown}
             return json.dumps(payload, allow_nan=False, separators=(",", ":")).encode()
 
         return Response(await slots.call(traced), media_type="application/json")
