@@ -344,3 +344,46 @@ class FeatureStats:
         if not ok or min(std) <= 0:
             raise DataError(f"{source} is damaged: \"mean\" and \"std\" must be {size} numbers each, std above 0")
         return cls(torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32))
+
+
+# --- augmentation in training (random draws from torch's generator, which a checkpoint saves) ----------------
+
+
+def perturbed(frames: Tensor, blocks: int, stretch: float, warp: float) -> Tensor:
+    """Speed and vocal-tract length perturbation of one example's frames [T, F] (F = blocks × bands: the base
+    features, then Δ, ΔΔ), by linear interpolation: time resampled by a factor in 1 ± stretch; band m read at
+    m / alpha, alpha in 1 ± warp (VTLP's warp of the frequency axis, on the mel axis)."""
+    if stretch:
+        factor = 1.0 + stretch * (2 * float(torch.rand(())) - 1)
+        T = max(1, round(len(frames) * factor))
+        frames = torch.nn.functional.interpolate(frames.t()[None], size=T, mode="linear", align_corners=True)[0].t()
+    if warp:
+        alpha = 1.0 + warp * (2 * float(torch.rand(())) - 1)
+        bands = frames.shape[1] // blocks
+        source = (torch.arange(bands, dtype=torch.float32) / alpha).clamp(max=bands - 1)
+        low = source.floor().long()
+        high = (low + 1).clamp(max=bands - 1)
+        weight = source - low
+        split = frames.reshape(len(frames), blocks, bands)
+        frames = (split[..., low] * (1 - weight) + split[..., high] * weight).reshape(len(frames), -1)
+    return frames
+
+
+def masked(frames: Tensor, blocks: int, time_masks: int, time_width: int, freq_masks: int, freq_width: int) -> Tensor:
+    """SpecAugment's masks on [T, F] frames: `time_masks` runs of up to `time_width` frames and `freq_masks` runs of
+    up to `freq_width` bands set to 0 (the mean, after normalisation); a band is masked in every block (Δ, ΔΔ)."""
+    if not (time_masks or freq_masks):
+        return frames
+    frames = frames.clone()
+    T, F = frames.shape
+    bands = F // blocks
+    for _ in range(time_masks):
+        width = int(torch.randint(0, min(time_width, T) + 1, ()))
+        start = int(torch.randint(0, T - width + 1, ()))
+        frames[start:start + width] = 0.0
+    for _ in range(freq_masks):
+        width = int(torch.randint(0, min(freq_width, bands) + 1, ()))
+        start = int(torch.randint(0, bands - width + 1, ()))
+        for block in range(blocks):
+            frames[:, block * bands + start:block * bands + start + width] = 0.0
+    return frames

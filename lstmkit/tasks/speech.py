@@ -275,42 +275,13 @@ class SpeechTask(ClassifierTask):
         return inputs, lengths, torch.tensor([labels[i] for i in share])
 
     def perturbed(self, frames: Tensor) -> Tensor:
-        """Speed and vocal-tract length perturbation of one example's frames [T, F] (linear interpolation)."""
         data = self.config.data
-        if data.stretch:
-            factor = 1.0 + data.stretch * (2 * float(torch.rand(())) - 1)
-            T = max(1, round(len(frames) * factor))
-            frames = torch.nn.functional.interpolate(frames.t()[None], size=T, mode="linear", align_corners=True)[0].t()
-        if data.warp:
-            alpha = 1.0 + data.warp * (2 * float(torch.rand(())) - 1)
-            bands = len(frames[0]) // (1 + self.spec.deltas)
-            source = (torch.arange(bands, dtype=torch.float32) / alpha).clamp(max=bands - 1)
-            low = source.floor().long()
-            high = (low + 1).clamp(max=bands - 1)
-            weight = source - low
-            blocks = frames.reshape(len(frames), 1 + self.spec.deltas, bands)
-            frames = (blocks[..., low] * (1 - weight) + blocks[..., high] * weight).reshape(len(frames), -1)
-        return frames
+        return audio.perturbed(frames, 1 + self.spec.deltas, data.stretch, data.warp)
 
     def masked(self, frames: Tensor) -> Tensor:
-        """SpecAugment's time and frequency masks (zero: the mean, after normalisation), the same bands masked in
-        the Δ parts of a frame."""
         data = self.config.data
-        if not (data.time_masks or data.freq_masks):
-            return frames
-        frames = frames.clone()
-        T, F = frames.shape
-        bands = F // (1 + self.spec.deltas)
-        for _ in range(data.time_masks):
-            width = int(torch.randint(0, min(data.time_mask_frames, T) + 1, ()))
-            start = int(torch.randint(0, T - width + 1, ()))
-            frames[start:start + width] = 0.0
-        for _ in range(data.freq_masks):
-            width = int(torch.randint(0, min(data.freq_mask_bands, bands) + 1, ()))
-            start = int(torch.randint(0, bands - width + 1, ()))
-            for block in range(1 + self.spec.deltas):
-                frames[:, block * bands + start:block * bands + start + width] = 0.0
-        return frames
+        return audio.masked(frames, 1 + self.spec.deltas, data.time_masks, data.time_mask_frames, data.freq_masks,
+                            data.freq_mask_bands)
 
     # --- the run directory --------------------------------------------------------------------------------
 
