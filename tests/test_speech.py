@@ -230,6 +230,21 @@ def test_speed_and_vocal_tract_perturbation_move_time_and_bands_by_the_drawn_fac
     assert quiet.perturbed(frames) is frames  # off by default
 
 
+def test_fixed_frames_give_every_recording_one_length_and_the_trace_its_times(tmp_path):
+    data = make_recordings(tmp_path / "d", per_class=3)
+    task = get_task("speech")(speech_config(data, "data.fixed_frames=24"))
+    assert {len(f) for f in task.frames()} == {24}
+    raw = task.extractor(audio.load_waveform(task.files[0], 8000, 30))
+    resampled = audio.resampled_in_time(audio.per_file_normalised(raw), 24)
+    assert torch.equal(task.frames()[0], resampled)
+    assert torch.equal(resampled[0], audio.per_file_normalised(raw)[0])  # the ends are kept
+    assert torch.equal(resampled[-1], audio.per_file_normalised(raw)[-1])
+    model = task.build_model()
+    trace = task.trace_recording(model, task.files[0])
+    assert trace["spectrogram"].shape[0] == 24 and trace["layers"][0]["cell"].shape[0] == 24
+    assert abs(trace["hop_seconds"] * 24 - trace["seconds"]) < 1e-9
+
+
 # --- training, resume, inference --------------------------------------------------------------------------
 
 

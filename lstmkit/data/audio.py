@@ -349,14 +349,22 @@ class FeatureStats:
 # --- augmentation in training (random draws from torch's generator, which a checkpoint saves) ----------------
 
 
+def resampled_in_time(frames: Tensor, T: int) -> Tensor:
+    """[T0, F] -> [T, F] by linear interpolation between neighbouring frames (the first and last kept)."""
+    if len(frames) == T:
+        return frames
+    if len(frames) == 1:
+        return frames.expand(T, -1).clone()
+    return torch.nn.functional.interpolate(frames.t()[None], size=T, mode="linear", align_corners=True)[0].t()
+
+
 def perturbed(frames: Tensor, blocks: int, stretch: float, warp: float) -> Tensor:
     """Speed and vocal-tract length perturbation of one example's frames [T, F] (F = blocks × bands: the base
     features, then Δ, ΔΔ), by linear interpolation: time resampled by a factor in 1 ± stretch; band m read at
     m / alpha, alpha in 1 ± warp (VTLP's warp of the frequency axis, on the mel axis)."""
     if stretch:
         factor = 1.0 + stretch * (2 * float(torch.rand(())) - 1)
-        T = max(1, round(len(frames) * factor))
-        frames = torch.nn.functional.interpolate(frames.t()[None], size=T, mode="linear", align_corners=True)[0].t()
+        frames = resampled_in_time(frames, max(1, round(len(frames) * factor)))
     if warp:
         alpha = 1.0 + warp * (2 * float(torch.rand(())) - 1)
         bands = frames.shape[1] // blocks

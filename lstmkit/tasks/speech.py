@@ -61,6 +61,9 @@ class SpeechDataConfig:
     fmin: float = 0.0
     fmax: float = 0.0  # 0: sample_rate / 2
     normalize: Literal["file", "train", "none"] = "file"
+    # > 0: every recording's frames resampled in time to this many (after normalisation), so a slow speaker and
+    # a fast one give sequences of one length; 0: frames every hop_ms, as many as the recording has.
+    fixed_frames: int = 0
     # Training only, drawn per example from torch's generator: speed (frames resampled in time by a factor in
     # 1 ± stretch), vocal-tract length (log-mel bands read at positions scaled by 1 ± warp, as VTLP warps the
     # frequency axis), then SpecAugment's masks.
@@ -98,6 +101,8 @@ class SpeechTask(ClassifierTask):
             raise ConfigError(f"data.stretch and data.warp must be in [0, 1); got {data.stretch}, {data.warp}")
         if data.warp and data.features != "logmel":
             raise ConfigError("data.warp scales the mel axis, which MFCCs no longer have; use data.features=logmel")
+        if data.fixed_frames < 0:
+            raise ConfigError(f"data.fixed_frames must be 0 (off) or more; got {data.fixed_frames}")
         if data.max_seconds <= 0:
             raise ConfigError(f"data.max_seconds must be above 0; got {data.max_seconds}")
         self.stats: audio.FeatureStats | None = None
@@ -227,12 +232,17 @@ class SpeechTask(ClassifierTask):
         return self._frames
 
     def normalised(self, frames: Tensor) -> Tensor:
+        """Raw frames -> what the model reads: normalised, then resampled to data.fixed_frames if it is set."""
         how = self.config.data.normalize
         if how == "file":
-            return audio.per_file_normalised(frames)
-        if how == "train":
-            return self.stats.apply(frames)
-        return frames
+            frames = audio.per_file_normalised(frames)
+        elif how == "train":
+            frames = self.stats.apply(frames)
+        return self.in_time(frames)
+
+    def in_time(self, frames: Tensor) -> Tensor:
+        fixed = self.config.data.fixed_frames
+        return audio.resampled_in_time(frames, fixed) if fixed else frames
 
     def _part(self, name: str) -> tuple[list[Tensor], list[int]]:
         frames = self.frames()
@@ -377,9 +387,12 @@ class SpeechTask(ClassifierTask):
                 for field, name in GATE_NAMES.items():
                     entry[name] = getattr(gates, field)[:, 0].float().numpy()  # [T, H]
                 layers.append(entry)
+        seconds = len(waveform) / self.spec.sample_rate
+        spectrogram = self.in_time(self.extractor.mel_db(torch.as_tensor(waveform)).t())  # [T, M] dB, the frames' T
         hop = self.spec.hop_length / self.spec.sample_rate
-        return {"file": Path(path).name, "seconds": len(waveform) / self.spec.sample_rate, "hop_seconds": hop,
-                "spectrogram": self.extractor.mel_db(torch.as_tensor(waveform)).t().numpy(),  # [T, M] dB
+        if self.config.data.fixed_frames:
+            hop = seconds / len(spectrogram)
+        return {"file": Path(path).name, "seconds": seconds, "hop_seconds": hop, "spectrogram": spectrogram.numpy(),
                 "layers": layers, "prediction": self.labelled(probabilities),
                 "shown_member": f"member 1 of {len(members)}" if members is not None else None}
 
