@@ -318,7 +318,11 @@ class SpeechTask(ClassifierTask):
         if split not in ("valid", "test"):
             raise ConfigError(f"split must be 'valid' or 'test', got {split!r}")
         if not self.parts_known():
-            self._discover()
+            trained = self.label_names
+            self._discover()  # the run's own data, split again as in training
+            if self.label_names != trained:
+                raise DataError(f"{self.config.data.path} now has the labels {self.label_names}, but the run was "
+                                f"trained on {trained}; the data changed since training")
         if not self.parts[split]:
             raise ConfigError(f"this run has no {split} part (no {LIST_FILES[split]} and no data.{split}_match)")
         return self._part(split)
