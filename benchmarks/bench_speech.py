@@ -38,7 +38,7 @@ def main() -> None:
     task = SpeechTask(config)  # no cache_dir: every file is read and its features computed
     frames = task.frames()
     extraction = time.perf_counter() - started
-    seconds = sum(len(f) for f in frames) * task.spec.hop_length / task.spec.sample_rate
+    seconds = sum(soundfile.info(str(path)).duration for path in task.files)
     print(f"feature extraction: {len(frames):,} recordings ({seconds:,.0f} s of audio) in {extraction:.2f} s")
 
     # One second of speech: the first recordings of the data, joined and cut to exactly 1 s at their own rate.
