@@ -370,7 +370,7 @@ def _inspect_recording(task, model, recording: Path, out: Path, as_json: bool, m
     if result["shown_member"]:
         click.echo(f"gates of {result['shown_member']}; the prediction is the ensemble's")
     frames, hop_ms = len(result["spectrogram"]), result["hop_seconds"] * 1000
-    click.echo(f"{frames} frames of {hop_ms:g} ms ({result['seconds']:.2f} s)")
+    click.echo(f"{frames} frames of {hop_ms:.3g} ms ({result['seconds']:.2f} s)")
     for path in paths:
         click.echo(f"wrote {path}")
 
