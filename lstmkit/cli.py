@@ -120,7 +120,7 @@ def _rendezvous(nnodes: int, rdzv: str | None, out: Path) -> list[str]:
 def train(task: str, out: Path, data: Path | None, epochs: int | None, minutes: float | None, seed: int | None,
           resume: bool, quiet: bool, nproc: int, nnodes: int, rdzv: str | None, presets: tuple[str, ...],
           overrides: tuple[str, ...]) -> None:
-    """Train TASK into the run directory --out (tasks: adding, sentiment, sequences, lm).
+    """Train TASK into the run directory --out (tasks: adding, sentiment, sequences, lm, speech).
 
     With --resume, the command that started the run continues it: its options must agree with the run's saved
     configuration (only --epochs and --minutes may change); on a directory with no run yet it starts one."""
@@ -219,18 +219,21 @@ def evaluate(run: Path, data: str | None, split: str, as_json: bool) -> None:
 @click.argument("run", type=click.Path(path_type=Path))
 @click.argument("texts", nargs=-1)
 @click.option("--file", "file", type=click.Path(path_type=Path), default=None,
-              help="A UTF-8 file with one text per line ('-' for standard input).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per text.")
+              help="A UTF-8 file with one text (a recording's path, for a speech run) per line ('-' for standard "
+                   "input).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per text or recording.")
 def predict(run: Path, texts: tuple[str, ...], file: Path | None, as_json: bool) -> None:
-    """Label and probability for each text, with the best model of a sentiment RUN."""
+    """Label and probability for each text, with the best model of a sentiment RUN; for a speech RUN, for each
+    recording (WAV, FLAC, OGG) given as TEXTS."""
     import json
 
     from lstmkit.errors import DataError
     from lstmkit.tasks import open_run
 
     task, model = open_run(run)
-    if not hasattr(task, "predict_texts"):
-        raise ConfigError(f"{run} is a {task.name!r} run; predict works on text classifiers (sentiment runs)")
+    if not hasattr(task, "predict_texts") and not hasattr(task, "predict_files"):
+        raise ConfigError(f"{run} is a {task.name!r} run; predict works on text classifiers (sentiment runs) and "
+                          "on recording classifiers (speech runs)")
     inputs = list(texts)
     if file is not None:
         try:
@@ -242,6 +245,17 @@ def predict(run: Path, texts: tuple[str, ...], file: Path | None, as_json: bool)
         inputs += [line for line in content.splitlines() if line.strip()]
     if not inputs:
         raise DataError("nothing to predict: give texts as arguments or --file F")
+    if hasattr(task, "predict_files"):  # a speech run: the arguments are recordings
+        for result in task.predict_files(model, inputs):
+            click.echo(json.dumps(result) if as_json else f"{result['label']}\t{result['probability']:.3f}\t"
+                       f"{result['file']}")
+        return
+    from lstmkit.data.audio import AUDIO_SUFFIXES
+
+    recordings = [text for text in inputs if text.lower().endswith(AUDIO_SUFFIXES) and Path(text).is_file()]
+    if recordings:
+        raise DataError(f"{recordings[0]} is a recording, but {run} is a {task.name!r} run, which reads text; "
+                        "predict recordings with a speech run (lstmkit train speech)")
     empty = [i + 1 for i, text in enumerate(inputs) if not text.strip()]
     if empty:
         raise DataError(f"text {empty[0]} is empty; give it some words")
@@ -290,9 +304,13 @@ def generate(run: Path, prompt: str, length: int, temperature: float, top_k: int
 @click.option("--max-units", type=click.IntRange(min=1), default=None, help="Plot only the first N units.")
 def inspect(run: Path, text: str, out: Path, as_json: bool, max_units: int | None) -> None:
     """Heatmaps (token × unit) of the input, forget and output gates and the memory cell of every layer of
-    RUN's LSTM reading TEXT ('-' reads standard input). Tokens the model does not know are marked *."""
+    RUN's LSTM reading TEXT ('-' reads standard input). Tokens the model does not know are marked *.
+
+    For a speech RUN, TEXT is a recording: one PNG, --out/inspect.png, with its mel spectrogram above the gates and
+    cell of every layer, frame by frame on one time axis."""
     import json
 
+    from lstmkit.errors import DataError
     from lstmkit.introspect import trace_text
     from lstmkit.plots import gate_heatmaps
     from lstmkit.tasks import open_run
@@ -300,6 +318,14 @@ def inspect(run: Path, text: str, out: Path, as_json: bool, max_units: int | Non
     if text == "-":
         text = sys.stdin.read()
     task, model = open_run(run)
+    if hasattr(task, "trace_recording"):  # a speech run: TEXT is a recording
+        _inspect_recording(task, model, Path(text), out, as_json, max_units)
+        return
+    from lstmkit.data.audio import AUDIO_SUFFIXES
+
+    if text.lower().endswith(AUDIO_SUFFIXES) and Path(text).is_file():
+        raise DataError(f"{text} is a recording, but {run} is a {task.name!r} run; inspect recordings with a speech "
+                        "run")
     result = trace_text(task, model, text)
     try:
         paths = gate_heatmaps(result, out, max_units=max_units)
@@ -320,6 +346,31 @@ def inspect(run: Path, text: str, out: Path, as_json: bool, max_units: int | Non
     click.echo(f"{len(result.tokens)} tokens{f' ({unknown} unknown to the model, marked *)' if unknown else ''}; "
                f"{layers} layer{'s' * (layers > 1)}{f' × {directions} directions' if directions > 1 else ''} of "
                f"{result.hidden_size} units")
+    for path in paths:
+        click.echo(f"wrote {path}")
+
+
+def _inspect_recording(task, model, recording: Path, out: Path, as_json: bool, max_units: int | None) -> None:
+    """inspect on a speech run: one PNG (spectrogram, then gates and cell of each layer, one time axis)."""
+    import json
+
+    from lstmkit.plots import recording_gates
+    from lstmkit.tasks.speech import trace_json
+
+    result = task.trace_recording(model, recording)
+    try:
+        paths = [recording_gates(result, out / "inspect.png", max_units=max_units)]
+        if as_json:
+            paths.append(out / "trace.json")
+            (out / "trace.json").write_text(json.dumps(trace_json(result)), encoding="utf-8")
+    except OSError as error:
+        raise UserError(f"cannot write to {out}: {error.strerror or error}") from None
+    prediction = result["prediction"]
+    click.echo(f"prediction: {prediction['label']} ({prediction['probability']:.3f})")
+    if result["shown_member"]:
+        click.echo(f"gates of {result['shown_member']}; the prediction is the ensemble's")
+    frames, hop_ms = len(result["spectrogram"]), result["hop_seconds"] * 1000
+    click.echo(f"{frames} frames of {hop_ms:.3g} ms ({result['seconds']:.2f} s)")
     for path in paths:
         click.echo(f"wrote {path}")
 

@@ -143,3 +143,47 @@ def curves_figure(records: list[dict[str, Any]], title: str = "") -> Any:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def recording_gates(result: dict[str, Any], out: Path, max_units: int | None = None) -> Path:
+    """One PNG of a traced recording (`SpeechTask.trace_recording`): its mel spectrogram on top, then the input,
+    forget and output gates and the memory cell of every layer and direction, all on one time axis (seconds)."""
+    plt = _pyplot()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spectrogram = result["spectrogram"]  # [T, M] dB
+    T = spectrogram.shape[0]
+    extent_time = T * result["hop_seconds"]
+    panels: list[tuple[str, np.ndarray, str]] = [("spectrogram", spectrogram.T, "mel spectrogram (dB)")]
+    for entry in result["layers"]:
+        where = f"layer {entry['layer']}" + ("" if entry["direction"] == "forward" else f" {entry['direction']}")
+        for name, title in HEATMAP_PANELS:
+            values = entry[name] if max_units is None else entry[name][:, :max_units]
+            panels.append((name, values.T, f"{where}: {title}"))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(7.0, min(30.0, 2.0 + 0.08 * T)), 1.7 * len(panels) + 1.0),
+                             dpi=100, squeeze=False, sharex=True)
+    for ax, (name, values, title) in zip(axes[:, 0], panels, strict=True):
+        extent = (0.0, extent_time, values.shape[0] - 0.5, -0.5)
+        if name == "spectrogram":
+            image = ax.imshow(values, aspect="auto", origin="lower", cmap="magma",  # low bands at the bottom
+                              extent=(0.0, extent_time, -0.5, values.shape[0] - 0.5), interpolation="nearest")
+            ax.set_ylabel("mel band")
+        elif name == "cell":
+            bound = float(np.abs(values).max()) or 1.0
+            image = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, extent=extent,
+                              interpolation="nearest")
+            ax.set_ylabel("unit")
+        else:
+            image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, extent=extent,
+                              interpolation="nearest")
+            ax.set_ylabel("unit")
+        fig.colorbar(image, ax=ax, fraction=0.025, pad=0.01)
+        ax.set_title(title, fontsize=10, loc="left")
+    axes[-1, 0].set_xlabel("time (s)")
+    prediction = result["prediction"]
+    fig.suptitle(f"{result['file']}: {T} frames; prediction {prediction['label']} ({prediction['probability']:.3f})",
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out

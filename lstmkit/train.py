@@ -438,6 +438,7 @@ def _train_and_evaluate(
     _seed_everything(train.seed)
     # Everything that can reject the configuration or the data runs before the first file is written.
     task = get_task(config.task)(config)
+    task.cache_dir = run_dir  # e.g. the speech task's features, reused on --resume
     device = _device(train)
     model = task.build_model().to(device)
     optimizer = make_optimizer(model, train)

@@ -234,3 +234,75 @@ def test_api_errors_show_as_one_line(page):
     page.click("#generate-button")
     page.wait_for_selector("#error:not([hidden])")
     assert "never saw" in page.inner_text("#error")
+
+
+def test_an_uploaded_recording_shows_its_prediction_spectrogram_and_gates_on_one_time_axis(browser, tmp_path):
+    from test_speech import make_speech_run, tone, write_wav
+
+    run = make_speech_run(tmp_path, "model.bidirectional=true")
+    rate = 8000
+    quiet = 0.003 * np.random.default_rng(0).standard_normal(int(0.2 * rate)).astype(np.float32)
+    samples = np.concatenate([quiet, tone(1000, 0.3, rate), quiet])  # silence, a 1 kHz tone, silence
+    recording = write_wav(tmp_path / "tone in silence.wav", samples, rate)
+    with background_server(create_app([make_sentiment_run(tmp_path), run])) as base_url, \
+            open_page(browser, base_url) as page:
+        expected = httpx.post(f"{base_url}/api/speech", params={"run": "speech", "filename": recording.name},
+                              content=recording.read_bytes(), timeout=30)
+        assert expected.status_code == 200, expected.text
+        trace = expected.json()
+        page.select_option("#run-select", "speech")
+        assert page.is_visible("#speech-panel") and page.is_hidden("#sentiment-panel")
+        page.set_input_files("#speech-file", str(recording))
+        page.click("#speech-submit")
+        page.wait_for_selector("#speech-view:not([hidden])")
+        prediction = page.inner_text("#speech-prediction")
+        assert recording.name in prediction and trace["prediction"]["label"] in prediction
+        assert f"{100 * trace['prediction']['probability']:.1f}%" in prediction
+
+        frames = len(trace["spectrogram"])
+        assert frames == 1 + len(samples) // 80  # 10 ms frames at 8 kHz
+        sizes = page.eval_on_selector_all("#speech-canvases canvas", "cs => cs.map(c => [c.dataset.frames, "
+                                          "c.dataset.frameWidth, c.width, c.getBoundingClientRect().left])")
+        assert sizes[0] == sizes[1] and sizes[0][0] == str(frames), sizes  # one time axis: frame k at the same x
+        w = int(sizes[0][1])
+
+        def pixel(canvas: str, frame: int, row: int, rows: int) -> list[int]:
+            return page.evaluate("([id, x, row, rows]) => { const c = document.getElementById(id); "
+                                 "const h = c.height / rows; return Array.from(c.getContext('2d')"
+                                 ".getImageData(x, Math.floor((rows - 1 - row) * h + h / 2), 1, 1).data); }",
+                                 [canvas, frame * w + w // 2, row, rows])
+
+        # The tone's band is bright while it sounds and dark before: the spectrogram drawn is the trace's, in time.
+        spectrogram = np.asarray(trace["spectrogram"])
+        middle = frames // 2
+        band = int(spectrogram[middle].argmax())
+        bands = spectrogram.shape[1]
+        assert sum(pixel("spectrogram", middle, band, bands)[:3]) > sum(pixel("spectrogram", 5, band, bands)[:3]) + 200
+
+        # The gates: the default view is the top layer's forward forget gate, coloured from its values.
+        gates = page.locator("#speech-gates")
+        assert gates.get_attribute("data-gate") == "forget" and gates.get_attribute("data-direction") == "forward"
+        forget = np.asarray(next(e for e in trace["layers"] if e["direction"] == "forward")["forget"])
+        hi_t, hi_u = np.unravel_index(forget.argmax(), forget.shape)
+        lo_t, lo_u = np.unravel_index(forget.argmin(), forget.shape)
+        units = forget.shape[1]
+        assert sum(pixel("speech-gates", int(hi_t), int(hi_u), units)[:3]) < \
+            sum(pixel("speech-gates", int(lo_t), int(lo_u), units)[:3])  # open (dark blue) vs closed (white)
+        page.select_option("#speech-direction", "reverse")
+        page.select_option("#speech-gate", "cell")
+        assert gates.get_attribute("data-gate") == "cell" and gates.get_attribute("data-direction") == "reverse"
+
+        # Hovering frame k of the gates names frame k and its time.
+        box = gates.bounding_box()
+        page.mouse.move(box["x"] + 30 * w + w / 2, box["y"] + 3)
+        assert page.inner_text("#speech-cursor-info") == f"frame 30, t = {30 * trace['hop_seconds']:.3f} s"
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "web_page_speech.png"), full_page=True)
+
+        not_audio = tmp_path / "notes.wav"
+        not_audio.write_text("this is text with a .wav name\n")
+        page.set_input_files("#speech-file", str(not_audio))
+        page.click("#speech-submit")
+        page.wait_for_selector("#error:not([hidden])")
+        error = page.inner_text("#error")
+        assert "notes.wav is not a recording" in error and "HTTP 400" in error and "lstmkit-upload" not in error

@@ -37,6 +37,7 @@ class Task:
     # behaved by (which may differ from today's default). See load_run_config.
     former_defaults: ClassVar[dict[str, Any]] = {}
     data_summary: str = ""  # one line on the data as loaded for training, for the log (how it was split, say)
+    cache_dir: Path | None = None  # the run directory while training: where a task may cache what it derives
 
     def __init__(self, config: RunConfig, run_dir: Path | None = None) -> None:
         """Load the training data; with `run_dir`, load only what inference needs from that run instead."""
@@ -100,8 +101,9 @@ def task_classes() -> dict[str, type[Task]]:
     from lstmkit.tasks.lm import LMTask
     from lstmkit.tasks.sentiment import SentimentTask
     from lstmkit.tasks.sequences import SequencesTask
+    from lstmkit.tasks.speech import SpeechTask
 
-    return {cls.name: cls for cls in (AddingTask, SentimentTask, SequencesTask, LMTask)}
+    return {cls.name: cls for cls in (AddingTask, SentimentTask, SequencesTask, LMTask, SpeechTask)}
 
 
 def get_task(name: str) -> type[Task]:

@@ -84,7 +84,7 @@ class ServedRun:
             "num_layers": getattr(lstm, "num_layers", None),
             "hidden_size": getattr(lstm, "hidden_size", None),
             "directions": ["forward", "reverse"] if getattr(lstm, "bidirectional", False) else ["forward"],
-            "labels": list(self.task.label_names) if self.task.name == "sentiment" else None,
+            "labels": list(self.task.label_names) if self.task.name in ("sentiment", "speech") else None,
             "members": len(self.model.members) if hasattr(self.model, "members") else None,
         }
 
@@ -296,12 +296,12 @@ class GenerateRequest(BaseModel):
 
 class RunInfo(BaseModel):
     name: str
-    task: str = Field(description="'sentiment', 'lm', 'sequences' or 'adding'.")
+    task: str = Field(description="'sentiment', 'lm', 'speech', 'sequences' or 'adding'.")
     level: str | None = Field(description="'word' or 'char' for runs that read text.")
     num_layers: int | None
     hidden_size: int | None
     directions: list[str]
-    labels: list[str] | None = Field(description="A sentiment run's label names.")
+    labels: list[str] | None = Field(description="A sentiment or speech run's label names.")
     members: int | None = Field(default=None, description="An ensemble's model count: its predictions average "
                                                           "them, its traces show the first one's gates.")
 
@@ -492,6 +492,9 @@ def create_app(run_dirs: Sequence[Path], limits: Limits | None = None) -> FastAP
                                      media_type="application/x-ndjson",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    from lstmkit.web.speech import add_speech_routes
+
+    add_speech_routes(app, runs, slots, limits, pick_run)
     return app
 
 

@@ -5,7 +5,9 @@
 (() => {
   const $ = (id) => document.getElementById(id);
 
-  const TASK_NAMES = { sentiment: "sentiment", lm: "language model", sequences: "sequences", adding: "adding" };
+  const TASK_NAMES = {
+    sentiment: "sentiment", lm: "language model", speech: "speech", sequences: "sequences", adding: "adding",
+  };
   const GATE_LABELS = {
     input: "input gate", forget: "forget gate", output: "output gate",
     candidate: "candidate", cell: "memory cell", hidden: "hidden state",
@@ -168,7 +170,8 @@
     $("run-info").textContent = describeRun(run);
     $("sentiment-panel").hidden = run.task !== "sentiment";
     $("lm-panel").hidden = run.task !== "lm";
-    $("unsupported-panel").hidden = run.task === "sentiment" || run.task === "lm";
+    $("speech-panel").hidden = run.task !== "speech"; // its view: speech.js
+    $("unsupported-panel").hidden = ["sentiment", "lm", "speech"].includes(run.task);
     $("prediction").hidden = true;
     $("view").hidden = true;
     $("generated-text").replaceChildren();
