@@ -137,8 +137,13 @@ class ClassifierTask(Task):
         share = item[rank::world]
         counted = len(share)
         share = share or item[:1]
-        inputs, lengths = collate([self.train_examples[i] for i in share])
-        return inputs, lengths, torch.tensor([self.train_labels[i] for i in share]), counted
+        examples, labels = self.train_examples, self.train_labels
+        inputs, lengths = collate([self.augmented(examples[i]) for i in share])
+        return inputs, lengths, torch.tensor([labels[i] for i in share]), counted
+
+    def augmented(self, example: Tensor) -> Tensor:
+        """A training example as this step's batch sees it: itself, unless a task augments it (speech)."""
+        return example
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, Tensor, int]) -> tuple[Tensor, int]:
         inputs, lengths, labels, counted = batch

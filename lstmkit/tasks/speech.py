@@ -276,13 +276,8 @@ class SpeechTask(ClassifierTask):
         self.frames()  # the features (and any skipped files) before the plan indexes them
         return super().train_plan(epoch)
 
-    def make_batch(self, item: list[int], rank: int, world: int) -> tuple[Tensor, Tensor, Tensor]:
-        from lstmkit.tasks.classify import collate
-
-        share = item[rank::world] or item[:1]
-        examples, labels = self._part("train")
-        inputs, lengths = collate([self.masked(self.perturbed(examples[i])) for i in share])
-        return inputs, lengths, torch.tensor([labels[i] for i in share])
+    def augmented(self, example: Tensor) -> Tensor:
+        return self.masked(self.perturbed(example))  # drawn from torch's generator, which checkpoints save
 
     def perturbed(self, frames: Tensor) -> Tensor:
         data = self.config.data
