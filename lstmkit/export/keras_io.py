@@ -203,7 +203,9 @@ def _from_config(config: dict, weights, source: str) -> KerasModel:
             model.lstms.append(KerasLSTM(int(inner.get("units", cells[0][1].shape[0])), kind == "Bidirectional",
                                          bool(inner.get("return_sequences", False)), cells))
         elif kind in _POOLING:
-            if not model.lstms or not model.lstms[-1].return_sequences:
+            if not model.lstms:
+                raise ConfigError(f"{source} has no LSTM layer before its {kind}; lstmkit imports {_SUPPORTED}")
+            if not model.lstms[-1].return_sequences:
                 raise ConfigError(f"{source}: {where} ({kind}) must follow an LSTM with return_sequences=True")
             model.pooling = _POOLING[kind]
         elif kind == "Dense":
