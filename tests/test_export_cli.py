@@ -211,3 +211,29 @@ def test_an_exported_run_is_still_opened_by_lstmkit(small_run, tmp_path):
     invoke("export", small_run, "--format", "pt2", "--out", tmp_path / "m.pt2")
     assert {p.name: p.read_bytes() for p in small_run.iterdir()} == before
     open_run(small_run)
+
+
+@needs_onnx
+def test_a_write_that_fails_half_way_leaves_neither_the_file_nor_a_temporary(small_run, tmp_path, monkeypatch):
+    import onnx
+
+    def half_then_full(proto, path, *args, **kwargs):
+        Path(path).write_bytes(proto.SerializeToString()[:50])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save_model", half_then_full)
+    out = tmp_path / "out"
+    out.mkdir()
+    one_line_error(invoke("export", small_run, "--format", "onnx", "--out", out / "m.onnx"), "No space left",
+                   "nothing was written")
+    assert not list(out.iterdir())
+
+
+def test_an_exported_file_has_the_mode_open_would_give(small_run, tmp_path):
+    import os
+
+    out = tmp_path / "m.pt2"
+    assert invoke("export", small_run, "--format", "pt2", "--out", out).exit_code == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask

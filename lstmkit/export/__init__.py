@@ -25,6 +25,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from lstmkit.errors import ConfigError, LstmkitError, RunDirError
+from lstmkit.runs import _FILE_MODE
 
 FORMATS = ("onnx", "keras", "pt2")
 EXPORTABLE_TASKS = ("sentiment", "sequences", "lm")
@@ -127,6 +128,7 @@ def written_atomically(out: Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, _FILE_MODE)  # what open() would give, not mkstemp's 0600
         os.replace(tmp, out)
     except OSError as error:
         raise RunDirError(f"could not write {out}: {error.strerror or error}; nothing was written there") from None
