@@ -4,8 +4,9 @@ model in PyTorch with torch.nn.LSTM, at batch 1 and batch 32, timed in the same 
 Models (random weights of the shape; speed does not depend on the values):
   imdb: the seed classifier, Embedding(10000, 128) -> LSTM(64) -> Dense(1), reviews of T=200 tokens
   ptb:  the ptb_word language model, Embedding(10000, 200) -> 2 x LSTM(200) -> Linear(10000), windows of T=35
-Each ONNX model is first checked against PyTorch (fp32: relative error <= 1e-5; int8: reported), then timed:
-calls interleaved across contenders, median time per call, `--threads` for both runtimes. Ratios are
+"lstmkit (auto)" is the same model with lstmkit.LSTM (backend="auto", its measured choice of path).
+Each contender is first checked against PyTorch (fp32: relative error <= 1e-5; int8: reported), then timed:
+each contender timed in turn (one warm-up call first), median time per call, `--threads` for every runtime. Ratios are
 nn.LSTM time / contender time (> 1: faster than nn.LSTM).
 
 Run: python benchmarks/bench_export.py [--threads 1,2] [--seconds 1.5]
@@ -14,6 +15,7 @@ Run: python benchmarks/bench_export.py [--threads 1,2] [--seconds 1.5]
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import subprocess
@@ -61,6 +63,11 @@ def inputs_for(task: str, T: int, B: int):
     return torch.randint(2, 10000, (B, T), generator=generator), torch.full((B,), T)
 
 
+def _infer(model, *inputs):
+    with torch.inference_mode():
+        return model(*inputs)
+
+
 def median_time(fn, seconds: float) -> float:
     fn()
     times, start = [], time.perf_counter()
@@ -86,6 +93,7 @@ def main() -> None:
             fp32, int8 = Path(scratch) / f"{name}.onnx", Path(scratch) / f"{name}.int8.onnx"
             onnx.save_model(proto, str(fp32))
             quantize_int8(proto, int8)
+            ours = copy.deepcopy(model)  # lstmkit.LSTM, backend="auto"
             baseline_lstm = model.lstm.to_torch()  # the baseline: the same weights in torch.nn.LSTM
             baseline_lstm.num_directions = model.lstm.num_directions  # what SequenceClassifier's pooling reads
             model.lstm = baseline_lstm
@@ -93,7 +101,8 @@ def main() -> None:
             for threads in [int(t) for t in args.threads.split(",")]:
                 torch.set_num_threads(threads)
                 wrap = OnnxLanguageModel if task == "lm" else OnnxClassifier
-                contenders = {"onnxruntime fp32": wrap(session(fp32, threads)),
+                contenders = {"lstmkit (auto)": lambda *x, m=ours: _infer(m, *x),
+                              "onnxruntime fp32": wrap(session(fp32, threads)),
                               "onnxruntime int8": wrap(session(int8, threads))}
                 for B in (1, 32):
                     inputs = inputs_for(task, T, B)
@@ -105,7 +114,7 @@ def main() -> None:
                         got = contender(*inputs)
                         got = got[0] if task == "lm" else got
                         errors[label] = ((got - expected).abs().max() / expected.abs().max()).item()
-                    assert errors["onnxruntime fp32"] <= 1e-5, f"fp32 ONNX differs: {errors}"
+                    assert errors["onnxruntime fp32"] <= 1e-5 and errors["lstmkit (auto)"] <= 1e-5, errors
 
                     def baseline(model=model, inputs=inputs):
                         with torch.inference_mode():
