@@ -223,8 +223,8 @@ def model_proto(task, model, files: dict[str, str]):
 
 
 def export_onnx(run: Path, out: Path, int8: bool = False) -> Path:
+    task, model = open_for_export(run)  # a run that cannot be exported says so before a package is missed
     onnx = require("onnx")
-    task, model = open_for_export(run)
     proto = model_proto(task, model, run_files(run))
     with written_atomically(out) as tmp:
         if int8:
