@@ -201,9 +201,13 @@ def _print_metrics(metrics: dict, as_json: bool) -> None:
               help="Which held-out part of the run's own data, when --data is not given.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
 def evaluate(run: Path, data: str | None, split: str, as_json: bool) -> None:
-    """Score the best model of RUN: classifiers give accuracy, precision, recall, F1, ROC-AUC and the confusion
-    matrix; language models give loss (nats/token) and bits per character or perplexity."""
-    from lstmkit.tasks import open_run
+    """Score the best model of RUN (or an ONNX file written by `lstmkit export`, fp32 or int8): classifiers give
+    accuracy, precision, recall, F1, ROC-AUC and the confusion matrix; language models give loss (nats/token) and
+    bits per character or perplexity."""
+    if run.suffix == ".onnx":  # a file from `lstmkit export --format onnx`, scored by onnxruntime
+        from lstmkit.export.onnx_run import open_onnx as open_run
+    else:
+        from lstmkit.tasks import open_run
 
     task, model = open_run(run)
     if data is not None:
@@ -480,3 +484,33 @@ def tune(target: str, data: Path | None, presets: tuple[str, ...], overrides: tu
     click.echo(f"chosen on this machine ({dispatch_cache.machine()['cpu']}; cache {dispatch_cache.tuner().path}):")
     for line in describe(choices):
         click.echo(f"  {line}")
+
+
+@main.command("export")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", required=True, metavar="onnx|keras|pt2",
+              help="onnx: the standard LSTM operator, for onnxruntime and other runtimes; keras: a Keras 3 .keras "
+                   "file; pt2: a torch.export program (torch.export.load).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The file to write.")
+@click.option("--int8", is_flag=True, help="With --format onnx: onnxruntime's dynamic int8 quantisation.")
+def export(run: Path, fmt: str, out: Path, int8: bool) -> None:
+    """Write the best model of RUN (sentiment, sequences or lm) in another format; see README, Take it elsewhere."""
+    from lstmkit.export import export_run
+
+    click.echo(f"wrote {export_run(run, fmt, out, int8=int8)}")
+
+
+@main.command("import-keras")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="The run directory to create.")
+@click.option("--vocab", type=click.Path(path_type=Path), default=None,
+              help="A text model's vocabulary: one token a line (line n is id n), a JSON list of tokens, or an "
+                   "lstmkit vocab.json.")
+@click.option("--labels", default=None, help="Names of the classes, comma-separated (default: 0, 1, ...).")
+def import_keras(model: Path, out: Path, vocab: Path | None, labels: str | None) -> None:
+    """Turn a Keras 3 model (Embedding -> LSTM layers -> Dense, .keras or .weights.h5) into a run directory that
+    evaluate, predict, inspect, serve and export take."""
+    from lstmkit.export.keras_io import import_keras as import_model
+
+    click.echo(f"wrote {import_model(model, out, vocab=vocab, labels=labels)}")

@@ -1,0 +1,135 @@
+"""Inference of exported ONNX models in onnxruntime (fp32, and int8 from its dynamic quantiser) against the same
+model in PyTorch with torch.nn.LSTM, at batch 1 and batch 32, timed in the same run.
+
+Models (random weights of the shape; speed does not depend on the values):
+  imdb: the seed classifier, Embedding(10000, 128) -> LSTM(64) -> Dense(1), reviews of T=200 tokens
+  ptb:  the ptb_word language model, Embedding(10000, 200) -> 2 x LSTM(200) -> Linear(10000), windows of T=35
+"lstmkit (auto)" is the same model with lstmkit.LSTM (backend="auto", its measured choice of path).
+Each contender is first checked against PyTorch (fp32: relative error <= 1e-5; int8: reported), then timed:
+each contender timed in turn (one warm-up call first), median time per call, `--threads` for every runtime. Ratios are
+nn.LSTM time / contender time (> 1: faster than nn.LSTM).
+
+Run: python benchmarks/bench_export.py [--threads 1,2] [--seconds 1.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from lstmkit.export.onnx_graph import model_proto
+from lstmkit.export.onnx_run import OnnxClassifier, OnnxLanguageModel, quantize_int8, session
+from lstmkit.models import SequenceClassifier
+from lstmkit.tasks.lm import LanguageModel, LMModelConfig
+
+
+class _Task:  # what model_proto reads of a task
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def build(name: str):
+    """(task name, PyTorch model with torch.nn.LSTM, a call of it on batch B)."""
+    torch.manual_seed(0)
+    if name == "imdb":
+        model = SequenceClassifier(num_classes=2, hidden_size=64, vocab_size=10000, embedding_dim=128).eval()
+        return "sentiment", model, 200
+    model = LanguageModel(10000, LMModelConfig(embedding_dim=200, hidden_size=200, num_layers=2, tie_weights=True))
+    return "lm", model.eval(), 35
+
+
+def inputs_for(task: str, T: int, B: int):
+    generator = torch.Generator().manual_seed(B)
+    if task == "lm":
+        return (torch.randint(2, 10000, (T, B), generator=generator),)
+    return torch.randint(2, 10000, (B, T), generator=generator), torch.full((B,), T)
+
+
+def _infer(model, *inputs):
+    with torch.inference_mode():
+        return model(*inputs)
+
+
+def median_time(fn, seconds: float) -> float:
+    fn()
+    times, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds or len(times) < 5:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--seconds", type=float, default=1.5, help="timing per contender and shape")
+    args = parser.parse_args()
+    print(f"CPU: {cpu_model()}; torch {torch.__version__}; onnxruntime "
+          f"{__import__('onnxruntime').__version__}; {time.strftime('%Y-%m-%d')}")
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in ("imdb", "ptb"):
+            task, model, T = build(name)
+            config_files = {"config.json": "{}"}
+            proto = model_proto(_Task(task), model, config_files)
+            fp32, int8 = Path(scratch) / f"{name}.onnx", Path(scratch) / f"{name}.int8.onnx"
+            onnx.save_model(proto, str(fp32))
+            quantize_int8(proto, int8)
+            ours = copy.deepcopy(model)  # lstmkit.LSTM, backend="auto"
+            baseline_lstm = model.lstm.to_torch()  # the baseline: the same weights in torch.nn.LSTM
+            baseline_lstm.num_directions = model.lstm.num_directions  # what SequenceClassifier's pooling reads
+            model.lstm = baseline_lstm
+            size = f"{fp32.stat().st_size / 2**20:.1f} MB fp32, {int8.stat().st_size / 2**20:.1f} MB int8"
+            for threads in [int(t) for t in args.threads.split(",")]:
+                torch.set_num_threads(threads)
+                wrap = OnnxLanguageModel if task == "lm" else OnnxClassifier
+                contenders = {"lstmkit (auto)": lambda *x, m=ours: _infer(m, *x),
+                              "onnxruntime fp32": wrap(session(fp32, threads)),
+                              "onnxruntime int8": wrap(session(int8, threads))}
+                for B in (1, 32):
+                    inputs = inputs_for(task, T, B)
+                    with torch.inference_mode():
+                        expected = model(*inputs)
+                    expected = expected[0] if task == "lm" else expected
+                    errors = {}
+                    for label, contender in contenders.items():
+                        got = contender(*inputs)
+                        got = got[0] if task == "lm" else got
+                        errors[label] = ((got - expected).abs().max() / expected.abs().max()).item()
+                    assert errors["onnxruntime fp32"] <= 1e-5 and errors["lstmkit (auto)"] <= 1e-5, errors
+
+                    def baseline(model=model, inputs=inputs):
+                        with torch.inference_mode():
+                            model(*inputs)
+
+                    times = {"nn.LSTM (PyTorch)": median_time(baseline, args.seconds)}
+                    for label, contender in contenders.items():
+                        times[label] = median_time(lambda c=contender, x=inputs: c(*x), args.seconds)
+                    base = times["nn.LSTM (PyTorch)"]
+                    print(f"{name} T={T} B={B} threads={threads} ({size}; int8 max relative error "
+                          f"{errors['onnxruntime int8']:.1e}):")
+                    for label, seconds in times.items():
+                        print(f"  {label:20s} {seconds * 1e3:9.3f} ms   {base / seconds:5.2f}x nn.LSTM")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()
