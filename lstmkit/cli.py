@@ -125,8 +125,9 @@ def train(task: str, out: Path, data: Path | None, epochs: int | None, minutes: 
     With --resume, the command that started the run continues it: its options must agree with the run's saved
     configuration (only --epochs and --minutes may change); on a directory with no run yet it starts one."""
     from lstmkit import runs
+    from lstmkit.ensemble import train_and_evaluate
     from lstmkit.tasks import requested_config
-    from lstmkit.train import check_run_dir, config_for_resume, train_and_evaluate
+    from lstmkit.train import check_run_dir, config_for_resume
 
     requested = requested_config(task, presets, overrides, {
         "data.path": _data_path(data), "train.epochs": epochs, "train.minutes": minutes, "train.seed": seed})
@@ -203,7 +204,7 @@ def _print_metrics(metrics: dict, as_json: bool) -> None:
 def evaluate(run: Path, data: str | None, split: str, as_json: bool) -> None:
     """Score the best model of RUN: classifiers give accuracy, precision, recall, F1, ROC-AUC and the confusion
     matrix; language models give loss (nats/token) and bits per character or perplexity."""
-    from lstmkit.tasks import open_run
+    from lstmkit.ensemble import open_run
 
     task, model = open_run(run)
     if data is not None:
@@ -225,8 +226,8 @@ def predict(run: Path, texts: tuple[str, ...], file: Path | None, as_json: bool)
     """Label and probability for each text, with the best model of a sentiment RUN."""
     import json
 
+    from lstmkit.ensemble import open_run
     from lstmkit.errors import DataError
-    from lstmkit.tasks import open_run
 
     task, model = open_run(run)
     if not hasattr(task, "predict_texts"):
@@ -269,7 +270,7 @@ def generate(run: Path, prompt: str, length: int, temperature: float, top_k: int
     from lstmkit.sample import generate as generate_tokens
 
     check_sampling(length, temperature, top_k, top_p)  # before the model loads: a typo fails at once
-    from lstmkit.tasks import open_run
+    from lstmkit.ensemble import open_run
 
     task, model = open_run(run)
     if task.name != "lm":
@@ -293,9 +294,9 @@ def inspect(run: Path, text: str, out: Path, as_json: bool, max_units: int | Non
     RUN's LSTM reading TEXT ('-' reads standard input). Tokens the model does not know are marked *."""
     import json
 
+    from lstmkit.ensemble import open_run
     from lstmkit.introspect import trace_text
     from lstmkit.plots import gate_heatmaps
-    from lstmkit.tasks import open_run
 
     if text == "-":
         text = sys.stdin.read()

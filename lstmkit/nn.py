@@ -13,6 +13,19 @@ handling as torch, so `load_state_dict` works in both directions. Additions:
 * `backend`: "auto", "torch" (the portable backend), "op" (a torch.library custom op per layer) or "cpu"
   (the fused C kernel); see `lstmkit.ops`.
 * Gradients work in eval mode too, and every gate can be read with `lstmkit.trace`.
+* Variants (keyword arguments, each off by default, any combination), per layer and direction, with
+  a_t = W x_t + U h_{t-1} + b split into the gates' blocks:
+    peephole=True       diagonal peepholes (Gers & Schmidhuber 2000), parameter `weight_peephole_l{k}` [3, H]
+                        = (p_i, p_f, p_o):   i_t = sigma(a_i + p_i * c_{t-1}),  f_t = sigma(a_f + p_f * c_{t-1}),
+                        o_t = sigma(a_o + p_o * c_t)
+    coupled_gates=True  the coupled input-forget gate (CIFG, Greff et al. 2017): f_t = 1 - i_t; W, U and the
+                        biases hold three blocks (i, g, o) of H rows; `lstmkit.trace` still shows f
+    cell_clip=v > 0     c_t = clip(f_t * c_{t-1} + i_t * g_t, -v, v), before tanh and o's peephole
+                        (TensorFlow's LSTMCell cell_clip; no gradient flows through a clipped unit)
+    forget_bias=[...]   one forget-gate bias shift per layer (with coupled gates the i-block is shifted by
+                        -forget_bias, since f = 1 - i = sigma(-a_i))
+  c_t = f_t * c_{t-1} + i_t * g_t (6.55) and h_t = o_t * tanh(c_t) (6.56) are unchanged. A variant runs on the
+  paths that compute it (`lstmkit.ops.dispatch`), never on torch's own kernel, and `to_torch()` refuses it.
 """
 
 from __future__ import annotations
@@ -20,7 +33,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Callable
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +41,8 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from lstmkit import ops
-from lstmkit.ops import lstm_op, lstm_torch, lstm_vendor
+from lstmkit.ops import lstm_cpu, lstm_torch, lstm_vendor
+from lstmkit.ops.cell import Cell, features_of
 
 GATE_ORDER = ("i", "f", "g", "o")  # PyTorch's order of the four row blocks of weight_ih / weight_hh / biases
 
@@ -44,6 +58,24 @@ def _check_size(name: str, value: object, minimum: int) -> int:
 def _check_forget_bias(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"forget_bias must be a finite number (1.0 is the usual choice), got {value!r}")
+    return float(value)
+
+
+def _check_forget_biases(value: object, num_layers: int) -> tuple[float, ...]:
+    """forget_bias: one number for every layer, or a sequence of num_layers numbers."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) != num_layers:
+            raise ValueError(f"forget_bias needs one number per layer ({num_layers}), got {len(value)}: {list(value)}")
+        return tuple(_check_forget_bias(v) for v in value)
+    return (_check_forget_bias(value),) * num_layers
+
+
+def _check_cell_clip(value: object) -> float:
+    """cell_clip: None (off) or a finite number > 0; returns 0.0 for off (`Cell`'s convention)."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"cell_clip must be a number > 0 (e.g. 3.0), or None for no clip; got {value!r}")
     return float(value)
 
 
@@ -128,13 +160,21 @@ class LSTM(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         *,
-        forget_bias: float = 1.0,
+        forget_bias: float | Sequence[float] = 1.0,
         backend: str = "auto",
+        peephole: bool = False,
+        coupled_gates: bool = False,
+        cell_clip: float | None = None,
     ) -> None:
         super().__init__()
         self.input_size = _check_size("input_size", input_size, 1)
         self.hidden_size = _check_size("hidden_size", hidden_size, 1)
         self.num_layers = _check_size("num_layers", num_layers, 1)
+        for name, flag in (("peephole", peephole), ("coupled_gates", coupled_gates)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, got {flag!r}")
+        self.peephole, self.coupled_gates = peephole, coupled_gates
+        self.cell_clip = _check_cell_clip(cell_clip) or None
         self.proj_size = _check_size("proj_size", proj_size, 0)
         if self.proj_size >= self.hidden_size:
             raise ValueError(
@@ -153,22 +193,27 @@ class LSTM(nn.Module):
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
         self.bidirectional = bool(bidirectional)
-        self.forget_bias = _check_forget_bias(forget_bias)
+        self.forget_biases = _check_forget_biases(forget_bias, self.num_layers)
+        # one number where all layers share it (as torch-style code reads it), else the per-layer tuple
+        self.forget_bias = self.forget_biases[0] if len(set(self.forget_biases)) == 1 else self.forget_biases
         self.backend = ops.check_backend(backend)
 
         factory = {"device": device, "dtype": dtype}
         H, P = self.hidden_size, self.proj_size or self.hidden_size
-        self._param_names: list[list[tuple[str, ...]]] = []  # [layer][direction] -> (W, U, b_ih, b_hh, R) names
+        G = self.gates
+        self._param_names: list[list[tuple[str, ...]]] = []  # [layer][direction] -> (W, U, b_ih, b_hh, R, p) names
         for layer in range(self.num_layers):
             layer_input = self.input_size if layer == 0 else P * self.num_directions
             per_direction = []
             for direction in range(self.num_directions):
                 suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
-                shapes = {f"weight_ih{suffix}": (4 * H, layer_input), f"weight_hh{suffix}": (4 * H, P)}
+                shapes = {f"weight_ih{suffix}": (G * H, layer_input), f"weight_hh{suffix}": (G * H, P)}
                 if self.bias:
-                    shapes |= {f"bias_ih{suffix}": (4 * H,), f"bias_hh{suffix}": (4 * H,)}
+                    shapes |= {f"bias_ih{suffix}": (G * H,), f"bias_hh{suffix}": (G * H,)}
                 if self.proj_size:
                     shapes[f"weight_hr{suffix}"] = (self.proj_size, H)
+                if self.peephole:
+                    shapes[f"weight_peephole{suffix}"] = (3, H)
                 for name, shape in shapes.items():
                     self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
                 per_direction.append(tuple(shapes))
@@ -195,8 +240,21 @@ class LSTM(nn.Module):
         new.load_state_dict(module.state_dict())
         return new.train(module.training)
 
+    @property
+    def gates(self) -> int:
+        """G, the gate blocks of the weights: 4 (i, f, g, o), or 3 (i, g, o) with coupled gates."""
+        return 3 if self.coupled_gates else 4
+
+    @property
+    def variant_features(self) -> tuple[str, ...]:
+        """The variant features that are on (`lstmkit.ops.cell.FEATURES` names); () for the standard LSTM."""
+        return features_of(self.peephole, self.coupled_gates, self.cell_clip)
+
     def to_torch(self) -> nn.LSTM:
         """A torch.nn.LSTM with this module's configuration and weights."""
+        if self.variant_features:
+            raise ValueError(f"torch.nn.LSTM cannot compute {' or '.join(self.variant_features)}: to_torch() takes a "
+                             "standard lstmkit.LSTM (build one without those arguments)")
         weight = self.weight_ih_l0
         module = nn.LSTM(
             self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first, self.dropout,
@@ -220,26 +278,57 @@ class LSTM(nn.Module):
         with torch.no_grad():
             for weight in self.parameters():
                 nn.init.uniform_(weight, -bound, bound)
-            if self.bias and self.forget_bias:
+            if self.bias:
                 H = self.hidden_size
                 for layer in range(self.num_layers):
+                    shift = self.forget_biases[layer]
                     for direction in range(self.num_directions):
-                        self.layer_weights(layer, direction)[2][H:2 * H] += self.forget_bias
+                        b_ih = self.layer_weights(layer, direction)[2]
+                        if self.coupled_gates:  # f = 1 - i = sigma(-a_i): f starts near sigma(shift)
+                            b_ih[:H] -= shift
+                        else:
+                            b_ih[H:2 * H] += shift
 
     def layer_weights(self, layer: int, direction: int = 0) -> tuple[Tensor | None, ...]:
-        """(W, U, b_ih, b_hh, R) of one layer and direction; absent ones are None."""
+        """(W, U, b_ih, b_hh, R) of one layer and direction; absent ones are None (see `cell` for the rest)."""
+        return self._named_weights(layer, direction)[:5]
+
+    def _named_weights(self, layer: int, direction: int) -> tuple[Tensor | None, ...]:
         names = self._param_names[layer][direction]
         suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
         return tuple(
             getattr(self, f"{kind}{suffix}") if f"{kind}{suffix}" in names else None
-            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "weight_peephole")
         )
 
-    def kernel_weights(self, layer: int, direction: int = 0) -> tuple[Tensor | None, ...]:
-        """(W, U, b, R) as the layer functions take them: b = b_ih + b_hh, one bias (the two only mirror
-        nn.LSTM's parameters), or None without biases."""
-        W, U, b_ih, b_hh, R = self.layer_weights(layer, direction)
-        return W, U, (b_ih + b_hh if b_ih is not None else None), R
+    def cell(self, layer: int, direction: int = 0) -> Cell:
+        """The `Cell` the layer functions take for one layer and direction: its weights, b = b_ih + b_hh (one bias;
+        the two only mirror nn.LSTM's parameters) or None without biases, and the variant features."""
+        W, U, b_ih, b_hh, R, peephole = self._named_weights(layer, direction)
+        return Cell(W, U, b_ih + b_hh if b_ih is not None else None, R, peephole, self.coupled_gates,
+                    self.cell_clip or 0.0)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        """torch's loading, with a one-line error where a state saved by another kind of LSTM meets this one."""
+        weight = state_dict.get(prefix + "weight_ih_l0")
+        if weight is not None and weight.dim() == 2 and weight.shape[0] != self.weight_ih_l0.shape[0] and \
+                weight.shape[0] in (3 * self.hidden_size, 4 * self.hidden_size):
+            saved = weight.shape[0] // self.hidden_size
+            kind = "i, g, o: coupled gates" if saved == 3 else "i, f, g, o: a standard LSTM"
+            raise ValueError(f"the state holds weights of {saved} gate blocks ({kind}), but this LSTM has "
+                             f"{self.gates}; build it with coupled_gates={saved == 3}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """torch's, with a one-line error for a state without this variant's parameters (a standard LSTM's).
+        Nested in a model, torch's own missing-keys error names them (`weight_peephole_l0`, ...)."""
+        if strict and self.peephole and not any(k.startswith("weight_peephole") for k in state_dict):
+            raise ValueError("the state has no peephole weights (weight_peephole_l0, ...), but this LSTM has "
+                             "peephole=True; build it with peephole=False, or load with strict=False to keep the "
+                             "initial peepholes")
+        return super().load_state_dict(state_dict, strict, assign)
 
     @property
     def all_weights(self) -> list[list[Tensor]]:
@@ -258,6 +347,9 @@ class LSTM(nn.Module):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
         s += f", forget_bias={self.forget_bias}"
+        for name in ("peephole", "coupled_gates", "cell_clip"):
+            if getattr(self, name):
+                s += f", {name}={getattr(self, name)}"
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
         return s
@@ -326,6 +418,48 @@ class LSTM(nn.Module):
             x, h_n, c_n = x.to(low), h_n.to(low), c_n.to(low)
         return self._assemble(x, h_n, c_n, packed, is_batched, input)
 
+    def embedded(
+        self, embedding: nn.Embedding, tokens: Tensor | PackedSequence
+    ) -> tuple[Tensor | PackedSequence, tuple[Tensor, Tensor]]:
+        """`self(embedding(tokens))` for token ids (a padded [T, B] tensor, [B, T] with batch_first, or a
+        PackedSequence of ids), with the Embedding fused into the input projection where the C kernel runs a train
+        step of one standard layer (`lstm_cpu.embedded_lstm_layer`): W x is then computed once per distinct token
+        of the batch rather than once per step (the IMDB seed model: 16 ms a step instead of 21, 2 cores).
+        Elsewhere it is exactly `self(embedding(tokens))`. Forward hooks on this module do not see fused calls."""
+        packed = isinstance(tokens, PackedSequence)
+        ids = tokens.data if packed else tokens
+        if packed:
+            sizes = _batch_sizes_list(tokens.batch_sizes)
+            steps = (len(sizes), sizes[0])
+        elif ids.dim() == 2:
+            sizes = None
+            steps = (ids.shape[1], ids.shape[0]) if self.batch_first else tuple(ids.shape)
+        if not self._fuses_embedding(embedding, packed, ids, steps, sizes):
+            inputs = embedding(ids)
+            return self(PackedSequence(inputs, *tokens[1:]) if packed else inputs)
+        T, B = steps
+        if not packed:  # time-major rows, the LSTM's own layout
+            ids, sizes = (ids.t() if self.batch_first else ids).reshape(T * B), [B] * T
+        zeros = embedding.weight.new_zeros(self.num_directions, B, self.hidden_size)
+        cells = [self.cell(0, d) for d in range(self.num_directions)]
+        y, h_n, c_n = lstm_cpu.embedded_lstm_layer(embedding.weight, ids, sizes, zeros, zeros, cells,
+                                                   embedding.padding_idx)
+        return self._assemble(y, h_n, c_n, packed, True, tokens)
+
+    def _fuses_embedding(self, embedding: nn.Embedding, packed: bool, ids: Tensor, steps: tuple, sizes: list | None
+                         ) -> bool:
+        """Whether `embedded` takes the fused path: a train step that this module would run on the C kernel, of
+        one standard layer without a projection, a plain Embedding, no autocast and no torch.func transform."""
+        if not (self.training and torch.is_grad_enabled()) or ids.dim() != (1 if packed else 2):
+            return False
+        if self.num_layers != 1 or self.proj_size or self.variant_features or type(embedding) is not nn.Embedding:
+            return False
+        if embedding.max_norm is not None or torch.is_autocast_enabled("cpu") or lstm_cpu._functorch_active():
+            return False
+        if self.path_for(steps[1], steps[0], packed, True, batch_sizes=sizes) != "cpu":
+            return False
+        return all(lstm_cpu.supports(embedding.weight, self.cell(0, d)) for d in range(self.num_directions))
+
     def call_kind(self, batch: int, steps: int, packed: bool, needs_grad: bool) -> ops.CallKind:
         """What `ops.dispatch` decides on for a call of B=batch sequences of up to T=steps steps."""
         like = self.weight_ih_l0
@@ -335,7 +469,8 @@ class LSTM(nn.Module):
             autocast=str(low).removeprefix("torch.") if low is not None else "", train=needs_grad, batch=batch,
             steps=steps, input_size=self.input_size, hidden_size=self.hidden_size, proj_size=self.proj_size,
             layers=self.num_layers, bidirectional=self.bidirectional, packed=packed,
-            dropout=self.training and self.dropout > 0 and self.num_layers > 1, threads=torch.get_num_threads())
+            dropout=self.training and self.dropout > 0 and self.num_layers > 1, threads=torch.get_num_threads(),
+            features="+".join(self.variant_features))
 
     def path_for(self, batch: int, steps: int, packed: bool, needs_grad: bool, input_dtype: torch.dtype | None = None,
                  recording: bool = False, batch_sizes: list[int] | None = None) -> str:
@@ -382,29 +517,29 @@ class LSTM(nn.Module):
             T, B = steps
             y, h_n, c_n = lstm_vendor.lstm_stack(x.view(T, B, -1), None, *vendor_args)
             return y.reshape(T * B, y.shape[2]), h_n, c_n
-        return self._run_layers(ops.layer_function(path), x, batch_sizes, h0, c0, record,
-                                steps=None if packed else steps)
+        return self._run_layers(path, x, batch_sizes, h0, c0, record, steps=None if packed else steps)
 
     def _run_layers(
-        self, layer_fn: Callable, x: Tensor, batch_sizes: list[int] | None, h0: Tensor, c0: Tensor,
+        self, path: str, x: Tensor, batch_sizes: list[int] | None, h0: Tensor, c0: Tensor,
         record: list | None, steps: tuple[int, int] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """lstmkit's own computation, layer by layer: x [N, I] packed rows -> ([N, D*P], h_n, c_n).
 
         A full batch comes with batch_sizes=None and steps=(T, B)."""
+        layer_fn = ops.layer_function(path)
         if batch_sizes is None:
             T, B = steps
-            batch_sizes = (T, B) if layer_fn is lstm_op.layer else [B] * T
+            batch_sizes = (T, B) if path == "op" else [B] * T  # the op takes (T, B): T stays symbolic in export
         final_h, final_c = [], []
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout and self.training:
                 x = F.dropout(x, self.dropout, training=True)
             outputs, per_direction = [], []
             for direction in range(self.num_directions):
-                W, U, b, R = self.kernel_weights(layer, direction)
                 k = layer * self.num_directions + direction
                 rec: dict[str, Tensor] | None = {} if record is not None else None
-                y, hT, cT = layer_fn(x, batch_sizes, h0[k], c0[k], W, U, b, R, reverse=direction == 1, record=rec)
+                y, hT, cT = layer_fn(x, batch_sizes, h0[k], c0[k], self.cell(layer, direction), reverse=direction == 1,
+                                     record=rec)
                 outputs.append(y)
                 final_h.append(hT)
                 final_c.append(cT)
@@ -547,7 +682,7 @@ class LSTMCell(nn.Module):
                 h0, c0 = h0.unsqueeze(0), c0.unsqueeze(0)
         b = self.bias_ih + self.bias_hh if self.bias else None
         xw = torch.addmm(b, x, self.weight_ih.t()) if b is not None else x @ self.weight_ih.t()
-        h1, c1, _ = ops.step_function(self.backend)(xw, h0, c0, self.weight_hh, None)
+        h1, c1, _ = ops.step_function(self.backend)(xw, h0, c0, Cell(self.weight_ih, self.weight_hh, b))
         if not is_batched:
             return h1.squeeze(0), c1.squeeze(0)
         return h1, c1

@@ -190,9 +190,11 @@ def test_the_built_in_corpus_needs_no_data(tmp_path):
 
 def test_init_range_sets_the_embedding_and_output_layer():
     from lstmkit.errors import ConfigError
+    from lstmkit.lstm_config import LSTMConfig
     from lstmkit.tasks.lm import LanguageModel, LMModelConfig
 
-    model = LanguageModel(50, LMModelConfig(embedding_dim=16, hidden_size=16, tie_weights=True, init_range=0.1))
+    model = LanguageModel(50, LMModelConfig(embedding_dim=16, lstm=LSTMConfig(hidden_size=16), tie_weights=True,
+                                               init_range=0.1))
     assert model.embedding.weight.abs().max() <= 0.1 and model.embedding.weight.abs().max() > 0.05
     assert model.head.weight is model.embedding.weight and torch.equal(model.head.bias, torch.zeros(50))
     with pytest.raises(ConfigError, match="model.init_range must be >= 0"):

@@ -1,5 +1,5 @@
-"""LSTM implementations with one signature (see `lstm_torch.lstm_layer`), and `dispatch`, the one place that
-decides which of them runs a call.
+"""LSTM implementations with one signature (see `lstm_torch.lstm_layer`: rows, batch sizes, initial state and one
+`cell.Cell`), and `dispatch`, the one place that decides which of them runs a call.
 
 Paths (what `dispatch` returns):
   "vendor" torch's fused LSTM (`lstm_vendor`: oneDNN on the CPU, cuDNN on CUDA, what torch.nn.LSTM runs) with
@@ -14,7 +14,9 @@ Backends a user names (`lstmkit.LSTM(backend=...)`): a path by name ("torch", "o
 path that computes the call exactly, measured on this machine the first time it meets a kind of call and cached
 (`tune`); with LSTMKIT_TUNE=0 (and under torch.distributed) the measured-elsewhere `rule` instead. Under
 torch.compile and torch.export, "auto" and "cpu" run as "op", which those can trace; packed input and gate
-recording always take "torch".
+recording always take "torch". Variant cells (`Cell.features`, part of the call's kind and its tuning key) never
+take "vendor" (torch's kernel computes the standard cell only), and "cpu" only for the features the C kernel lists
+in `lstm_cpu.SUPPORTS`; the op runs every feature (on its torch loop where the C kernel lacks one).
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from collections.abc import Callable
 import torch
 
 from lstmkit.ops import lstm_cpu, lstm_op, lstm_torch, tune
+from lstmkit.ops.cell import FEATURES, Cell
 from lstmkit.ops.tune import CallKind
 
 BACKENDS = ("auto", "torch", "op", "cpu")
 PATHS = ("vendor", "cpu", "op", "torch")
-__all__ = ["BACKENDS", "PATHS", "CallKind", "check_backend", "dispatch", "layer_function", "rule", "step_function"]
+__all__ = ["BACKENDS", "FEATURES", "PATHS", "CallKind", "Cell", "check_backend", "dispatch", "layer_function", "rule",
+           "step_function"]
 
 
 def _compiling() -> bool:
@@ -43,9 +47,15 @@ def check_backend(name: object) -> str:
     return name  # type: ignore[return-value]
 
 
+def _features(call: CallKind) -> set[str]:
+    return set(call.features.split("+")) - {""}
+
+
 def _cpu_kernel_fits(call: CallKind) -> bool:
-    """The C kernel computes float32 parameters on the CPU, with float32 input or under CPU autocast."""
-    return call.device == "cpu" and call.dtype == "float32" and lstm_cpu.available()
+    """The C kernel computes float32 parameters on the CPU, with float32 input or under CPU autocast, for the
+    variant features it lists."""
+    return (call.device == "cpu" and call.dtype == "float32" and lstm_cpu.SUPPORTS.issuperset(_features(call))
+            and lstm_cpu.available())
 
 
 def candidates(call: CallKind, training: bool) -> list[str]:
@@ -58,7 +68,7 @@ def candidates(call: CallKind, training: bool) -> list[str]:
     # masks from a state of its own that no checkpoint captures (F.dropout's come from torch's generator, so an
     # interrupted and resumed run repeats them exactly).
     vendor_fits = call.device == "cpu" or not ((not training and call.train) or (training and call.dropout))
-    if vendor_fits:
+    if vendor_fits and not call.features:  # torch's kernel computes the standard cell only
         paths.insert(0, "vendor")
     return paths
 
@@ -84,7 +94,7 @@ def rule(call: CallKind, training: bool) -> str:
         return "cpu" if call.train and call.batch >= 2 * lstm_cpu.MIN_ROWS_PER_THREAD else "vendor"
     # oneDNN takes no packed input and no projection: torch then runs a native fallback, 4x slower than lstmkit's
     # packed rows (train step, B=32 T<=300 I=128 H=64: 301 ms vs 80; 2 cores, Xeon, 2026-11-23).
-    if call.device == "cpu" and (call.packed or call.proj_size):
+    if call.features or (call.device == "cpu" and (call.packed or call.proj_size)):
         return "torch"
     return "vendor" if "vendor" in candidates(call, training) else "torch"
 
@@ -117,6 +127,6 @@ def layer_function(path: str) -> Callable:
 
 
 def step_function(backend: str) -> Callable:
-    """The function that advances an LSTM state by one step for `backend` (used by LSTMCell)."""
+    """The function that advances an LSTM state by one step for `backend` (used by LSTMCell): (xw_t, h, c, cell)."""
     check_backend(backend)
     return lstm_torch.lstm_step

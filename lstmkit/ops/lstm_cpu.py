@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from lstmkit.ops import lstm_torch, tune
+from lstmkit.ops.cell import Cell
 
 SOURCE = Path(__file__).with_name("csrc") / "lstm_cpu.c"
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-fopenmp"]
@@ -155,10 +156,17 @@ def load_seconds() -> float:
     return float(_state["seconds"])  # type: ignore[arg-type]
 
 
-def supports(x: Tensor, *weights: Tensor | None) -> bool:
-    """Whether the C kernel can run a layer: float32 weights on the CPU, and float32 input (or bf16/fp16 input
-    under CPU autocast: the time loop then computes in float32, the big GEMMs as `gemm_choice` says)."""
-    if not all(w is None or (w.device.type == "cpu" and w.dtype == torch.float32) for w in weights):
+# The variant features (`Cell.features`) the C row functions compute; a cell with any other runs on lstm_torch.
+SUPPORTS: frozenset[str] = frozenset()
+
+
+def supports(x: Tensor, cell: Cell) -> bool:
+    """Whether the C kernel can run a layer: a cell whose features it has (`SUPPORTS`), float32 weights on the
+    CPU, and float32 input (or bf16/fp16 input under CPU autocast: the time loop then computes in float32, the big
+    GEMMs as `gemm_choice` says)."""
+    if not SUPPORTS.issuperset(cell.features):
+        return False
+    if not all(w is None or (w.device.type == "cpu" and w.dtype == torch.float32) for w in cell.tensors()):
         return False
     if x.device.type != "cpu" or not (x.dtype == torch.float32 or (x.dtype in (torch.bfloat16, torch.float16)
                                                                    and torch.is_autocast_enabled("cpu"))):
@@ -366,7 +374,7 @@ def _differentiable_backward(ctx, inputs: tuple, rows: Tensor | None, upstream: 
     with torch.enable_grad():
         if rows is not None:  # a table of projections: gather the steps' rows; W x is then x itself
             x, W = x.index_select(0, rows), torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
-        outputs = lstm_torch.lstm_layer(x, ctx.batch_sizes, h0, c0, W, U, b, R, reverse=ctx.reverse)
+        outputs = lstm_torch.lstm_layer(x, ctx.batch_sizes, h0, c0, Cell(W, U, b, R), reverse=ctx.reverse)
         grads = iter(torch.autograd.grad(outputs, wanted, upstream, create_graph=True, allow_unused=True))
     return (*(next(grads) if n and t is not None else None for t, n in zip(inputs, need, strict=True)),
             None, None, None, None)
@@ -383,17 +391,15 @@ def lstm_layer(
     batch_sizes: list[int],
     h0: Tensor,
     c0: Tensor,
-    W: Tensor,
-    U: Tensor,
-    b: Tensor | None,
-    R: Tensor | None = None,
+    cell: Cell,
     reverse: bool = False,
     record: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """`lstm_torch.lstm_layer` on the C kernel; what it cannot run (gate recording, other dtypes or devices,
-    no compiler) goes to `lstm_torch.lstm_layer`."""
-    if record is not None or x.shape[0] == 0 or not supports(x, W, U, b, R) or _functorch_active():
-        return lstm_torch.lstm_layer(x, batch_sizes, h0, c0, W, U, b, R, reverse, record)
+    """`lstm_torch.lstm_layer` on the C kernel; what it cannot run (gate recording, variant features it lacks,
+    other dtypes or devices, no compiler) goes to `lstm_torch.lstm_layer`."""
+    if record is not None or x.shape[0] == 0 or not supports(x, cell) or _functorch_active():
+        return lstm_torch.lstm_layer(x, batch_sizes, h0, c0, cell, reverse, record)
+    W, U, b, R = cell.W, cell.U, cell.b, cell.R
     # Under autocast the input may be bf16: the time loop computes in float32, the big GEMMs in whatever
     # `gemm_choice` measured fastest here, and autocast must not reach the GEMMs inside.
     autocast = torch.is_autocast_enabled("cpu")
@@ -413,14 +419,15 @@ def embedded_lstm_layer(
     batch_sizes: list[int],
     h0: Tensor,
     c0: Tensor,
-    directions: list[tuple[Tensor, Tensor, Tensor | None]],
+    directions: list[Cell],
     padding_idx: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """An Embedding followed by one LSTM layer (one or both directions), with W x_t computed once per distinct
     token rather than once per step.
 
     ids: [N] token ids in the layer's row order (packed rows, or a padded batch's time-major rows with
-    batch_sizes [B] * T); embedding: [V, E]; directions: (W, U, b) per direction, the second reverse.
+    batch_sizes [B] * T); embedding: [V, E]; directions: the cell of each direction (standard, no projection),
+    the second reverse.
     Returns y [N, D*H], h_n [D, B, H], c_n [D, B, H]; h0, c0: [D, B, H]. Equal to
     `lstm_layer(F.embedding(ids, embedding), ...)` per direction; call it where `supports` holds, without autocast.
 
@@ -429,12 +436,12 @@ def embedded_lstm_layer(
     """
     distinct, rows = torch.unique(ids, return_inverse=True)
     embedded = torch.nn.functional.embedding(distinct, embedding, padding_idx)  # [K, E]
-    G = directions[0][0].shape[0]  # 4H
+    G = directions[0].W.shape[0]  # 4H
     gemm = gemm_choice(autocast=False)
-    table = embedded @ torch.cat([W for W, _, _ in directions]).t()  # [K, D*4H]: every W x, once per word (autograd)
+    table = embedded @ torch.cat([cell.W for cell in directions]).t()  # [K, D*4H]: every W x, once per word
     ys, hs, cs = [], [], []
-    for d, (_, U, b) in enumerate(directions):
-        y, h, c = _FusedLayer.apply(table[:, d * G:(d + 1) * G], h0[d], c0[d], None, U, b, None,
+    for d, cell in enumerate(directions):
+        y, h, c = _FusedLayer.apply(table[:, d * G:(d + 1) * G], h0[d], c0[d], None, cell.U, cell.b, None,
                                     list(batch_sizes), d == 1, rows, gemm)
         ys.append(y)
         hs.append(h)

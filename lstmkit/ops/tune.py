@@ -84,6 +84,7 @@ class CallKind:
     packed: bool
     dropout: bool  # inter-layer dropout in training
     threads: int
+    features: str = ""  # the cell's variant features (`Cell.features`, joined by "+"); "" for the standard cell
 
     def flops_per_step(self) -> float:
         """Matrix FLOPs of one time step of the whole stack (forward; a train step 3x): 2 B 4H (I + P) per layer and
@@ -109,7 +110,7 @@ class CallKind:
             f"H{_bucket(self.hidden_size)}", f"P{_bucket(self.proj_size) if self.proj_size else 0}",
             f"L{self.layers}", "bi" if self.bidirectional else "uni", "packed" if self.packed else "padded",
             "dropout" if self.dropout else "-", f"threads{self.threads}",
-        ])
+        ] + ([self.features] if self.features else []))  # standard cells keep the keys they had before variants
 
 
 @functools.lru_cache(maxsize=1)

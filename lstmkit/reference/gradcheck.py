@@ -37,20 +37,25 @@ def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
 
 
 def random_lstm_problem(
-    rng: np.random.Generator, T: int, B: int, I: int, H: int, P: int | None = None
+    rng: np.random.Generator, T: int, B: int, I: int, H: int, P: int | None = None, *, peephole: bool = False,
+    coupled_gates: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Random float64 inputs and parameters, and random upstream gradients, for one LSTM layer."""
+    """Random float64 inputs and parameters, and random upstream gradients, for one LSTM layer (with
+    `peephole`, inputs["peephole"] [3, H]; with `coupled_gates`, three gate blocks)."""
     P_out = H if P is None else P
+    G = 3 if coupled_gates else 4
     inputs = {
         "x": rng.standard_normal((T, B, I)),
-        "W": rng.standard_normal((4 * H, I)) * 0.5,
-        "U": rng.standard_normal((4 * H, P_out)) * 0.5,
-        "b": rng.standard_normal(4 * H) * 0.5,
+        "W": rng.standard_normal((G * H, I)) * 0.5,
+        "U": rng.standard_normal((G * H, P_out)) * 0.5,
+        "b": rng.standard_normal(G * H) * 0.5,
         "h0": rng.standard_normal((B, P_out)),
         "c0": rng.standard_normal((B, H)),
     }
     if P is not None:
         inputs["R"] = rng.standard_normal((P, H)) * 0.5
+    if peephole:
+        inputs["peephole"] = rng.standard_normal((3, H)) * 0.5
     upstream = {
         "dy": rng.standard_normal((T, B, P_out)),
         "dhT": rng.standard_normal((B, P_out)),
@@ -59,14 +64,16 @@ def random_lstm_problem(
     return inputs, upstream
 
 
-def check_bptt(inputs: dict[str, np.ndarray], upstream: dict[str, np.ndarray], eps: float = 1e-6) -> dict[str, float]:
-    """Relative error of every BPTT gradient against finite differences, keyed by gradient name."""
+def check_bptt(inputs: dict[str, np.ndarray], upstream: dict[str, np.ndarray], eps: float = 1e-6,
+               **options: object) -> dict[str, float]:
+    """Relative error of every BPTT gradient against finite differences, keyed by gradient name.
+    options: the variant's switches of `lstm_forward` (coupled_gates=, cell_clip=)."""
 
     def loss() -> float:
-        y, hT, cT, _ = lstm_forward(**inputs)
+        y, hT, cT, _ = lstm_forward(**inputs, **options)
         return float((y * upstream["dy"]).sum() + (hT * upstream["dhT"]).sum() + (cT * upstream["dcT"]).sum())
 
-    _, _, _, cache = lstm_forward(**inputs)
+    _, _, _, cache = lstm_forward(**inputs, **options)
     analytic = lstm_backward(upstream["dy"], upstream["dhT"], upstream["dcT"], cache)
     return {
         "d" + name: relative_error(analytic["d" + name], numerical_gradient(loss, inputs[name], eps))

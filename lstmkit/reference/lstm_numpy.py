@@ -18,6 +18,15 @@ gate order i, f, g, o as in torch.nn.LSTM (g is the candidate cell c~ of the tex
 
 Shapes: x: [T, B, I], W: [4H, I], U: [4H, P] (P = H without projection), b: [4H], R: [P, H],
 h0: [B, P], c0: [B, H]. Products are written row-major: a_t = x_t @ W.T + h_{t-1} @ U.T + b.
+
+Variants (keyword arguments; each off by default, any combination allowed):
+
+  peephole [3, H] = (p_i, p_f, p_o), diagonal peephole weights (Gers & Schmidhuber 2000):
+      i_t = sigma(a_i + p_i * c_{t-1}),  f_t = sigma(a_f + p_f * c_{t-1}),  o_t = sigma(a_o + p_o * c_t)
+  coupled_gates (CIFG, Greff et al. 2017): W, U, b hold three blocks (i, g, o), and f_t = 1 - i_t
+      (p_f is then unused and gets no gradient)
+  cell_clip > 0: c_t = clip(f_t * c_{t-1} + i_t * g_t, -cell_clip, cell_clip), before tanh and o's peephole
+      (TensorFlow's LSTMCell cell_clip); the gradient is zero where the clip is active (|s_t| >= cell_clip)
 """
 
 from __future__ import annotations
@@ -39,8 +48,8 @@ class LSTMCache:
     """What the backward pass needs from the forward pass, one entry per step (index t)."""
 
     x: np.ndarray  # [T, B, I]
-    W: np.ndarray  # [4H, I]
-    U: np.ndarray  # [4H, P]
+    W: np.ndarray  # [GH, I], G = 4 (3 with coupled gates)
+    U: np.ndarray  # [GH, P]
     R: np.ndarray | None  # [P, H] or None
     h_prev: np.ndarray  # [T, B, P]  h_{t-1} for each step
     c_prev: np.ndarray  # [T, B, H]  c_{t-1} for each step
@@ -50,6 +59,18 @@ class LSTMCache:
     o: np.ndarray  # [T, B, H]
     c: np.ndarray  # [T, B, H]
     m: np.ndarray  # [T, B, H]  o * tanh(c), before the projection
+    s: np.ndarray  # [T, B, H]  f * c_{t-1} + i * g, before the cell clip
+    peephole: np.ndarray | None = None  # [3, H]
+    coupled_gates: bool = False
+    cell_clip: float = 0.0
+
+
+def gate_blocks(a: np.ndarray, H: int, coupled_gates: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray,
+                                                                       np.ndarray]:
+    """Pre-activations [.., GH] -> (a_i, a_f or None, a_g, a_o): the row blocks i, f, g, o (i, g, o when coupled)."""
+    if coupled_gates:
+        return a[..., :H], None, a[..., H:2 * H], a[..., 2 * H:3 * H]
+    return a[..., :H], a[..., H:2 * H], a[..., 2 * H:3 * H], a[..., 3 * H:4 * H]
 
 
 def lstm_forward(
@@ -60,30 +81,38 @@ def lstm_forward(
     h0: np.ndarray,
     c0: np.ndarray,
     R: np.ndarray | None = None,
+    peephole: np.ndarray | None = None,
+    coupled_gates: bool = False,
+    cell_clip: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, LSTMCache]:
     """Run one LSTM layer over x. Returns (y [T, B, P], h_T [B, P], c_T [B, H], cache)."""
     T, B, _ = x.shape
-    H = W.shape[0] // 4
+    H = W.shape[0] // (3 if coupled_gates else 4)
     P = H if R is None else R.shape[0]
     cache = LSTMCache(
         x=x, W=W, U=U, R=R,
         h_prev=np.empty((T, B, P)), c_prev=np.empty((T, B, H)),
         i=np.empty((T, B, H)), f=np.empty((T, B, H)), g=np.empty((T, B, H)),
-        o=np.empty((T, B, H)), c=np.empty((T, B, H)), m=np.empty((T, B, H)),
+        o=np.empty((T, B, H)), c=np.empty((T, B, H)), m=np.empty((T, B, H)), s=np.empty((T, B, H)),
+        peephole=peephole, coupled_gates=coupled_gates, cell_clip=cell_clip,
     )
+    p_i, p_f, p_o = peephole if peephole is not None else (0.0, 0.0, 0.0)
     y = np.empty((T, B, P))
     h, c = h0, c0
     for t in range(T):
         cache.h_prev[t], cache.c_prev[t] = h, c
-        a = x[t] @ W.T + h @ U.T + b  # [B, 4H]
-        i = sigmoid(a[:, 0 * H:1 * H])  # 6.51
-        f = sigmoid(a[:, 1 * H:2 * H])  # 6.52
-        g = np.tanh(a[:, 2 * H:3 * H])  # 6.54
-        o = sigmoid(a[:, 3 * H:4 * H])  # 6.53
-        c = f * c + i * g  # 6.55
+        a = x[t] @ W.T + h @ U.T + b  # [B, GH]
+        a_i, a_f, a_g, a_o = gate_blocks(a, H, coupled_gates)
+        i = sigmoid(a_i + p_i * c)  # 6.51 (+ peephole)
+        f = 1.0 - i if coupled_gates else sigmoid(a_f + p_f * c)  # 6.52 (+ peephole; CIFG: 1 - i)
+        g = np.tanh(a_g)  # 6.54
+        s = f * c + i * g  # 6.55
+        c = np.clip(s, -cell_clip, cell_clip) if cell_clip else s
+        o = sigmoid(a_o + p_o * c)  # 6.53 (+ peephole, on c_t)
         m = o * np.tanh(c)  # 6.56
         h = m if R is None else m @ R.T
         cache.i[t], cache.f[t], cache.g[t], cache.o[t], cache.c[t], cache.m[t] = i, f, g, o, c, m
+        cache.s[t] = s
         y[t] = h
     return y, h, c, cache
 
@@ -94,48 +123,68 @@ def lstm_backward(
     """Backpropagation through time for `lstm_forward`.
 
     dy: [T, B, P] gradient of the loss w.r.t. every output, dhT: [B, P] and dcT: [B, H] w.r.t. the
-    final state. Returns dx, dW, dU, db, dh0, dc0 (and dR when a projection was used).
+    final state. Returns dx, dW, dU, db, dh0, dc0 (and dR with a projection, dpeephole with peepholes).
 
-    Derivation, per step from t = T-1 down to 0, with dh and dc the total gradients reaching h_t, c_t:
+    Derivation, per step from t = T-1 down to 0, with dh and dc the total gradients reaching h_t, c_t
+    (dc from step t+1 only; p terms are zero without peepholes, the clip mask is 1 without a clip):
         dm   = dh @ R                (or dh without projection);   dR += dh.T @ m_t
-        do   = dm * tanh(c_t)
-        dc  += dm * o_t * (1 - tanh(c_t)^2)
-        di   = dc * g_t,  df = dc * c_{t-1},  dg = dc * i_t,  dc_{t-1} = dc * f_t
-        da   = [di * i(1-i), df * f(1-f), dg * (1-g^2), do * o(1-o)]
+        do   = dm * tanh(c_t);        dz_o = do * o(1-o);   dp_o += sum(dz_o * c_t)
+        dc  += dm * o_t * (1 - tanh(c_t)^2) + dz_o * p_o
+        ds   = dc * [|s_t| < cell_clip]
+        di   = ds * g_t,  df = ds * c_{t-1},  dg = ds * i_t,  dc_{t-1} = ds * f_t
+        CIFG: di -= df (f = 1 - i), no f block;  else dz_f = df * f(1-f), dc_{t-1} += dz_f * p_f
+        dz_i = di * i(1-i),  dz_g = dg * (1-g^2),  dc_{t-1} += dz_i * p_i
+        da   = [dz_i, dz_f, dz_g, dz_o]  (CIFG: [dz_i, dz_g, dz_o])
         dx_t = da @ W,  dh_{t-1} = da @ U + dy_{t-1},  dW += da.T @ x_t,  dU += da.T @ h_{t-1},  db += sum(da)
     """
     x, W, U, R = cache.x, cache.W, cache.U, cache.R
+    coupled, clip, peephole = cache.coupled_gates, cache.cell_clip, cache.peephole
+    p_i, p_f, p_o = peephole if peephole is not None else (0.0, 0.0, 0.0)
     T = x.shape[0]
     dx = np.zeros_like(x)
     dW, dU, db = np.zeros_like(W), np.zeros_like(U), np.zeros(W.shape[0])
     dR = None if R is None else np.zeros_like(R)
+    dp = None if peephole is None else np.zeros_like(peephole)
     dh = dhT + dy[T - 1]
     dc = dcT.copy()
     for t in range(T - 1, -1, -1):
-        i, f, g, o, c = cache.i[t], cache.f[t], cache.g[t], cache.o[t], cache.c[t]
+        i, f, g, o, c, c_prev = cache.i[t], cache.f[t], cache.g[t], cache.o[t], cache.c[t], cache.c_prev[t]
         if R is None:
             dm = dh
         else:
             dR += dh.T @ cache.m[t]
             dm = dh @ R
         tanh_c = np.tanh(c)
-        do = dm * tanh_c
-        dc = dc + dm * o * (1.0 - tanh_c**2)
-        di = dc * g
-        df = dc * cache.c_prev[t]
-        dg = dc * i
-        da = np.concatenate(
-            [di * i * (1.0 - i), df * f * (1.0 - f), dg * (1.0 - g**2), do * o * (1.0 - o)], axis=1
-        )
+        dz_o = dm * tanh_c * o * (1.0 - o)
+        dc = dc + dm * o * (1.0 - tanh_c**2) + dz_o * p_o
+        ds = dc * (np.abs(cache.s[t]) < clip) if clip else dc
+        di, df, dg = ds * g, ds * c_prev, ds * i
+        dc = ds * f
+        blocks = []
+        if coupled:
+            di = di - df
+        else:
+            dz_f = df * f * (1.0 - f)
+            dc = dc + dz_f * p_f
+        dz_i = di * i * (1.0 - i)
+        dc = dc + dz_i * p_i
+        if dp is not None:
+            dp[0] += (dz_i * c_prev).sum(axis=0)
+            dp[2] += (dz_o * c).sum(axis=0)
+            if not coupled:
+                dp[1] += (dz_f * c_prev).sum(axis=0)
+        blocks = [dz_i, dg * (1.0 - g**2), dz_o] if coupled else [dz_i, dz_f, dg * (1.0 - g**2), dz_o]
+        da = np.concatenate(blocks, axis=1)
         dx[t] = da @ W
         dW += da.T @ x[t]
         dU += da.T @ cache.h_prev[t]
         db += da.sum(axis=0)
-        dc = dc * f
         dh = da @ U
         if t > 0:
             dh = dh + dy[t - 1]
     grads = {"dx": dx, "dW": dW, "dU": dU, "db": db, "dh0": dh, "dc0": dc}
     if dR is not None:
         grads["dR"] = dR
+    if dp is not None:
+        grads["dpeephole"] = dp
     return grads

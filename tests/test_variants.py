@@ -1,0 +1,247 @@
+"""LSTM variants (peepholes, coupled input-forget gate, cell clip, per-layer forget bias): the oracle's BPTT against
+finite differences, every backend against the oracle (float64, random upstream gradients, both directions, packed
+rows, projections), and the module's arguments, errors, traces, streaming and runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_close
+from test_ops import GRAD_NAMES
+
+import lstmkit
+from lstmkit.nn import LSTM
+from lstmkit.ops import lstm_cpu, lstm_op, lstm_torch
+from lstmkit.ops.cell import Cell
+from lstmkit.reference import check_bptt, lstm_backward, lstm_forward, random_lstm_problem
+from lstmkit.stream import LSTMStream
+
+GRAD_NAMES = {**GRAD_NAMES, "peephole": "dpeephole"}
+# (peephole, coupled_gates, cell_clip): each feature alone, then together.
+VARIANTS = [(True, False, 0.0), (False, True, 0.0), (False, False, 0.7), (True, True, 0.9)]
+VARIANT_IDS = ["peephole", "cifg", "clip", "all"]
+LAYERS = {"torch": lstm_torch.lstm_layer, "cpu": lstm_cpu.lstm_layer, "op": lstm_op.layer}
+
+
+def problem(seed: int, T: int, B: int, I: int, H: int, P: int | None, variant: tuple) -> tuple[dict, dict, dict]:
+    peephole, coupled, clip = variant
+    inputs, upstream = random_lstm_problem(np.random.default_rng(seed), T, B, I, H, P, peephole=peephole,
+                                           coupled_gates=coupled)
+    return inputs, upstream, {"coupled_gates": coupled, "cell_clip": clip}
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1, None), (5, 2, 3, 4, None), (4, 3, 2, 5, 2)],
+                         ids=lambda s: "T{}-B{}-I{}-H{}-P{}".format(*s))
+def test_variant_bptt_matches_finite_differences(variant, shape):
+    inputs, upstream, options = problem(sum(shape[:4]) + 31, *shape, variant)
+    errors = check_bptt(inputs, upstream, **options)
+    assert ("dpeephole" in errors) == variant[0]
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= 1e-6, f"{worst}: relative error {errors[worst]:.2e} against finite differences"
+    if options["cell_clip"] and shape[0] > 1:  # the clip must be active somewhere and not everywhere
+        s = lstm_forward(**inputs, **options)[3].s
+        clipped = np.abs(s) >= options["cell_clip"]
+        assert clipped.any() and not clipped.all()
+
+
+def test_cifg_and_peephole_by_hand():
+    """One unit, one step: f = 1 - i, and the peepholes read c_{t-1} for i and f, c_t for o."""
+    x, h0, c0 = np.ones((1, 1, 1)), np.zeros((1, 1)), np.array([[2.0]])
+    W, U, b = np.array([[0.5], [1.0], [-0.5]]), np.zeros((3, 1)), np.zeros(3)  # blocks i, g, o
+    p = np.array([[0.25], [9.0], [0.5]])  # p_f is unused with coupled gates
+    _, hT, cT, cache = lstm_forward(x, W, U, b, h0, c0, peephole=p, coupled_gates=True)
+    i = 1 / (1 + np.exp(-(0.5 + 0.25 * 2.0)))
+    c = (1 - i) * 2.0 + i * np.tanh(1.0)
+    o = 1 / (1 + np.exp(-(-0.5 + 0.5 * c)))
+    assert cache.f[0, 0, 0] == pytest.approx(1 - i, abs=1e-15)
+    assert cT[0, 0] == pytest.approx(c, abs=1e-15)
+    assert hT[0, 0] == pytest.approx(o * np.tanh(c), abs=1e-15)
+
+
+def run_layer(layer_fn, inputs, upstream, options, batch_sizes, reverse):
+    """One layer on float64 copies of the oracle's inputs (x as rows); outputs and every gradient."""
+    leaves = {k: torch.tensor(v, requires_grad=True) for k, v in inputs.items()}
+    x = leaves["x"]
+    rows = x.reshape(-1, x.shape[-1]) if batch_sizes is None else x
+    T, B = (inputs["x"].shape[0], inputs["x"].shape[1]) if batch_sizes is None else (len(batch_sizes), batch_sizes[0])
+    sizes = (T, B) if layer_fn is lstm_op.layer else (batch_sizes or [B] * T)
+    cell = Cell(leaves["W"], leaves["U"], leaves["b"], leaves.get("R"), leaves.get("peephole"), **options)
+    y, hT, cT = layer_fn(rows, sizes, leaves["h0"], leaves["c0"], cell, reverse=reverse)
+    dy = torch.tensor(upstream["dy"]).reshape(y.shape)
+    ((y * dy).sum() + (hT * torch.tensor(upstream["dhT"])).sum() + (cT * torch.tensor(upstream["dcT"])).sum()
+     ).backward()
+    return y, hT, cT, {GRAD_NAMES[k]: v.grad for k, v in leaves.items()}
+
+
+@pytest.mark.parametrize("path", ["torch", "op", "cpu"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_every_path_computes_the_variants_as_the_oracle(path, variant, reverse):
+    """float64, full-length batches, with and without a projection: outputs, states and every gradient."""
+    for k, (T, B, I, H, P) in enumerate([(6, 3, 4, 5, None), (5, 2, 3, 6, 3), (1, 1, 2, 1, None)]):
+        inputs, upstream, options = problem(100 * k + 7 * reverse + len(path), T, B, I, H, P, variant)
+        flip = (lambda a: a[::-1].copy()) if reverse else (lambda a: a)
+        y_ref, hT_ref, cT_ref, cache = lstm_forward(**dict(inputs, x=flip(inputs["x"])), **options)
+        grads_ref = lstm_backward(flip(upstream["dy"]), upstream["dhT"], upstream["dcT"], cache)
+        y, hT, cT, grads = run_layer(LAYERS[path], inputs, upstream, options, None, reverse)
+        assert_close(y.view(T, B, -1), flip(y_ref), f"{path} y")
+        assert_close(hT, hT_ref, f"{path} h_T")
+        assert_close(cT, cT_ref, f"{path} c_T")
+        assert grads.keys() == grads_ref.keys()
+        for name, g in grads.items():
+            expected = flip(grads_ref[name]) if name == "dx" else grads_ref[name]
+            assert_close(g, expected, f"{path} {name} (shape {T, B, I, H, P})")
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_packed_rows_of_a_variant_are_the_oracle_per_sequence(variant, reverse):
+    lengths, I, H, P = [6, 4, 4, 1], 3, 5, 2
+    T, B = lengths[0], len(lengths)
+    inputs, upstream, options = problem(17 + reverse, T, B, I, H, P, variant)
+    batch_sizes = [sum(n > t for n in lengths) for t in range(T)]
+    order = [(t, k) for t in range(T) for k in range(batch_sizes[t])]
+    packed = dict(inputs, x=np.stack([inputs["x"][t, k] for t, k in order]))
+    packed_up = dict(upstream, dy=np.stack([upstream["dy"][t, k] for t, k in order]))
+    y, hT, cT, grads = run_layer(lstm_torch.lstm_layer, packed, packed_up, options, batch_sizes, reverse)
+    summed = {name: 0.0 for name in grads if name not in ("dx", "dh0", "dc0")}
+    for k, n in enumerate(lengths):
+        step = slice(None, None, -1) if reverse else slice(None)
+        alone = dict(inputs, x=inputs["x"][:n, k:k + 1][step].copy(), h0=inputs["h0"][k:k + 1],
+                     c0=inputs["c0"][k:k + 1])
+        y_ref, hT_ref, cT_ref, cache = lstm_forward(**alone, **options)
+        g = lstm_backward(upstream["dy"][:n, k:k + 1][step].copy(), upstream["dhT"][k:k + 1],
+                          upstream["dcT"][k:k + 1], cache)
+        mine = [order.index((t, k)) for t in range(n)]
+        assert_close(y[mine], y_ref[step][:, 0].copy(), f"y of sequence {k}")
+        assert_close(hT[k], hT_ref[0], f"h_T of sequence {k}")
+        assert_close(cT[k], cT_ref[0], f"c_T of sequence {k}")
+        assert_close(grads["dx"][mine], g["dx"][step][:, 0].copy(), f"dx of sequence {k}")
+        for name in summed:
+            summed[name] = summed[name] + g[name]
+    for name, total in summed.items():
+        assert_close(grads[name], total, f"{name} summed over sequences")
+
+
+def module_pair(**variant) -> tuple[LSTM, LSTM]:
+    torch.manual_seed(3)
+    a = LSTM(4, 6, 2, bidirectional=True, proj_size=3, dtype=torch.float64, backend="torch", **variant)
+    b = LSTM(4, 6, 2, bidirectional=True, proj_size=3, dtype=torch.float64, backend="op", **variant)
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def test_the_module_runs_a_variant_on_the_op_as_on_the_torch_backend():
+    """The whole stack: two bidirectional layers with projections, all features on, random upstream gradients."""
+    portable, op = module_pair(peephole=True, coupled_gates=True, cell_clip=1.5, forget_bias=[1.0, -0.5])
+    x = torch.randn(7, 3, 4, dtype=torch.float64)
+    results = []
+    for module in (portable, op):
+        y, (h_n, c_n) = module(x)
+        g = torch.Generator().manual_seed(0)
+        upstream = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in (y, h_n, c_n)]
+        loss = sum((t * u).sum() for t, u in zip((y, h_n, c_n), upstream, strict=True))
+        results.append((y, h_n, c_n, *torch.autograd.grad(loss, list(module.parameters()))))
+    assert any(name.startswith("weight_peephole") for name, _ in op.named_parameters())
+    for k, (a, b) in enumerate(zip(*results, strict=True)):
+        assert_close(b, a, f"op vs torch, output or gradient {k}")
+
+
+def test_dispatch_never_takes_the_vendor_kernel_for_a_variant():
+    for variant in ({"peephole": True}, {"coupled_gates": True}, {"cell_clip": 2.0}):
+        lstm = LSTM(4, 8, **variant)
+        assert lstm.call_kind(8, 10, False, True).features == "+".join(lstm.variant_features) != ""
+        assert variant.keys() <= set(lstm.variant_features) | {"peephole", "coupled_gates", "cell_clip"}
+        for packed in (False, True):
+            assert lstm.path_for(8, 10, packed, True) == "torch"
+        assert LSTM(4, 8, backend="cpu", **variant).path_for(8, 10, False, True) == "torch"
+        assert LSTM(4, 8, backend="op", **variant).path_for(8, 10, False, True) == "op"
+    standard = LSTM(4, 8).call_kind(8, 10, False, True)
+    assert standard.features == "" and "peephole" not in standard.key
+
+
+def test_the_forget_bias_per_layer_and_the_coupled_gates_shift():
+    H = 5
+    for coupled in (False, True):
+        torch.manual_seed(0)
+        plain = LSTM(3, H, 3, forget_bias=0.0, coupled_gates=coupled)
+        torch.manual_seed(0)
+        shifted = LSTM(3, H, 3, forget_bias=[2.0, 0.0, -1.0], coupled_gates=coupled)
+        for layer, shift in enumerate((2.0, 0.0, -1.0)):
+            delta = shifted.layer_weights(layer)[2] - plain.layer_weights(layer)[2]
+            block = slice(0, H) if coupled else slice(H, 2 * H)
+            expected = torch.zeros_like(delta)
+            expected[block] = -shift if coupled else shift
+            assert_close(delta, expected, f"bias shift of layer {layer}, coupled={coupled}", dtype=torch.float32)
+    assert LSTM(3, H, 2, forget_bias=[1.0, 1.0]).forget_bias == 1.0
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"cell_clip": 0}, "cell_clip must be a number > 0"),
+    ({"cell_clip": -1.0}, "cell_clip must be a number > 0"),
+    ({"cell_clip": float("nan")}, "cell_clip must be a number > 0"),
+    ({"forget_bias": [1.0]}, r"forget_bias needs one number per layer \(2\)"),
+    ({"peephole": "yes"}, "peephole must be True or False"),
+])
+def test_bad_variant_arguments_are_one_line_errors(kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message) as error:
+        LSTM(3, 4, 2, **kwargs)
+    assert "\n" not in str(error.value)
+
+
+def test_to_torch_and_load_state_dict_of_variants_say_what_to_do():
+    for variant, feature in (({"peephole": True}, "peephole"), ({"coupled_gates": True}, "coupled_gates"),
+                             ({"cell_clip": 3.0}, "cell_clip")):
+        with pytest.raises(ValueError, match=f"torch.nn.LSTM cannot compute {feature}") as error:
+            LSTM(3, 4, **variant).to_torch()
+        assert "\n" not in str(error.value)
+    standard = LSTM(3, 4, 2).state_dict()
+    with pytest.raises(ValueError, match=r"4 gate blocks .* build it with coupled_gates=False"):
+        LSTM(3, 4, 2, coupled_gates=True).load_state_dict(standard)
+    with pytest.raises(ValueError, match=r"3 gate blocks .* build it with coupled_gates=True"):
+        LSTM(3, 4, 2).load_state_dict(LSTM(3, 4, 2, coupled_gates=True).state_dict())
+    with pytest.raises(ValueError, match="the state has no peephole weights"):
+        LSTM(3, 4, 2, peephole=True).load_state_dict(standard)
+    model = torch.nn.Sequential(LSTM(3, 4, coupled_gates=True))  # nested in a model: the same one-line error
+    with pytest.raises(ValueError, match="4 gate blocks"):
+        model.load_state_dict({f"0.{k}": v for k, v in LSTM(3, 4).state_dict().items()})
+    peephole = LSTM(3, 4, 2, peephole=True)
+    peephole.load_state_dict(standard, strict=False)  # what strict=False asks: the peepholes keep their values
+    assert LSTM.from_torch(LSTM(3, 4, 2).to_torch()).variant_features == ()
+
+
+def test_the_trace_of_a_cifg_shows_f_as_one_minus_i_and_streaming_follows_the_module():
+    torch.manual_seed(4)
+    lstm = LSTM(3, 5, 2, peephole=True, coupled_gates=True, cell_clip=0.5, proj_size=2)
+    x = torch.randn(9, 2, 3)
+    traced = lstmkit.trace(lstm, x)
+    for layer in range(2):
+        gates = traced[layer]
+        assert_close(gates.f, 1 - gates.i, f"f of layer {layer}", dtype=torch.float32)
+        assert gates.c.abs().max() <= 0.5
+    y, (h_n, c_n) = lstm(x)
+    assert_close(traced.output, y, "traced output", dtype=torch.float32)
+    stream = LSTMStream(lstm, batch_size=2)
+    streamed = stream.steps(x)
+    assert_close(streamed, y, "streamed output", dtype=torch.float32)
+    assert_close(stream.state[1], c_n, "streamed c_n", dtype=torch.float32)
+
+
+def test_a_run_with_variants_saves_reloads_and_resumes_exactly(tmp_path):
+    from test_train import assert_bit_identical, final_weights, tiny_config
+
+    from lstmkit.ensemble import open_run
+    from lstmkit.train import config_for_resume, train_and_evaluate
+
+    variant = ["model.lstm.peephole=true", "model.lstm.coupled_gates=true", "model.lstm.cell_clip=2.5",
+               "model.lstm.forget_bias=[0.5]", "train.epochs=2"]
+    train_and_evaluate(tiny_config(*variant), tmp_path / "full", quiet=True)
+    train_and_evaluate(tiny_config(*variant, "train.epochs=1"), tmp_path / "split", quiet=True)
+    train_and_evaluate(config_for_resume(tmp_path / "split", epochs=2), tmp_path / "split", resume=True, quiet=True)
+    assert_bit_identical(final_weights(tmp_path / "split"), final_weights(tmp_path / "full"))
+    task, model = open_run(tmp_path / "full")
+    assert model.recurrent.variant_features == ("peephole", "coupled_gates", "cell_clip")
+    assert model.recurrent.cell_clip == 2.5 and model.recurrent.forget_bias == 0.5
+    assert task.config.model.lstm.coupled_gates
