@@ -4,6 +4,8 @@ rows, projections), and the module's arguments, errors, traces, streaming and ru
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -150,13 +152,17 @@ def test_the_module_runs_a_variant_on_the_op_as_on_the_torch_backend():
 
 
 def test_dispatch_never_takes_the_vendor_kernel_for_a_variant():
+    fused = "cpu" if lstm_cpu.available() else "torch"  # the C kernel computes every feature of Cell
     for variant in ({"peephole": True}, {"coupled_gates": True}, {"cell_clip": 2.0}):
         lstm = LSTM(4, 8, **variant)
-        assert lstm.call_kind(8, 10, False, True).features == "+".join(lstm.variant_features) != ""
-        assert variant.keys() <= set(lstm.variant_features) | {"peephole", "coupled_gates", "cell_clip"}
-        for packed in (False, True):
-            assert lstm.path_for(8, 10, packed, True) == "torch"
-        assert LSTM(4, 8, backend="cpu", **variant).path_for(8, 10, False, True) == "torch"
+        assert lstm.variant_features == tuple(variant)
+        assert lstm.call_kind(8, 10, False, True).features == next(iter(variant))
+        for packed, training in ((False, True), (True, True), (False, False)):
+            assert lstm.path_for(8, 10, packed, training) == fused, (variant, packed, training)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert lstm.path_for(8, 10, False, True) == fused
+        assert LSTM(4, 8, dtype=torch.float64, **variant).path_for(8, 10, False, True) == "torch"
+        assert LSTM(4, 8, backend="cpu", **variant).path_for(8, 10, False, True) == fused
         assert LSTM(4, 8, backend="op", **variant).path_for(8, 10, False, True) == "op"
     standard = LSTM(4, 8).call_kind(8, 10, False, True)
     assert standard.features == "" and "peephole" not in standard.key
@@ -245,3 +251,55 @@ def test_a_run_with_variants_saves_reloads_and_resumes_exactly(tmp_path):
     assert model.recurrent.variant_features == ("peephole", "coupled_gates", "cell_clip")
     assert model.recurrent.cell_clip == 2.5 and model.recurrent.forget_bias == 0.5
     assert task.config.model.lstm.coupled_gates
+
+
+needs_kernel = pytest.mark.skipif(not lstm_cpu.available(), reason=f"C kernel not built here: "
+                                  f"{lstm_cpu.unavailable_reason()} (variants run on the torch backend)")
+
+
+def float32_run(layer_fn, args: dict, options: dict, sizes, reverse: bool, upstream: tuple) -> tuple:
+    """One layer on float32 leaves; outputs and every gradient under the given upstream gradients."""
+    leaves = {k: v.clone().requires_grad_(True) for k, v in args.items() if v is not None}
+    cell = Cell(leaves["W"], leaves["U"], leaves.get("b"), leaves.get("R"), leaves.get("peephole"), **options)
+    y, hT, cT = layer_fn(leaves["x"], sizes, leaves["h0"], leaves["c0"], cell, reverse=reverse)
+    ((y * upstream[0]).sum() + (hT * upstream[1]).sum() + (cT * upstream[2]).sum()).backward()
+    return (y, hT, cT), {GRAD_NAMES[k]: v.grad for k, v in leaves.items()}
+
+
+@needs_kernel
+@pytest.mark.parametrize("trial", range(12))
+def test_the_fused_paths_compute_the_variants_as_the_torch_backend(trial):
+    """The C kernel (packed rows) and the op (full length, its loops the C kernel's) against the torch backend,
+    float32: random shapes, lengths, directions, projections and features, every gradient."""
+    from conftest import float32_tolerance
+
+    rng = random.Random(trial)
+    peephole, coupled, clip = VARIANTS[trial % len(VARIANTS)]
+    B, T, I, H = rng.randint(1, 24), rng.randint(1, 24), rng.randint(1, 12), rng.randint(1, 24)
+    P = rng.choice([None, rng.randint(1, H - 1)]) if H > 1 else None
+    full = trial % 3 == 0  # the op takes full-length batches only
+    lengths = [T] * B if full else sorted([T] + [rng.randint(1, T) for _ in range(B - 1)], reverse=True)
+    batch_sizes = [sum(1 for n in lengths if n > t) for t in range(T)]
+    N, Pout, G = sum(batch_sizes), P or H, 3 if coupled else 4
+    g = torch.Generator().manual_seed(trial)
+    args = dict(x=torch.randn(N, I, generator=g), h0=torch.randn(B, Pout, generator=g),
+                c0=torch.randn(B, H, generator=g) * 2, W=torch.randn(G * H, I, generator=g) * 0.4,
+                U=torch.randn(G * H, Pout, generator=g) * 0.4,
+                b=torch.randn(G * H, generator=g) if rng.random() < 0.8 else None,
+                R=torch.randn(Pout, H, generator=g) * 0.4 if P else None,
+                peephole=torch.randn(3, H, generator=g) * 0.5 if peephole else None)
+    upstream = (torch.randn(N, Pout, generator=g), torch.randn(B, Pout, generator=g), torch.randn(B, H, generator=g))
+    options = {"coupled_gates": coupled, "cell_clip": clip}
+    reverse = rng.random() < 0.5
+    expected = float32_run(lstm_torch.lstm_layer, args, options, batch_sizes, reverse, upstream)
+    fused = {"cpu": float32_run(lstm_cpu.lstm_layer, args, options, batch_sizes, reverse, upstream)}
+    if full:
+        fused["op"] = float32_run(lstm_op.layer, args, options, (T, B), reverse, upstream)
+    # Weight gradients sum over all N rows; BPTT chains T steps of GH-long sums: the bound follows the problem.
+    tolerance = float32_tolerance(max(N, T * G * H))
+    for path, (outputs, grads) in fused.items():
+        for name, a, b in zip(("y", "h_T", "c_T"), outputs, expected[0], strict=True):
+            assert_close(a, b, f"{path} {name}", tolerance=tolerance)
+        assert grads.keys() == expected[1].keys()
+        for name, grad in grads.items():
+            assert_close(grad, expected[1][name], f"{path} {name} (N={N}, T={T}, H={H}, P={P})", tolerance=tolerance)

@@ -81,6 +81,8 @@ def _has_bf16_hardware() -> bool:
 def rule(call: CallKind, training: bool) -> str:
     """"auto"'s choice without measuring (LSTMKIT_TUNE=0, torch.distributed): what measured best on the CPUs
     tried so far (BENCHMARKS.md). A guess on any other machine; the measurement is what "auto" trusts."""
+    if call.features:  # torch's kernel computes the standard cell only
+        return "cpu" if _cpu_kernel_fits(call) else "torch"
     if _cpu_kernel_fits(call):
         # Projections and packed input: the kernel 1.4-1.8x oneDNN's fallbacks on Xeon and EPYC alike.
         if call.packed or call.proj_size:
@@ -94,7 +96,7 @@ def rule(call: CallKind, training: bool) -> str:
         return "cpu" if call.train and call.batch >= 2 * lstm_cpu.MIN_ROWS_PER_THREAD else "vendor"
     # oneDNN takes no packed input and no projection: torch then runs a native fallback, 4x slower than lstmkit's
     # packed rows (train step, B=32 T<=300 I=128 H=64: 301 ms vs 80; 2 cores, Xeon, 2026-11-23).
-    if call.features or (call.device == "cpu" and (call.packed or call.proj_size)):
+    if call.device == "cpu" and (call.packed or call.proj_size):
         return "torch"
     return "vendor" if "vendor" in candidates(call, training) else "torch"
 

@@ -4,12 +4,14 @@ Every layer function of `lstmkit.ops` takes one `Cell` (in place of positional W
 travels from `lstmkit.LSTM` to every backend as data, and `lstmkit.ops.dispatch` reads `features` to decide
 which paths can run it. The equations themselves live once per backend: `lstmkit.reference.lstm_numpy` (the
 oracle), `lstm_torch.cell_forward` / `cell_backward` (the torch backend, which the op and `LSTMStream` reuse),
-and the row functions of `csrc/lstm_cpu.c` (standard cell only, so far).
+and the row functions of `csrc/lstm_cpu.c` (`forward_row_variant`, `backward_row_variant`; the standard cell keeps
+its own, leaner pair).
 
 Adding a variant touches: a field here (and its name in `features`), the reference's forward and BPTT, the torch
 backend's `cell_forward` and `cell_backward`, and `lstmkit.nn.LSTM` (its argument, its parameters if it has any,
-and `cell()` filling the field). Nothing else: dispatch sends a cell whose features a fast path does not list in
-its `SUPPORTS` to the torch backend.
+and `cell()` filling the field), and `lstm_config.LSTMConfig` (its key in task configurations). Nothing else:
+dispatch sends a cell whose features the C kernel does not list in `lstm_cpu.SUPPORTS` to the torch backend (the
+op then runs its torch loops), until the C rows compute it too.
 """
 
 from __future__ import annotations

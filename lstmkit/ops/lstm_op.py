@@ -13,9 +13,9 @@ four gates in one recurrent GEMM per step; the backward keeps the activated gate
 and does the weight-gradient GEMMs (dW, dU, dR) and the input gradient once, after its time loop.
 
 Sequences are full length ([T, B, I], time-major); `lstmkit.LSTM` sends packed input to the portable backend.
-On the CPU in float32 both time loops of the standard cell are the C kernel's (`lstm_cpu`); elsewhere, and for
-the variants (peepholes, coupled gates, cell clip), they are torch ops calling the torch backend's one copy of
-the equations (`lstm_torch.cell_forward`, `cell_backward`).
+On the CPU in float32 both time loops are the C kernel's (`lstm_cpu`, for the features it lists in `SUPPORTS`:
+today all of `Cell`'s); elsewhere they are torch ops calling the torch backend's one copy of the equations
+(`lstm_torch.cell_forward`, `cell_backward`).
 """
 
 from __future__ import annotations
@@ -55,10 +55,11 @@ def _forward(x: Tensor, h0: Tensor, c0: Tensor, cell: Cell, reverse: bool
     H, G = c0.shape[1], cell.W.shape[0]
     W, U, b, R = cell.W, cell.U, cell.b, cell.R
     x = _flip(x, reverse)
-    if lstm_cpu.supports(x, cell):  # float32 on the CPU (autocast is off in here), standard cell: the C kernel
+    if lstm_cpu.supports(x, cell):  # float32 on the CPU (autocast is off in here): the C kernel's loop
         xw = x.reshape(T * B, -1) @ W.t()
         out = lstm_cpu.forward(xw, [B] * T, h0, c0, U, R, reverse=False, keep_for_backward=True, keep_inputs=False,
-                               bias=b)
+                               bias=b, peephole=cell.peephole, coupled_gates=cell.coupled_gates,
+                               cell_clip=cell.cell_clip)
         return (_flip(out["y"].view(T, B, -1), reverse), out["h"], out["c"], xw.view(T, B, G),
                 out["cells"].view(T, B, H))
     xw = (torch.addmm(b, x.reshape(T * B, -1), W.t()) if b is not None else x.reshape(T * B, -1) @ W.t())
@@ -105,10 +106,11 @@ def _backward_impl(dy: Tensor, dh_T: Tensor, dc_T: Tensor, x: Tensor, h0: Tensor
     H, G, R = c0.shape[1], cell.W.shape[0], cell.R
     x, y, dy = _flip(x, reverse), _flip(y, reverse), _flip(dy, reverse)
     dp = None
-    if lstm_cpu.supports(x, cell):  # float32 on the CPU, standard cell, as in the forward: the C kernel's loop
+    if lstm_cpu.supports(x, cell):  # float32 on the CPU, as in the forward: the C kernel's loop
         out = lstm_cpu.backward(dy.reshape(T * B, -1), dh_T, dc_T, [B] * T, c0, cell.U, R, gates.view(T * B, G),
-                                cells.view(T * B, H), reverse=False)
-        dz, dh_next, dc_next = out["dz"].view(T, B, G), out["dh0"], out["dc0"]
+                                cells.view(T * B, H), reverse=False, peephole=cell.peephole,
+                                coupled_gates=cell.coupled_gates, cell_clip=cell.cell_clip)
+        dz, dh_next, dc_next, dp = out["dz"].view(T, B, G), out["dh0"], out["dc0"], out.get("dpeephole")
         dh_total = out["dh"].view(T, B, -1) if R is not None else None
     else:
         dz, dh_total, dh_next, dc_next, dp = _bptt_loop(dy, dh_T, dc_T, c0, cell, gates, cells)
