@@ -31,6 +31,7 @@ class LSTMConfig:
     peephole: bool = False
     coupled_gates: bool = False
     cell_clip: float | None = None  # > 0: clip c_t to [-cell_clip, cell_clip]; none: no clip
+    layer_norm: bool = False
 
     def build(self, input_size: int, *, dropout: float = 0.0, batch_first: bool = False) -> LSTM:
         """The LSTM this configuration describes, reading `input_size` features; `dropout` between its layers
@@ -38,4 +39,5 @@ class LSTMConfig:
         return LSTM(input_size, self.hidden_size, self.num_layers, batch_first=batch_first,
                     dropout=dropout if self.num_layers > 1 else 0.0, bidirectional=self.bidirectional,
                     proj_size=self.proj_size, backend=self.backend, forget_bias=self.forget_bias,
-                    peephole=self.peephole, coupled_gates=self.coupled_gates, cell_clip=self.cell_clip)
+                    peephole=self.peephole, coupled_gates=self.coupled_gates, cell_clip=self.cell_clip,
+                    layer_norm=self.layer_norm)

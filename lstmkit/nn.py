@@ -22,6 +22,12 @@ handling as torch, so `load_state_dict` works in both directions. Additions:
                         biases hold three blocks (i, g, o) of H rows; `lstmkit.trace` still shows f
     cell_clip=v > 0     c_t = clip(f_t * c_{t-1} + i_t * g_t, -v, v), before tanh and o's peephole
                         (TensorFlow's LSTMCell cell_clip; no gradient flows through a clipped unit)
+    layer_norm=True     layer normalisation (Ba et al. 2016, eq. 20-22), the input and recurrent parts apart:
+                        a_t = LN(W x_t; ln_ih) + LN(U h_{t-1}; ln_hh) + b,  h_t = o_t * tanh(LN(c_t; ln_c)),
+                        LN(z; g, beta) = g * (z - mean z) / sqrt(var z + 1e-5) + beta over all G*H gate rows at once
+                        (over H for c_t); c_t itself, the state carried on, is not normalised. Parameters
+                        `layer_norm_ih_l{k}`, `layer_norm_hh_l{k}` [2, GH] and `layer_norm_c_l{k}` [2, H]: row 0 the
+                        gains (initially 1), row 1 the biases (initially 0). Runs on the torch backend only.
     forget_bias=[...]   one forget-gate bias shift per layer (with coupled gates the i-block is shifted by
                         -forget_bias, since f = 1 - i = sigma(-a_i))
   c_t = f_t * c_{t-1} + i_t * g_t (6.55) and h_t = o_t * tanh(c_t) (6.56) are unchanged. A variant runs on the
@@ -165,15 +171,18 @@ class LSTM(nn.Module):
         peephole: bool = False,
         coupled_gates: bool = False,
         cell_clip: float | None = None,
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
         self.input_size = _check_size("input_size", input_size, 1)
         self.hidden_size = _check_size("hidden_size", hidden_size, 1)
         self.num_layers = _check_size("num_layers", num_layers, 1)
-        for name, flag in (("peephole", peephole), ("coupled_gates", coupled_gates)):
+        for name, flag in (("peephole", peephole), ("coupled_gates", coupled_gates), ("layer_norm", layer_norm)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be True or False, got {flag!r}")
-        self.peephole, self.coupled_gates = peephole, coupled_gates
+        self.peephole, self.coupled_gates, self.layer_norm = peephole, coupled_gates, layer_norm
+        if layer_norm and self.hidden_size < 2:
+            raise ValueError("layer_norm needs hidden_size >= 2: the normalisation of one unit is a constant")
         self.cell_clip = _check_cell_clip(cell_clip) or None
         self.proj_size = _check_size("proj_size", proj_size, 0)
         if self.proj_size >= self.hidden_size:
@@ -214,6 +223,9 @@ class LSTM(nn.Module):
                     shapes[f"weight_hr{suffix}"] = (self.proj_size, H)
                 if self.peephole:
                     shapes[f"weight_peephole{suffix}"] = (3, H)
+                if self.layer_norm:
+                    shapes |= {f"layer_norm_ih{suffix}": (2, G * H), f"layer_norm_hh{suffix}": (2, G * H),
+                               f"layer_norm_c{suffix}": (2, H)}
                 for name, shape in shapes.items():
                     self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
                 per_direction.append(tuple(shapes))
@@ -248,7 +260,7 @@ class LSTM(nn.Module):
     @property
     def variant_features(self) -> tuple[str, ...]:
         """The variant features that are on (`lstmkit.ops.cell.FEATURES` names); () for the standard LSTM."""
-        return features_of(self.peephole, self.coupled_gates, self.cell_clip)
+        return features_of(self.peephole, self.coupled_gates, self.cell_clip, self.layer_norm)
 
     def to_torch(self) -> nn.LSTM:
         """A torch.nn.LSTM with this module's configuration and weights."""
@@ -276,8 +288,12 @@ class LSTM(nn.Module):
         # torch's initialisation, same draw order, then the forget-gate bias shift (see module docstring).
         bound = 1.0 / math.sqrt(self.hidden_size)
         with torch.no_grad():
-            for weight in self.parameters():
-                nn.init.uniform_(weight, -bound, bound)
+            for name, weight in self.named_parameters():
+                if name.startswith("layer_norm"):  # LN's gains 1 and biases 0: the identity at the start
+                    weight[0].fill_(1.0)
+                    weight[1].zero_()
+                else:
+                    nn.init.uniform_(weight, -bound, bound)
             if self.bias:
                 H = self.hidden_size
                 for layer in range(self.num_layers):
@@ -298,15 +314,16 @@ class LSTM(nn.Module):
         suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
         return tuple(
             getattr(self, f"{kind}{suffix}") if f"{kind}{suffix}" in names else None
-            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "weight_peephole")
+            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "weight_peephole",
+                         "layer_norm_ih", "layer_norm_hh", "layer_norm_c")
         )
 
     def cell(self, layer: int, direction: int = 0) -> Cell:
         """The `Cell` the layer functions take for one layer and direction: its weights, b = b_ih + b_hh (one bias;
         the two only mirror nn.LSTM's parameters) or None without biases, and the variant features."""
-        W, U, b_ih, b_hh, R, peephole = self._named_weights(layer, direction)
+        W, U, b_ih, b_hh, R, peephole, ln_ih, ln_hh, ln_c = self._named_weights(layer, direction)
         return Cell(W, U, b_ih + b_hh if b_ih is not None else None, R, peephole, self.coupled_gates,
-                    self.cell_clip or 0.0)
+                    self.cell_clip or 0.0, (ln_ih, ln_hh, ln_c) if ln_ih is not None else None)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
@@ -324,10 +341,11 @@ class LSTM(nn.Module):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """torch's, with a one-line error for a state without this variant's parameters (a standard LSTM's).
         Nested in a model, torch's own missing-keys error names them (`weight_peephole_l0`, ...)."""
-        if strict and self.peephole and not any(k.startswith("weight_peephole") for k in state_dict):
-            raise ValueError("the state has no peephole weights (weight_peephole_l0, ...), but this LSTM has "
-                             "peephole=True; build it with peephole=False, or load with strict=False to keep the "
-                             "initial peepholes")
+        for feature, prefix in (("peephole", "weight_peephole"), ("layer_norm", "layer_norm_")):
+            if strict and getattr(self, feature) and not any(k.startswith(prefix) for k in state_dict):
+                raise ValueError(f"the state has no {feature} parameters ({prefix}...), but this LSTM has "
+                                 f"{feature}=True; build it with {feature}=False, or load with strict=False to keep "
+                                 "their initial values")
         return super().load_state_dict(state_dict, strict, assign)
 
     @property
@@ -347,7 +365,7 @@ class LSTM(nn.Module):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
         s += f", forget_bias={self.forget_bias}"
-        for name in ("peephole", "coupled_gates", "cell_clip"):
+        for name in ("peephole", "coupled_gates", "cell_clip", "layer_norm"):
             if getattr(self, name):
                 s += f", {name}={getattr(self, name)}"
         if self.backend != "auto":
@@ -495,7 +513,8 @@ class LSTM(nn.Module):
                     torch.autograd.grad(y, leaves, torch.ones_like(y), allow_unused=True)
 
         return ops.dispatch(self.backend, lambda: self.call_kind(batch, steps, packed, needs_grad), packed=packed,
-                            training=self.training, recording=recording, rehearse=rehearse)
+                            training=self.training, recording=recording, rehearse=rehearse,
+                            features=self.variant_features)
 
     def _stack(
         self, path: str, x: Tensor, batch_sizes: list[int] | Tensor | None, h0: Tensor, c0: Tensor, record: list | None,

@@ -8,8 +8,8 @@ buffer a step writes. A step is then, per layer: copy x_t in, one `addmm` into t
 sigmoids and the tanh in place, c_t = f ⊙ c_{t-1} + i ⊙ c~ (6.55) in place, h_t = o ⊙ tanh(c_t) (6.56)
 written straight into the slot where the next step's GEMM reads h_{t-1}. No allocation, no autograd.
 
-A variant cell (peepholes, coupled gates, cell clip) streams too: the same one GEMM per layer, then the torch
-backend's own step equations (`lstm_torch.cell_forward`), which allocate their small results. The allocation-free
+A variant cell (peepholes, coupled gates, cell clip, layer normalisation) streams too, by the torch backend's own
+step (`lstm_torch.input_projection`, `lstm_step`), which allocates its small results. The allocation-free
 pass above is the standard cell's specialisation (test_stream holds both to `lstmkit.LSTM`'s output).
 
 The weights are copied when the stream is made (and by `refresh()`): train, then stream.
@@ -90,9 +90,12 @@ class LSTMStream:
         for layer in range(self.lstm.num_layers):
             W, U, b_ih, b_hh, R = self.lstm.layer_weights(layer)
             cell = self.lstm.cell(layer)
-            variant = None if cell.standard else Cell(W, U, None, R, cell.peephole.detach().clone() if
-                                                      cell.peephole is not None else None, cell.coupled_gates,
-                                                      cell.cell_clip)
+            # A variant: a copy of its cell (weights detached, as the stream's own copy of a standard one).
+            variant = None if cell.standard else Cell(*(
+                tuple(t.detach().clone() for t in value) if isinstance(value, tuple)
+                else value.detach().clone() if isinstance(value, torch.Tensor) else value
+                for value in (cell.W, cell.U, cell.b, cell.R, cell.peephole, cell.coupled_gates, cell.cell_clip,
+                              cell.layer_norm)))
             width = W.shape[1]
             # [W | U] kept [4H, I + P] row-major and used transposed: the layout MKL's GEMV reads fastest here
             # (measured 5-10% faster than a [I + P, 4H] copy at batch 1). Filled block by block, one pass.
@@ -146,19 +149,16 @@ class LSTMStream:
                 self._layers, self._weights, self._variants, strict=True):
             if h is not None:
                 x_slot.copy_(h)  # the layer below's h_t is this layer's x_t
+            if variant is not None:  # the torch backend's own step: input projection, recurrence, equations
+                h_t, c_t, _ = lstm_torch.lstm_step(lstm_torch.input_projection(x_slot, variant), h_slot, c, variant)
+                c.copy_(c_t)
+                h_slot.copy_(h_t)
+                h = h_slot
+                continue
             if bias is None:
                 torch.mm(xh, stacked, out=gates)
             else:
                 torch.addmm(bias, xh, stacked, out=gates)  # the four gates' pre-activations, one GEMM
-            if variant is not None:  # the torch backend's step equations, on torch's gate order
-                _, _, _, _, c_t, m_t = lstm_torch.cell_forward(gates, c, variant)
-                c.copy_(c_t)
-                if R is None:
-                    h_slot.copy_(m_t)
-                else:
-                    torch.mm(m_t, R, out=h_slot)
-                h = h_slot
-                continue
             sigmoids.sigmoid_()  # i (6.51), f (6.52), o (6.53)
             candidate.tanh_()  # c~ (6.54)
             c.mul_(f).addcmul_(i, candidate)  # (6.55)

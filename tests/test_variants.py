@@ -1,4 +1,4 @@
-"""LSTM variants (peepholes, coupled input-forget gate, cell clip, per-layer forget bias): the oracle's BPTT against
+"""LSTM variants (peepholes, coupled input-forget gate, cell clip, layer normalisation, per-layer forget bias): the oracle's BPTT against
 finite differences, every backend against the oracle (float64, random upstream gradients, both directions, packed
 rows, projections), and the module's arguments, errors, traces, streaming and runs."""
 
@@ -19,24 +19,29 @@ from lstmkit.ops.cell import Cell
 from lstmkit.reference import check_bptt, lstm_backward, lstm_forward, random_lstm_problem
 from lstmkit.stream import LSTMStream
 
-GRAD_NAMES = {**GRAD_NAMES, "peephole": "dpeephole"}
-# (peephole, coupled_gates, cell_clip): each feature alone, then together.
-VARIANTS = [(True, False, 0.0), (False, True, 0.0), (False, False, 0.7), (True, True, 0.9)]
-VARIANT_IDS = ["peephole", "cifg", "clip", "all"]
+GRAD_NAMES = {**GRAD_NAMES, "peephole": "dpeephole", "ln_x": "dln_x", "ln_h": "dln_h", "ln_c": "dln_c"}
+# (peephole, coupled_gates, cell_clip, layer_norm): each feature alone, then together. The C kernel and the op
+# compute the first four (FUSED); layer normalisation runs on the torch backend.
+VARIANTS = [(True, False, 0.0, False), (False, True, 0.0, False), (False, False, 0.7, False), (True, True, 0.9, False),
+            (False, False, 0.0, True), (True, True, 0.9, True)]
+VARIANT_IDS = ["peephole", "cifg", "clip", "all-fused", "layer_norm", "all"]
+FUSED = VARIANTS[:4]
 LAYERS = {"torch": lstm_torch.lstm_layer, "cpu": lstm_cpu.lstm_layer, "op": lstm_op.layer}
 
 
 def problem(seed: int, T: int, B: int, I: int, H: int, P: int | None, variant: tuple) -> tuple[dict, dict, dict]:
-    peephole, coupled, clip = variant
+    peephole, coupled, clip, layer_norm = variant
     inputs, upstream = random_lstm_problem(np.random.default_rng(seed), T, B, I, H, P, peephole=peephole,
-                                           coupled_gates=coupled)
+                                           coupled_gates=coupled, layer_norm=layer_norm)
     return inputs, upstream, {"coupled_gates": coupled, "cell_clip": clip}
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1, None), (5, 2, 3, 4, None), (4, 3, 2, 5, 2)],
+@pytest.mark.parametrize("shape", [(1, 1, 2, 1, None), (5, 2, 3, 4, None), (4, 3, 2, 5, 2)],
                          ids=lambda s: "T{}-B{}-I{}-H{}-P{}".format(*s))
 def test_variant_bptt_matches_finite_differences(variant, shape):
+    if variant[3] and shape[3] == 1:  # LN of one unit is a constant (LSTM refuses it): H = 2 instead
+        shape = (*shape[:3], 2, shape[4])
     inputs, upstream, options = problem(sum(shape[:4]) + 31, *shape, variant)
     errors = check_bptt(inputs, upstream, **options)
     assert ("dpeephole" in errors) == variant[0]
@@ -69,7 +74,9 @@ def run_layer(layer_fn, inputs, upstream, options, batch_sizes, reverse):
     rows = x.reshape(-1, x.shape[-1]) if batch_sizes is None else x
     T, B = (inputs["x"].shape[0], inputs["x"].shape[1]) if batch_sizes is None else (len(batch_sizes), batch_sizes[0])
     sizes = (T, B) if layer_fn is lstm_op.layer else (batch_sizes or [B] * T)
-    cell = Cell(leaves["W"], leaves["U"], leaves["b"], leaves.get("R"), leaves.get("peephole"), **options)
+    ln = (leaves["ln_x"], leaves["ln_h"], leaves["ln_c"]) if "ln_x" in leaves else None
+    cell = Cell(leaves["W"], leaves["U"], leaves["b"], leaves.get("R"), leaves.get("peephole"), **options,
+                layer_norm=ln)
     y, hT, cT = layer_fn(rows, sizes, leaves["h0"], leaves["c0"], cell, reverse=reverse)
     dy = torch.tensor(upstream["dy"]).reshape(y.shape)
     ((y * dy).sum() + (hT * torch.tensor(upstream["dhT"])).sum() + (cT * torch.tensor(upstream["dcT"])).sum()
@@ -82,7 +89,9 @@ def run_layer(layer_fn, inputs, upstream, options, batch_sizes, reverse):
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_every_path_computes_the_variants_as_the_oracle(path, variant, reverse):
     """float64, full-length batches, with and without a projection: outputs, states and every gradient."""
-    for k, (T, B, I, H, P) in enumerate([(6, 3, 4, 5, None), (5, 2, 3, 6, 3), (1, 1, 2, 1, None)]):
+    if path == "op" and variant[3]:
+        pytest.skip("the op takes no layer normalisation (lstm_op.SUPPORTS): dispatch runs it on 'torch'")
+    for k, (T, B, I, H, P) in enumerate([(6, 3, 4, 5, None), (5, 2, 3, 6, 3), (1, 1, 2, 1 + variant[3], None)]):
         inputs, upstream, options = problem(100 * k + 7 * reverse + len(path), T, B, I, H, P, variant)
         flip = (lambda a: a[::-1].copy()) if reverse else (lambda a: a)
         y_ref, hT_ref, cT_ref, cache = lstm_forward(**dict(inputs, x=flip(inputs["x"])), **options)
@@ -152,7 +161,7 @@ def test_the_module_runs_a_variant_on_the_op_as_on_the_torch_backend():
 
 
 def test_dispatch_never_takes_the_vendor_kernel_for_a_variant():
-    fused = "cpu" if lstm_cpu.available() else "torch"  # the C kernel computes every feature of Cell
+    fused = "cpu" if lstm_cpu.available() else "torch"  # the C kernel computes these three features
     for variant in ({"peephole": True}, {"coupled_gates": True}, {"cell_clip": 2.0}):
         lstm = LSTM(4, 8, **variant)
         assert lstm.variant_features == tuple(variant)
@@ -164,6 +173,9 @@ def test_dispatch_never_takes_the_vendor_kernel_for_a_variant():
         assert LSTM(4, 8, dtype=torch.float64, **variant).path_for(8, 10, False, True) == "torch"
         assert LSTM(4, 8, backend="cpu", **variant).path_for(8, 10, False, True) == fused
         assert LSTM(4, 8, backend="op", **variant).path_for(8, 10, False, True) == "op"
+    normalised = {"layer_norm": True, "peephole": True}
+    for backend in ("auto", "cpu", "op"):  # neither the C kernel nor the op computes layer normalisation
+        assert LSTM(4, 8, backend=backend, **normalised).path_for(8, 10, False, True) == "torch"
     standard = LSTM(4, 8).call_kind(8, 10, False, True)
     assert standard.features == "" and "peephole" not in standard.key
 
@@ -190,16 +202,17 @@ def test_the_forget_bias_per_layer_and_the_coupled_gates_shift():
     ({"cell_clip": float("nan")}, "cell_clip must be a number > 0"),
     ({"forget_bias": [1.0]}, r"forget_bias needs one number per layer \(2\)"),
     ({"peephole": "yes"}, "peephole must be True or False"),
+    ({"layer_norm": True, "hidden_size": 1}, "layer_norm needs hidden_size >= 2"),
 ])
 def test_bad_variant_arguments_are_one_line_errors(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message) as error:
-        LSTM(3, 4, 2, **kwargs)
+        LSTM(**{"input_size": 3, "hidden_size": 4, "num_layers": 2, **kwargs})
     assert "\n" not in str(error.value)
 
 
 def test_to_torch_and_load_state_dict_of_variants_say_what_to_do():
     for variant, feature in (({"peephole": True}, "peephole"), ({"coupled_gates": True}, "coupled_gates"),
-                             ({"cell_clip": 3.0}, "cell_clip")):
+                             ({"cell_clip": 3.0}, "cell_clip"), ({"layer_norm": True}, "layer_norm")):
         with pytest.raises(ValueError, match=f"torch.nn.LSTM cannot compute {feature}") as error:
             LSTM(3, 4, **variant).to_torch()
         assert "\n" not in str(error.value)
@@ -208,8 +221,10 @@ def test_to_torch_and_load_state_dict_of_variants_say_what_to_do():
         LSTM(3, 4, 2, coupled_gates=True).load_state_dict(standard)
     with pytest.raises(ValueError, match=r"3 gate blocks .* build it with coupled_gates=True"):
         LSTM(3, 4, 2).load_state_dict(LSTM(3, 4, 2, coupled_gates=True).state_dict())
-    with pytest.raises(ValueError, match="the state has no peephole weights"):
+    with pytest.raises(ValueError, match="the state has no peephole parameters"):
         LSTM(3, 4, 2, peephole=True).load_state_dict(standard)
+    with pytest.raises(ValueError, match="the state has no layer_norm parameters"):
+        LSTM(3, 4, 2, layer_norm=True).load_state_dict(standard)
     model = torch.nn.Sequential(LSTM(3, 4, coupled_gates=True))  # nested in a model: the same one-line error
     with pytest.raises(ValueError, match="4 gate blocks"):
         model.load_state_dict({f"0.{k}": v for k, v in LSTM(3, 4).state_dict().items()})
@@ -218,9 +233,14 @@ def test_to_torch_and_load_state_dict_of_variants_say_what_to_do():
     assert LSTM.from_torch(LSTM(3, 4, 2).to_torch()).variant_features == ()
 
 
-def test_the_trace_of_a_cifg_shows_f_as_one_minus_i_and_streaming_follows_the_module():
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_the_trace_of_a_cifg_shows_f_as_one_minus_i_and_streaming_follows_the_module(layer_norm):
     torch.manual_seed(4)
-    lstm = LSTM(3, 5, 2, peephole=True, coupled_gates=True, cell_clip=0.5, proj_size=2)
+    lstm = LSTM(3, 5, 2, peephole=True, coupled_gates=True, cell_clip=0.5, proj_size=2, layer_norm=layer_norm)
+    with torch.no_grad():  # gains and biases away from their initial 1 and 0
+        for name, p in lstm.named_parameters():
+            if name.startswith("layer_norm"):
+                p.add_(torch.randn_like(p) * 0.3)
     x = torch.randn(9, 2, 3)
     traced = lstmkit.trace(lstm, x)
     for layer in range(2):
@@ -274,7 +294,7 @@ def test_the_fused_paths_compute_the_variants_as_the_torch_backend(trial):
     from conftest import float32_tolerance
 
     rng = random.Random(trial)
-    peephole, coupled, clip = VARIANTS[trial % len(VARIANTS)]
+    peephole, coupled, clip, _ = FUSED[trial % len(FUSED)]
     B, T, I, H = rng.randint(1, 24), rng.randint(1, 24), rng.randint(1, 12), rng.randint(1, 24)
     P = rng.choice([None, rng.randint(1, H - 1)]) if H > 1 else None
     full = trial % 3 == 0  # the op takes full-length batches only

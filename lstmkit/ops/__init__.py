@@ -16,7 +16,7 @@ path that computes the call exactly, measured on this machine the first time it 
 torch.compile and torch.export, "auto" and "cpu" run as "op", which those can trace; packed input and gate
 recording always take "torch". Variant cells (`Cell.features`, part of the call's kind and its tuning key) never
 take "vendor" (torch's kernel computes the standard cell only), and "cpu" only for the features the C kernel lists
-in `lstm_cpu.SUPPORTS`; the op runs every feature (on its torch loop where the C kernel lacks one).
+in `lstm_cpu.SUPPORTS`; "op" only for those in `lstm_op.SUPPORTS` (layer normalisation takes "torch" there).
 """
 
 from __future__ import annotations
@@ -102,18 +102,18 @@ def rule(call: CallKind, training: bool) -> str:
 
 
 def dispatch(backend: str, call: Callable[[], CallKind], *, packed: bool, training: bool, recording: bool = False,
-             rehearse: Callable[[str], object] | None = None) -> str:
+             rehearse: Callable[[str], object] | None = None, features: tuple[str, ...] = ()) -> str:
     """The path ("vendor", "cpu", "op" or "torch") that runs one call of a full LSTM stack.
 
     call: makes the call's description, only where the choice needs it (never while torch.compile traces, where
     its sizes are symbolic); packed: PackedSequence input; training: the module's mode (cuDNN's limits depend on
     it); recording: gates are being traced; rehearse(path): runs a call of this kind on that path (random data),
-    for "auto" to time when it first meets the kind."""
+    for "auto" to time when it first meets the kind; features: the cell's variant features (`Cell.features`)."""
     check_backend(backend)
     if recording or backend == "torch":
         return "torch"
     if backend == "op" or _compiling():  # one traceable node per layer; the op takes full-length input only
-        return "torch" if packed else "op"
+        return "torch" if packed or not lstm_op.SUPPORTS.issuperset(features) else "op"
     kind = call()
     if backend == "cpu":
         return "cpu" if _cpu_kernel_fits(kind) else "torch"

@@ -26,6 +26,11 @@ from torch import Tensor
 from lstmkit.ops import lstm_cpu, lstm_torch
 from lstmkit.ops.cell import Cell
 
+# The variant features the op computes (`Cell.features`). Layer normalisation is not among them: its backward would
+# need the normalised rows and statistics of three LNs per step saved or recomputed, a second BPTT beside the
+# torch backend's autograd; a layer-normalised LSTM runs on "torch" (and is unrolled when torch.compile traces it).
+SUPPORTS = frozenset({"peephole", "coupled_gates", "cell_clip"})
+
 
 def _flip(t: Tensor, reverse: bool) -> Tensor:
     return t.flip(0) if reverse else t
@@ -198,6 +203,9 @@ def layer(x: Tensor, steps: tuple[int, int], h0: Tensor, c0: Tensor, cell: Cell,
     """`lstm_torch.lstm_layer`'s signature over the op, for full-length batches: x [T*B, I] rows and
     steps = (T, B) in place of batch_sizes (a list of T ints would fix T under torch.export)."""
     T, B = steps
+    if not SUPPORTS.issuperset(cell.features):
+        raise ValueError(f"the op computes {', '.join(sorted(SUPPORTS))}, not {', '.join(cell.features)}; "
+                         "run this cell on backend='torch'")
     # bf16 input or states under autocast: the op computes in the weights' dtype (as "torch" does).
     x, h0, c0 = (t if t.dtype == cell.W.dtype else t.to(cell.W.dtype) for t in (x, h0, c0))
     y, h_T, c_T, _, _ = lstm_layer(x.reshape(T, B, -1), h0, c0, cell.W, cell.U, cell.b, cell.R, reverse,

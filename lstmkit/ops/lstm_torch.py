@@ -8,17 +8,19 @@ sequences drop out of the recurrent GEMM: padding costs no compute and cannot le
 Equations as in `lstmkit.reference.lstm_numpy` (Qiu eq. 6.51-6.56), gate order i, f, g, o:
     a_t = W x_t + U h_{t-1} + b;  i, f, o = sigma(a_i, a_f, a_o);  g = tanh(a_g)
     c_t = f * c_{t-1} + i * g;    h_t = o * tanh(c_t)   (then h_t = R h_t with a projection)
-with the variants of `lstmkit.ops.cell.Cell` (peepholes, coupled gates, cell clip). They live in one pair of
-functions, `cell_forward` (one step's pointwise part) and `cell_backward` (its hand-written BPTT, for the op's
-torch loop); every loop of this backend, the op and the stream call them.
+with the variants of `lstmkit.ops.cell.Cell` (peepholes, coupled gates, cell clip, layer normalisation). They live
+in `input_projection` and `preactivation` (W x_t and U h_{t-1}, normalised with layer_norm), `cell_forward` (one
+step's pointwise part) and `cell_backward` (its hand-written BPTT, for the op's torch loop; without layer
+normalisation, which the op does not take); every loop of this backend, the op and the stream call them.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
-from lstmkit.ops.cell import Cell
+from lstmkit.ops.cell import LAYER_NORM_EPS, Cell
 
 
 def autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -29,6 +31,27 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
     if hasattr(torch, "get_autocast_dtype"):
         return torch.get_autocast_dtype(device_type)
     return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
+
+
+def _layer_norm(z: Tensor, gain_bias: Tensor) -> Tensor:
+    """LN(z; g, beta) over the last axis (the reference's `layer_norm`); gain_bias: [2, width]."""
+    return F.layer_norm(z, (z.shape[-1],), gain_bias[0], gain_bias[1], LAYER_NORM_EPS)
+
+
+def input_projection(x: Tensor, cell: Cell) -> Tensor:
+    """W x_t + b of every row x [N, I] at once: [N, GH] (LN(W x_t) + b with layer normalisation)."""
+    W, b = cell.W, cell.b
+    if cell.layer_norm is not None:
+        u = _layer_norm(x @ W.t(), cell.layer_norm[0])
+        return u + b if b is not None else u
+    return torch.addmm(b, x, W.t()) if b is not None else x @ W.t()
+
+
+def preactivation(xw_t: Tensor, h: Tensor, cell: Cell) -> Tensor:
+    """a_t = (W x_t + b) + U h_{t-1} [n, GH], the gates in one recurrent GEMM (LN(U h_{t-1}) when normalised)."""
+    if cell.layer_norm is not None:
+        return xw_t + _layer_norm(h @ cell.U.t(), cell.layer_norm[1])
+    return torch.addmm(xw_t, h, cell.U.t())
 
 
 def cell_forward(a: Tensor, c_prev: Tensor, cell: Cell) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -49,7 +72,7 @@ def cell_forward(a: Tensor, c_prev: Tensor, cell: Cell) -> tuple[Tensor, Tensor,
     if cell.cell_clip:
         c = c.clamp(-cell.cell_clip, cell.cell_clip)
     o = torch.sigmoid(a_o if p is None else torch.addcmul(a_o, p[2], c))  # 6.53
-    m = o * torch.tanh(c)  # 6.56
+    m = o * torch.tanh(c if cell.layer_norm is None else _layer_norm(c, cell.layer_norm[2]))  # 6.56
     return i, f, g, o, c, m
 
 
@@ -64,6 +87,7 @@ def cell_backward(dm: Tensor, dc: Tensor, gates: Tensor, c: Tensor, c_prev: Tens
     from step t+1; gates: activated [n, GH] (`activated_gates`); c, c_prev: c_t and c_{t-1}.
 
     Returns (dz [n, GH] pre-activation gradients, dL/dc_{t-1}, dpeephole [3, H] of this step or None)."""
+    assert cell.layer_norm is None, "the op takes no layer normalisation (lstm_op.SUPPORTS)"
     H = c.shape[1]
     if cell.coupled_gates:
         i, g, o = gates.split(H, dim=1)
@@ -102,7 +126,7 @@ def lstm_step(xw_t: Tensor, h: Tensor, c: Tensor, cell: Cell) -> tuple[Tensor, T
 
     Returns (h_t, c_t, (i, f, g, o)).
     """
-    a = torch.addmm(xw_t, h, cell.U.t())  # [n, GH], the gates in one recurrent GEMM
+    a = preactivation(xw_t, h, cell)  # [n, GH]
     i, f, g, o, c, h = cell_forward(a, c, cell)
     if cell.R is not None:
         h = h @ cell.R.t()
@@ -127,9 +151,8 @@ def lstm_layer(
     If `record` is a dict, it receives i, f, g, o, c (each [N, H]) and h ([N, P]) packed like x.
     """
     T = len(batch_sizes)
-    W, b = cell.W, cell.b
     # Input projection of every step in one GEMM (Appleyard et al. 2016): [N, GH].
-    xw = torch.addmm(b, x, W.t()) if b is not None else x @ W.t()
+    xw = input_projection(x, cell)
     # One split, not T slices: the backward of a slice allocates a zero tensor the size of all of xw,
     # per step (measured: 10x slower training at T=100, B=64, H=64 on 2 cores).
     xw_steps = xw.split(batch_sizes)

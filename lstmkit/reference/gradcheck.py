@@ -38,10 +38,11 @@ def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
 
 def random_lstm_problem(
     rng: np.random.Generator, T: int, B: int, I: int, H: int, P: int | None = None, *, peephole: bool = False,
-    coupled_gates: bool = False,
+    coupled_gates: bool = False, layer_norm: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Random float64 inputs and parameters, and random upstream gradients, for one LSTM layer (with
-    `peephole`, inputs["peephole"] [3, H]; with `coupled_gates`, three gate blocks)."""
+    `peephole`, inputs["peephole"] [3, H]; with `coupled_gates`, three gate blocks; with `layer_norm`, gains near
+    1 and biases near 0 in ln_x, ln_h [2, GH] and ln_c [2, H])."""
     P_out = H if P is None else P
     G = 3 if coupled_gates else 4
     inputs = {
@@ -56,6 +57,9 @@ def random_lstm_problem(
         inputs["R"] = rng.standard_normal((P, H)) * 0.5
     if peephole:
         inputs["peephole"] = rng.standard_normal((3, H)) * 0.5
+    if layer_norm:
+        for name, width in (("ln_x", G * H), ("ln_h", G * H), ("ln_c", H)):
+            inputs[name] = np.stack([1.0 + 0.3 * rng.standard_normal(width), 0.3 * rng.standard_normal(width)])
     upstream = {
         "dy": rng.standard_normal((T, B, P_out)),
         "dhT": rng.standard_normal((B, P_out)),

@@ -27,6 +27,10 @@ Variants (keyword arguments; each off by default, any combination allowed):
       (p_f is then unused and gets no gradient)
   cell_clip > 0: c_t = clip(f_t * c_{t-1} + i_t * g_t, -cell_clip, cell_clip), before tanh and o's peephole
       (TensorFlow's LSTMCell cell_clip); the gradient is zero where the clip is active (|s_t| >= cell_clip)
+  ln_x, ln_h [2, GH], ln_c [2, H]: layer normalisation (Ba et al. 2016, eq. 20-22), each row (gain; bias):
+      a_t = LN(W x_t; ln_x) + LN(U h_{t-1}; ln_h) + b,   m_t = o_t * tanh(LN(c_t; ln_c))
+      LN(z; g, beta) = g * (z - mean(z)) / sqrt(var(z) + eps) + beta over the whole row (all gates together);
+      c_t itself (and o's peephole) stays unnormalised
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+LAYER_NORM_EPS = 1e-5  # as lstmkit.ops.cell.LAYER_NORM_EPS
 
 
 def sigmoid(a: np.ndarray) -> np.ndarray:
@@ -63,6 +69,22 @@ class LSTMCache:
     peephole: np.ndarray | None = None  # [3, H]
     coupled_gates: bool = False
     cell_clip: float = 0.0
+    ln: tuple | None = None  # (ln_x, ln_h, ln_c)
+    norms: dict | None = None  # per step t: the normalised rows and 1/sigma of W x, U h and c
+
+
+def layer_norm(z: np.ndarray, g: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """LN over the last axis: (g * z_hat + beta, z_hat, 1/sigma)."""
+    mu = z.mean(axis=-1, keepdims=True)
+    inv_sigma = 1.0 / np.sqrt(((z - mu) ** 2).mean(axis=-1, keepdims=True) + LAYER_NORM_EPS)
+    z_hat = (z - mu) * inv_sigma
+    return g * z_hat + beta, z_hat, inv_sigma
+
+
+def layer_norm_backward(dy: np.ndarray, g: np.ndarray, z_hat: np.ndarray, inv_sigma: np.ndarray) -> np.ndarray:
+    """dL/dz of y = LN(z; g, beta) from dL/dy: (d - mean(d) - z_hat * mean(d * z_hat)) / sigma, d = g * dy."""
+    d = g * dy
+    return (d - d.mean(axis=-1, keepdims=True) - z_hat * (d * z_hat).mean(axis=-1, keepdims=True)) * inv_sigma
 
 
 def gate_blocks(a: np.ndarray, H: int, coupled_gates: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray,
@@ -84,6 +106,9 @@ def lstm_forward(
     peephole: np.ndarray | None = None,
     coupled_gates: bool = False,
     cell_clip: float = 0.0,
+    ln_x: np.ndarray | None = None,
+    ln_h: np.ndarray | None = None,
+    ln_c: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, LSTMCache]:
     """Run one LSTM layer over x. Returns (y [T, B, P], h_T [B, P], c_T [B, H], cache)."""
     T, B, _ = x.shape
@@ -96,12 +121,22 @@ def lstm_forward(
         o=np.empty((T, B, H)), c=np.empty((T, B, H)), m=np.empty((T, B, H)), s=np.empty((T, B, H)),
         peephole=peephole, coupled_gates=coupled_gates, cell_clip=cell_clip,
     )
+    normalised = ln_x is not None
+    if normalised:
+        cache.ln, cache.norms = (ln_x, ln_h, ln_c), {"x": [], "h": [], "c": []}
     p_i, p_f, p_o = peephole if peephole is not None else (0.0, 0.0, 0.0)
     y = np.empty((T, B, P))
     h, c = h0, c0
     for t in range(T):
         cache.h_prev[t], cache.c_prev[t] = h, c
-        a = x[t] @ W.T + h @ U.T + b  # [B, GH]
+        if normalised:
+            u, u_hat, u_inv = layer_norm(x[t] @ W.T, *ln_x)
+            v, v_hat, v_inv = layer_norm(h @ U.T, *ln_h)
+            a = u + v + b  # [B, GH]
+            cache.norms["x"].append((u_hat, u_inv))
+            cache.norms["h"].append((v_hat, v_inv))
+        else:
+            a = x[t] @ W.T + h @ U.T + b  # [B, GH]
         a_i, a_f, a_g, a_o = gate_blocks(a, H, coupled_gates)
         i = sigmoid(a_i + p_i * c)  # 6.51 (+ peephole)
         f = 1.0 - i if coupled_gates else sigmoid(a_f + p_f * c)  # 6.52 (+ peephole; CIFG: 1 - i)
@@ -109,7 +144,12 @@ def lstm_forward(
         s = f * c + i * g  # 6.55
         c = np.clip(s, -cell_clip, cell_clip) if cell_clip else s
         o = sigmoid(a_o + p_o * c)  # 6.53 (+ peephole, on c_t)
-        m = o * np.tanh(c)  # 6.56
+        if normalised:
+            n, n_hat, n_inv = layer_norm(c, *ln_c)
+            cache.norms["c"].append((n, n_hat, n_inv))
+            m = o * np.tanh(n)  # 6.56 on LN(c_t)
+        else:
+            m = o * np.tanh(c)  # 6.56
         h = m if R is None else m @ R.T
         cache.i[t], cache.f[t], cache.g[t], cache.o[t], cache.c[t], cache.m[t] = i, f, g, o, c, m
         cache.s[t] = s
@@ -123,7 +163,8 @@ def lstm_backward(
     """Backpropagation through time for `lstm_forward`.
 
     dy: [T, B, P] gradient of the loss w.r.t. every output, dhT: [B, P] and dcT: [B, H] w.r.t. the
-    final state. Returns dx, dW, dU, db, dh0, dc0 (and dR with a projection, dpeephole with peepholes).
+    final state. Returns dx, dW, dU, db, dh0, dc0 (and dR with a projection, dpeephole with peepholes, dln_x,
+    dln_h, dln_c with layer normalisation: through LN's backward, `layer_norm_backward`, at each LN).
 
     Derivation, per step from t = T-1 down to 0, with dh and dc the total gradients reaching h_t, c_t
     (dc from step t+1 only; p terms are zero without peepholes, the clip mask is 1 without a clip):
@@ -145,6 +186,8 @@ def lstm_backward(
     dW, dU, db = np.zeros_like(W), np.zeros_like(U), np.zeros(W.shape[0])
     dR = None if R is None else np.zeros_like(R)
     dp = None if peephole is None else np.zeros_like(peephole)
+    ln = cache.ln
+    dln = None if ln is None else [np.zeros_like(p) for p in ln]
     dh = dhT + dy[T - 1]
     dc = dcT.copy()
     for t in range(T - 1, -1, -1):
@@ -154,9 +197,18 @@ def lstm_backward(
         else:
             dR += dh.T @ cache.m[t]
             dm = dh @ R
-        tanh_c = np.tanh(c)
-        dz_o = dm * tanh_c * o * (1.0 - o)
-        dc = dc + dm * o * (1.0 - tanh_c**2) + dz_o * p_o
+        if ln is None:
+            tanh_c = np.tanh(c)
+            dz_o = dm * tanh_c * o * (1.0 - o)
+            dc = dc + dm * o * (1.0 - tanh_c**2) + dz_o * p_o
+        else:  # m = o tanh(n), n = LN(c)
+            n, n_hat, n_inv = cache.norms["c"][t]
+            tanh_n = np.tanh(n)
+            dz_o = dm * tanh_n * o * (1.0 - o)
+            dn = dm * o * (1.0 - tanh_n**2)
+            dln[2][0] += (dn * n_hat).sum(axis=0)
+            dln[2][1] += dn.sum(axis=0)
+            dc = dc + layer_norm_backward(dn, ln[2][0], n_hat, n_inv) + dz_o * p_o
         ds = dc * (np.abs(cache.s[t]) < clip) if clip else dc
         di, df, dg = ds * g, ds * c_prev, ds * i
         dc = ds * f
@@ -175,11 +227,19 @@ def lstm_backward(
                 dp[1] += (dz_f * c_prev).sum(axis=0)
         blocks = [dz_i, dg * (1.0 - g**2), dz_o] if coupled else [dz_i, dz_f, dg * (1.0 - g**2), dz_o]
         da = np.concatenate(blocks, axis=1)
-        dx[t] = da @ W
-        dW += da.T @ x[t]
-        dU += da.T @ cache.h_prev[t]
         db += da.sum(axis=0)
-        dh = da @ U
+        du = dv = da  # the gradients reaching W x_t and U h_{t-1}
+        if ln is not None:
+            (u_hat, u_inv), (v_hat, v_inv) = cache.norms["x"][t], cache.norms["h"][t]
+            for k, z_hat in ((0, u_hat), (1, v_hat)):
+                dln[k][0] += (da * z_hat).sum(axis=0)
+                dln[k][1] += da.sum(axis=0)
+            du = layer_norm_backward(da, ln[0][0], u_hat, u_inv)
+            dv = layer_norm_backward(da, ln[1][0], v_hat, v_inv)
+        dx[t] = du @ W
+        dW += du.T @ x[t]
+        dU += dv.T @ cache.h_prev[t]
+        dh = dv @ U
         if t > 0:
             dh = dh + dy[t - 1]
     grads = {"dx": dx, "dW": dW, "dU": dU, "db": db, "dh0": dh, "dc0": dc}
@@ -187,4 +247,6 @@ def lstm_backward(
         grads["dR"] = dR
     if dp is not None:
         grads["dpeephole"] = dp
+    if dln is not None:
+        grads["dln_x"], grads["dln_h"], grads["dln_c"] = dln
     return grads
