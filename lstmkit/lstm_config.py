@@ -32,6 +32,8 @@ class LSTMConfig:
     coupled_gates: bool = False
     cell_clip: float | None = None  # > 0: clip c_t to [-cell_clip, cell_clip]; none: no clip
     layer_norm: bool = False
+    recurrent_dropout: float = 0.0  # variational dropout of h_{t-1}, one mask per sequence (training only)
+    weight_drop: float = 0.0  # DropConnect on U, one mask per batch (training only)
 
     def build(self, input_size: int, *, dropout: float = 0.0, batch_first: bool = False) -> LSTM:
         """The LSTM this configuration describes, reading `input_size` features; `dropout` between its layers
@@ -40,4 +42,5 @@ class LSTMConfig:
                     dropout=dropout if self.num_layers > 1 else 0.0, bidirectional=self.bidirectional,
                     proj_size=self.proj_size, backend=self.backend, forget_bias=self.forget_bias,
                     peephole=self.peephole, coupled_gates=self.coupled_gates, cell_clip=self.cell_clip,
-                    layer_norm=self.layer_norm)
+                    layer_norm=self.layer_norm, recurrent_dropout=self.recurrent_dropout,
+                    weight_drop=self.weight_drop)

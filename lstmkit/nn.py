@@ -28,6 +28,14 @@ handling as torch, so `load_state_dict` works in both directions. Additions:
                         (over H for c_t); c_t itself, the state carried on, is not normalised. Parameters
                         `layer_norm_ih_l{k}`, `layer_norm_hh_l{k}` [2, GH] and `layer_norm_c_l{k}` [2, H]: row 0 the
                         gains (initially 1), row 1 the biases (initially 0). Runs on the torch backend only.
+    recurrent_dropout=p variational dropout of the recurrent connection (Gal & Ghahramani 2016): in training, one
+                        mask m per sequence, layer and direction, for every step: a_t = W x_t + U (h_{t-1} * m) + b,
+                        m in {0, 1/(1-p)}; none in eval (its expectation is h_{t-1}). On the torch backend (in
+                        training; eval runs the standard cell on any path).
+    weight_drop=p       DropConnect on the recurrent weights (AWD-LSTM's weight drop, Merity et al. 2017): in
+                        training, U is replaced by U * M / (1-p) with one Bernoulli mask M per call (per batch) and
+                        layer-direction, on whichever path runs the call (torch's own kernel included); off in eval.
+                        Masks come from torch's generator, so a seed (and a resumed run) repeats them exactly.
     forget_bias=[...]   one forget-gate bias shift per layer (with coupled gates the i-block is shifted by
                         -forget_bias, since f = 1 - i = sigma(-a_i))
   c_t = f_t * c_{t-1} + i_t * g_t (6.55) and h_t = o_t * tanh(c_t) (6.56) are unchanged. A variant runs on the
@@ -74,6 +82,12 @@ def _check_forget_biases(value: object, num_layers: int) -> tuple[float, ...]:
             raise ValueError(f"forget_bias needs one number per layer ({num_layers}), got {len(value)}: {list(value)}")
         return tuple(_check_forget_bias(v) for v in value)
     return (_check_forget_bias(value),) * num_layers
+
+
+def _check_rate(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1) (0 turns it off), got {value!r}")
+    return float(value)
 
 
 def _check_cell_clip(value: object) -> float:
@@ -172,6 +186,8 @@ class LSTM(nn.Module):
         coupled_gates: bool = False,
         cell_clip: float | None = None,
         layer_norm: bool = False,
+        recurrent_dropout: float = 0.0,
+        weight_drop: float = 0.0,
     ) -> None:
         super().__init__()
         self.input_size = _check_size("input_size", input_size, 1)
@@ -180,10 +196,13 @@ class LSTM(nn.Module):
         for name, flag in (("peephole", peephole), ("coupled_gates", coupled_gates), ("layer_norm", layer_norm)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be True or False, got {flag!r}")
+        # peephole, coupled_gates and layer_norm decide the parameters, so they are fixed here; cell_clip may change
         self.peephole, self.coupled_gates, self.layer_norm = peephole, coupled_gates, layer_norm
         if layer_norm and self.hidden_size < 2:
             raise ValueError("layer_norm needs hidden_size >= 2: the normalisation of one unit is a constant")
-        self.cell_clip = _check_cell_clip(cell_clip) or None
+        self.recurrent_dropout = _check_rate("recurrent_dropout", recurrent_dropout)
+        self.weight_drop = _check_rate("weight_drop", weight_drop)
+        self.cell_clip = cell_clip
         self.proj_size = _check_size("proj_size", proj_size, 0)
         if self.proj_size >= self.hidden_size:
             raise ValueError(
@@ -258,14 +277,27 @@ class LSTM(nn.Module):
         return 3 if self.coupled_gates else 4
 
     @property
+    def cell_clip(self) -> float | None:
+        return self._cell_clip
+
+    @cell_clip.setter
+    def cell_clip(self, value: float | None) -> None:
+        self._cell_clip = _check_cell_clip(value) or None
+        # Kept, not recomputed per call: the dispatch reads them on every forward (bench_lstm's cached-dispatch cost).
+        self._variant_features = features_of(self.peephole, self.coupled_gates, self._cell_clip, self.layer_norm)
+        self._features_key = "+".join(self._variant_features)
+
+    @property
     def variant_features(self) -> tuple[str, ...]:
         """The variant features that are on (`lstmkit.ops.cell.FEATURES` names); () for the standard LSTM."""
-        return features_of(self.peephole, self.coupled_gates, self.cell_clip, self.layer_norm)
+        return self._variant_features
 
     def to_torch(self) -> nn.LSTM:
         """A torch.nn.LSTM with this module's configuration and weights."""
-        if self.variant_features:
-            raise ValueError(f"torch.nn.LSTM cannot compute {' or '.join(self.variant_features)}: to_torch() takes a "
+        features = self.variant_features + ("recurrent_dropout",) * (self.recurrent_dropout > 0) + (
+            "weight_drop",) * (self.weight_drop > 0)
+        if features:
+            raise ValueError(f"torch.nn.LSTM cannot compute {' or '.join(features)}: to_torch() takes a "
                              "standard lstmkit.LSTM (build one without those arguments)")
         weight = self.weight_ih_l0
         module = nn.LSTM(
@@ -318,12 +350,40 @@ class LSTM(nn.Module):
                          "layer_norm_ih", "layer_norm_hh", "layer_norm_c")
         )
 
-    def cell(self, layer: int, direction: int = 0) -> Cell:
+    def cell(self, layer: int, direction: int = 0, masks: dict | None = None) -> Cell:
         """The `Cell` the layer functions take for one layer and direction: its weights, b = b_ih + b_hh (one bias;
-        the two only mirror nn.LSTM's parameters) or None without biases, and the variant features."""
+        the two only mirror nn.LSTM's parameters) or None without biases, and the variant features. masks: this
+        call's dropout (`_draw_masks`): U with its weight drop, and the recurrent dropout's h mask."""
         W, U, b_ih, b_hh, R, peephole, ln_ih, ln_hh, ln_c = self._named_weights(layer, direction)
-        return Cell(W, U, b_ih + b_hh if b_ih is not None else None, R, peephole, self.coupled_gates,
-                    self.cell_clip or 0.0, (ln_ih, ln_hh, ln_c) if ln_ih is not None else None)
+        suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+        masks = masks or {}
+        return Cell(W, masks.get(f"weight_hh{suffix}", U), b_ih + b_hh if b_ih is not None else None, R, peephole,
+                    self.coupled_gates, self.cell_clip or 0.0, (ln_ih, ln_hh, ln_c) if ln_ih is not None else None,
+                    masks.get(f"h_mask{suffix}"))
+
+    def _draw_masks(self, batch: int) -> dict[str, Tensor] | None:
+        """This training call's dropout, drawn from torch's generator in a fixed order (layer, direction; U's then
+        h's): {"weight_hh_l{k}": U * M / (1-p)} with weight_drop, {"h_mask_l{k}": [B, P]} with recurrent_dropout."""
+        if not self.training or not (self.weight_drop or self.recurrent_dropout):
+            return None
+        masks = {}
+        for layer in range(self.num_layers):
+            for direction in range(self.num_directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                U = getattr(self, f"weight_hh{suffix}")
+                if self.weight_drop:
+                    keep = torch.bernoulli(torch.full_like(U, 1.0 - self.weight_drop))
+                    masks[f"weight_hh{suffix}"] = U * keep / (1.0 - self.weight_drop)
+                if self.recurrent_dropout:
+                    keep = torch.bernoulli(U.new_full((batch, U.shape[1]), 1.0 - self.recurrent_dropout))
+                    masks[f"h_mask{suffix}"] = keep / (1.0 - self.recurrent_dropout)
+        return masks
+
+    def _call_features(self) -> tuple[str, ...]:
+        """The cell's features in this call: the module's, and recurrent dropout while training."""
+        if self.recurrent_dropout and self.training:
+            return features_of(self.peephole, self.coupled_gates, self.cell_clip, self.layer_norm, True)
+        return self._variant_features
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
@@ -365,7 +425,7 @@ class LSTM(nn.Module):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
         s += f", forget_bias={self.forget_bias}"
-        for name in ("peephole", "coupled_gates", "cell_clip", "layer_norm"):
+        for name in ("peephole", "coupled_gates", "cell_clip", "layer_norm", "recurrent_dropout", "weight_drop"):
             if getattr(self, name):
                 s += f", {name}={getattr(self, name)}"
         if self.backend != "auto":
@@ -430,7 +490,8 @@ class LSTM(nn.Module):
         path = self.path_for(steps[1], steps[0], packed, needs_grad, x.dtype, record is not None,
                              batch_sizes if packed else None)
         sizes = batch_sizes_t if packed and path == "vendor" else batch_sizes
-        x, h_n, c_n = self._stack(path, x, sizes, h0, c0, record, packed, steps)
+        masks = self._draw_masks(steps[1])  # after dispatch, whose measuring leaves torch's generator as it was
+        x, h_n, c_n = self._stack(path, x, sizes, h0, c0, record, packed, steps, masks)
         low = lstm_torch.autocast_dtype(like.device.type)
         if low is not None:  # what torch.nn.LSTM returns under autocast, whichever path computed it
             x, h_n, c_n = x.to(low), h_n.to(low), c_n.to(low)
@@ -472,6 +533,8 @@ class LSTM(nn.Module):
             return False
         if self.num_layers != 1 or self.proj_size or self.variant_features or type(embedding) is not nn.Embedding:
             return False
+        if self.weight_drop or self.recurrent_dropout:  # training: masks the fused layer does not take
+            return False
         if embedding.max_norm is not None or torch.is_autocast_enabled("cpu") or lstm_cpu._functorch_active():
             return False
         if self.path_for(steps[1], steps[0], packed, True, batch_sizes=sizes) != "cpu":
@@ -488,7 +551,8 @@ class LSTM(nn.Module):
             steps=steps, input_size=self.input_size, hidden_size=self.hidden_size, proj_size=self.proj_size,
             layers=self.num_layers, bidirectional=self.bidirectional, packed=packed,
             dropout=self.training and self.dropout > 0 and self.num_layers > 1, threads=torch.get_num_threads(),
-            features="+".join(self.variant_features))
+            features=self._features_key if not (self.recurrent_dropout and self.training)
+            else "+".join(self._call_features()))
 
     def path_for(self, batch: int, steps: int, packed: bool, needs_grad: bool, input_dtype: torch.dtype | None = None,
                  recording: bool = False, batch_sizes: list[int] | None = None) -> str:
@@ -514,20 +578,24 @@ class LSTM(nn.Module):
 
         return ops.dispatch(self.backend, lambda: self.call_kind(batch, steps, packed, needs_grad), packed=packed,
                             training=self.training, recording=recording, rehearse=rehearse,
-                            features=self.variant_features)
+                            features=self._call_features())
 
     def _stack(
         self, path: str, x: Tensor, batch_sizes: list[int] | Tensor | None, h0: Tensor, c0: Tensor, record: list | None,
-        packed: bool, steps: tuple[int, int],
+        packed: bool, steps: tuple[int, int], masks: dict[str, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Every layer and direction on one path: x [N, I] rows -> ([N, D*P], h_n, c_n). batch_sizes: of packed
-        input (a list, or for the vendor the PackedSequence's tensor as it is), None for a full [T, B] batch."""
+        input (a list, or for the vendor the PackedSequence's tensor as it is), None for a full [T, B] batch.
+        masks: the call's dropout (`_draw_masks`), or None."""
         if path == "vendor":
             # The parameter dict before getattr (nn.Module.__getattr__ costs ~0.5 us a name, per call); getattr
             # for names that are no longer plain parameters (torch.nn.utils.parametrize, weight norm).
             params = self._parameters
             flat_weights = [params[name] if name in params else getattr(self, name)
                             for names in self._flat_param_names for name in names]
+            if masks:  # weight drop (recurrent dropout never takes the vendor: dispatch sees its feature)
+                flat_names = [name for names in self._flat_param_names for name in names]
+                flat_weights = [masks.get(name, w) for name, w in zip(flat_names, flat_weights, strict=True)]
             vendor_args = (
                 h0, c0, flat_weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional
             )
@@ -536,11 +604,11 @@ class LSTM(nn.Module):
             T, B = steps
             y, h_n, c_n = lstm_vendor.lstm_stack(x.view(T, B, -1), None, *vendor_args)
             return y.reshape(T * B, y.shape[2]), h_n, c_n
-        return self._run_layers(path, x, batch_sizes, h0, c0, record, steps=None if packed else steps)
+        return self._run_layers(path, x, batch_sizes, h0, c0, record, steps=None if packed else steps, masks=masks)
 
     def _run_layers(
         self, path: str, x: Tensor, batch_sizes: list[int] | None, h0: Tensor, c0: Tensor,
-        record: list | None, steps: tuple[int, int] | None = None,
+        record: list | None, steps: tuple[int, int] | None = None, masks: dict[str, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """lstmkit's own computation, layer by layer: x [N, I] packed rows -> ([N, D*P], h_n, c_n).
 
@@ -557,8 +625,8 @@ class LSTM(nn.Module):
             for direction in range(self.num_directions):
                 k = layer * self.num_directions + direction
                 rec: dict[str, Tensor] | None = {} if record is not None else None
-                y, hT, cT = layer_fn(x, batch_sizes, h0[k], c0[k], self.cell(layer, direction), reverse=direction == 1,
-                                     record=rec)
+                y, hT, cT = layer_fn(x, batch_sizes, h0[k], c0[k], self.cell(layer, direction, masks),
+                                     reverse=direction == 1, record=rec)
                 outputs.append(y)
                 final_h.append(hT)
                 final_c.append(cT)

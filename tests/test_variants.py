@@ -1,6 +1,7 @@
-"""LSTM variants (peepholes, coupled input-forget gate, cell clip, layer normalisation, per-layer forget bias): the oracle's BPTT against
-finite differences, every backend against the oracle (float64, random upstream gradients, both directions, packed
-rows, projections), and the module's arguments, errors, traces, streaming and runs."""
+"""LSTM variants (peepholes, coupled input-forget gate, cell clip, layer normalisation, recurrent dropout, weight
+drop, per-layer forget bias): the oracle's BPTT against finite differences, every backend against the oracle
+(float64, random upstream gradients, both directions, packed rows, projections), the fused paths against the torch
+backend (float32), and the module's arguments, errors, masks, traces, streaming and runs."""
 
 from __future__ import annotations
 
@@ -22,17 +23,19 @@ from lstmkit.stream import LSTMStream
 GRAD_NAMES = {**GRAD_NAMES, "peephole": "dpeephole", "ln_x": "dln_x", "ln_h": "dln_h", "ln_c": "dln_c"}
 # (peephole, coupled_gates, cell_clip, layer_norm): each feature alone, then together. The C kernel and the op
 # compute the first four (FUSED); layer normalisation runs on the torch backend.
-VARIANTS = [(True, False, 0.0, False), (False, True, 0.0, False), (False, False, 0.7, False), (True, True, 0.9, False),
-            (False, False, 0.0, True), (True, True, 0.9, True)]
-VARIANT_IDS = ["peephole", "cifg", "clip", "all-fused", "layer_norm", "all"]
+# The fifth field is the recurrent dropout's rate (a fixed mask per sequence; torch backend only).
+VARIANTS = [(True, False, 0.0, False, 0.0), (False, True, 0.0, False, 0.0), (False, False, 0.7, False, 0.0),
+            (True, True, 0.9, False, 0.0), (False, False, 0.0, True, 0.0), (True, True, 0.9, True, 0.0),
+            (False, False, 0.0, False, 0.4), (True, True, 0.9, True, 0.4)]
+VARIANT_IDS = ["peephole", "cifg", "clip", "all-fused", "layer_norm", "ln-all", "recurrent_dropout", "all"]
 FUSED = VARIANTS[:4]
 LAYERS = {"torch": lstm_torch.lstm_layer, "cpu": lstm_cpu.lstm_layer, "op": lstm_op.layer}
 
 
 def problem(seed: int, T: int, B: int, I: int, H: int, P: int | None, variant: tuple) -> tuple[dict, dict, dict]:
-    peephole, coupled, clip, layer_norm = variant
+    peephole, coupled, clip, layer_norm, dropout = variant
     inputs, upstream = random_lstm_problem(np.random.default_rng(seed), T, B, I, H, P, peephole=peephole,
-                                           coupled_gates=coupled, layer_norm=layer_norm)
+                                           coupled_gates=coupled, layer_norm=layer_norm, recurrent_dropout=dropout)
     return inputs, upstream, {"coupled_gates": coupled, "cell_clip": clip}
 
 
@@ -69,14 +72,15 @@ def test_cifg_and_peephole_by_hand():
 
 def run_layer(layer_fn, inputs, upstream, options, batch_sizes, reverse):
     """One layer on float64 copies of the oracle's inputs (x as rows); outputs and every gradient."""
-    leaves = {k: torch.tensor(v, requires_grad=True) for k, v in inputs.items()}
+    leaves = {k: torch.tensor(v, requires_grad=k != "h_mask") for k, v in inputs.items()}
+    mask = leaves.pop("h_mask", None)
     x = leaves["x"]
     rows = x.reshape(-1, x.shape[-1]) if batch_sizes is None else x
     T, B = (inputs["x"].shape[0], inputs["x"].shape[1]) if batch_sizes is None else (len(batch_sizes), batch_sizes[0])
     sizes = (T, B) if layer_fn is lstm_op.layer else (batch_sizes or [B] * T)
     ln = (leaves["ln_x"], leaves["ln_h"], leaves["ln_c"]) if "ln_x" in leaves else None
     cell = Cell(leaves["W"], leaves["U"], leaves["b"], leaves.get("R"), leaves.get("peephole"), **options,
-                layer_norm=ln)
+                layer_norm=ln, h_mask=mask)
     y, hT, cT = layer_fn(rows, sizes, leaves["h0"], leaves["c0"], cell, reverse=reverse)
     dy = torch.tensor(upstream["dy"]).reshape(y.shape)
     ((y * dy).sum() + (hT * torch.tensor(upstream["dhT"])).sum() + (cT * torch.tensor(upstream["dcT"])).sum()
@@ -89,8 +93,9 @@ def run_layer(layer_fn, inputs, upstream, options, batch_sizes, reverse):
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_every_path_computes_the_variants_as_the_oracle(path, variant, reverse):
     """float64, full-length batches, with and without a projection: outputs, states and every gradient."""
-    if path == "op" and variant[3]:
-        pytest.skip("the op takes no layer normalisation (lstm_op.SUPPORTS): dispatch runs it on 'torch'")
+    if path == "op" and (variant[3] or variant[4]):
+        pytest.skip("the op takes no layer normalisation or recurrent dropout (lstm_op.SUPPORTS): dispatch runs "
+                    "them on 'torch'")
     for k, (T, B, I, H, P) in enumerate([(6, 3, 4, 5, None), (5, 2, 3, 6, 3), (1, 1, 2, 1 + variant[3], None)]):
         inputs, upstream, options = problem(100 * k + 7 * reverse + len(path), T, B, I, H, P, variant)
         flip = (lambda a: a[::-1].copy()) if reverse else (lambda a: a)
@@ -122,6 +127,8 @@ def test_packed_rows_of_a_variant_are_the_oracle_per_sequence(variant, reverse):
         step = slice(None, None, -1) if reverse else slice(None)
         alone = dict(inputs, x=inputs["x"][:n, k:k + 1][step].copy(), h0=inputs["h0"][k:k + 1],
                      c0=inputs["c0"][k:k + 1])
+        if "h_mask" in inputs:  # sequence k's own mask (its row of the batch's)
+            alone["h_mask"] = inputs["h_mask"][k:k + 1]
         y_ref, hT_ref, cT_ref, cache = lstm_forward(**alone, **options)
         g = lstm_backward(upstream["dy"][:n, k:k + 1][step].copy(), upstream["dhT"][k:k + 1],
                           upstream["dcT"][k:k + 1], cache)
@@ -203,6 +210,9 @@ def test_the_forget_bias_per_layer_and_the_coupled_gates_shift():
     ({"forget_bias": [1.0]}, r"forget_bias needs one number per layer \(2\)"),
     ({"peephole": "yes"}, "peephole must be True or False"),
     ({"layer_norm": True, "hidden_size": 1}, "layer_norm needs hidden_size >= 2"),
+    ({"recurrent_dropout": -0.1}, r"recurrent_dropout must be a probability in \[0, 1\)"),
+    ({"recurrent_dropout": 1.0}, r"recurrent_dropout must be a probability in \[0, 1\)"),
+    ({"weight_drop": 1.5}, r"weight_drop must be a probability in \[0, 1\)"),
 ])
 def test_bad_variant_arguments_are_one_line_errors(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message) as error:
@@ -212,7 +222,8 @@ def test_bad_variant_arguments_are_one_line_errors(kwargs, message):
 
 def test_to_torch_and_load_state_dict_of_variants_say_what_to_do():
     for variant, feature in (({"peephole": True}, "peephole"), ({"coupled_gates": True}, "coupled_gates"),
-                             ({"cell_clip": 3.0}, "cell_clip"), ({"layer_norm": True}, "layer_norm")):
+                             ({"cell_clip": 3.0}, "cell_clip"), ({"layer_norm": True}, "layer_norm"),
+                             ({"recurrent_dropout": 0.2}, "recurrent_dropout"), ({"weight_drop": 0.5}, "weight_drop")):
         with pytest.raises(ValueError, match=f"torch.nn.LSTM cannot compute {feature}") as error:
             LSTM(3, 4, **variant).to_torch()
         assert "\n" not in str(error.value)
@@ -294,7 +305,7 @@ def test_the_fused_paths_compute_the_variants_as_the_torch_backend(trial):
     from conftest import float32_tolerance
 
     rng = random.Random(trial)
-    peephole, coupled, clip, _ = FUSED[trial % len(FUSED)]
+    peephole, coupled, clip, _, _ = FUSED[trial % len(FUSED)]
     B, T, I, H = rng.randint(1, 24), rng.randint(1, 24), rng.randint(1, 12), rng.randint(1, 24)
     P = rng.choice([None, rng.randint(1, H - 1)]) if H > 1 else None
     full = trial % 3 == 0  # the op takes full-length batches only
@@ -323,3 +334,45 @@ def test_the_fused_paths_compute_the_variants_as_the_torch_backend(trial):
         assert grads.keys() == expected[1].keys()
         for name, grad in grads.items():
             assert_close(grad, expected[1][name], f"{path} {name} (N={N}, T={T}, H={H}, P={P})", tolerance=tolerance)
+
+
+def test_dropout_masks_are_seeded_exact_on_every_path_and_off_in_eval():
+    """weight_drop and recurrent_dropout draw their masks from torch's generator: under one seed every path computes
+    the same training call (the oracle of the recurrent mask: the reference with that mask); in eval both are off."""
+    torch.manual_seed(5)
+    T, B, I, H = 6, 5, 3, 4
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    dropped = LSTM(I, H, 2, weight_drop=0.5, recurrent_dropout=0.3, dtype=torch.float64, backend="torch").train()
+    plain = LSTM(I, H, 2, dtype=torch.float64, backend="torch")
+    plain.load_state_dict(dropped.state_dict())
+    torch.manual_seed(11)
+    y, (h_n, c_n) = dropped(x)
+    torch.manual_seed(11)
+    masks = dropped._draw_masks(B)
+    assert set(masks) == {"weight_hh_l0", "weight_hh_l1", "h_mask_l0", "h_mask_l1"}
+    assert ((masks["h_mask_l0"] == 0) | (masks["h_mask_l0"] == 1 / 0.7)).all() and (masks["h_mask_l0"] == 0).any()
+    # The oracle, layer by layer, with the dropped U and the h mask of this seed.
+    below = x.numpy()
+    for layer in range(2):
+        W, U, b_ih, b_hh, _ = (t.detach().numpy() if t is not None else None for t in dropped.layer_weights(layer))
+        ref = lstm_forward(below, W, masks[f"weight_hh_l{layer}"].detach().numpy(), b_ih + b_hh, np.zeros((B, H)),
+                           np.zeros((B, H)), h_mask=masks[f"h_mask_l{layer}"].numpy())
+        below = ref[0]
+        assert_close(h_n[layer], ref[1], f"h_n of layer {layer} against the oracle with the seed's masks")
+    assert_close(y, below, "output against the oracle with the seed's masks")
+    for path in ("cpu", "op"):  # weight drop alone runs on every path; the same seed, the same masks
+        one = LSTM(I, H, 2, weight_drop=0.5, backend=path).train()
+        other = LSTM(I, H, 2, weight_drop=0.5, backend="torch").train()
+        other.load_state_dict(one.state_dict())
+        outputs = []
+        for module in (one, other):
+            torch.manual_seed(3)
+            out = module(x.float())[0]
+            out.square().sum().backward()
+            outputs.append((out, module.weight_hh_l0.grad))
+        assert_close(outputs[0][0], outputs[1][0], f"{path} output under weight drop", dtype=torch.float32)
+        assert_close(outputs[0][1], outputs[1][1], f"{path} dU under weight drop", dtype=torch.float32)
+    dropped.eval()
+    assert_close(dropped(x)[0], plain(x)[0], "eval: no dropout")
+    assert dropped.path_for(B, T, False, False) == plain.path_for(B, T, False, False)
+    assert "recurrent_dropout" in dropped.train().call_kind(B, T, False, True).key

@@ -20,15 +20,15 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-FEATURES = ("peephole", "coupled_gates", "cell_clip", "layer_norm")
+FEATURES = ("peephole", "coupled_gates", "cell_clip", "layer_norm", "recurrent_dropout")
 LAYER_NORM_EPS = 1e-5  # the epsilon of every layer normalisation (torch's LayerNorm default)
 
 
-def features_of(peephole: bool, coupled_gates: bool, cell_clip: float | None, layer_norm: bool = False
-                ) -> tuple[str, ...]:
+def features_of(peephole: bool, coupled_gates: bool, cell_clip: float | None, layer_norm: bool = False,
+                recurrent_dropout: bool = False) -> tuple[str, ...]:
     """The names of the features that are on, in FEATURES' order; () for the standard (textbook) cell."""
     on = {"peephole": peephole, "coupled_gates": coupled_gates, "cell_clip": bool(cell_clip and cell_clip > 0),
-          "layer_norm": layer_norm}
+          "layer_norm": layer_norm, "recurrent_dropout": recurrent_dropout}
     return tuple(name for name in FEATURES if on[name])
 
 
@@ -39,8 +39,9 @@ class Cell:
     W: [GH, I] input weights; U: [GH, P] recurrent; b: [GH] (b_ih + b_hh) or None; R: [P, H] projection or None;
     peephole: [3, H] diagonal weights (p_i, p_f, p_o) or None; coupled_gates: f = 1 - i (CIFG);
     cell_clip: > 0 clips c_t to [-cell_clip, cell_clip], 0 is off; layer_norm: (ln_x [2, GH], ln_h [2, GH],
-    ln_c [2, H]), the gains (row 0) and biases (row 1) of the normalisations of W x_t, U h_{t-1} and c_t, or None.
-    See `lstmkit.nn.LSTM` for the equations."""
+    ln_c [2, H]), the gains (row 0) and biases (row 1) of the normalisations of W x_t, U h_{t-1} and c_t, or None;
+    h_mask: [B, P] variational dropout of h_{t-1} (Gal & Ghahramani 2016), one row per sequence for every step,
+    scaled by 1/(1-p): U (h_{t-1} * h_mask), or None. See `lstmkit.nn.LSTM` for the equations."""
 
     W: Tensor
     U: Tensor
@@ -50,6 +51,7 @@ class Cell:
     coupled_gates: bool = False
     cell_clip: float = 0.0
     layer_norm: tuple[Tensor, Tensor, Tensor] | None = None
+    h_mask: Tensor | None = None
 
     @property
     def gates(self) -> int:
@@ -62,7 +64,8 @@ class Cell:
     @property
     def features(self) -> tuple[str, ...]:
         """The variant features that are on (`features_of`)."""
-        return features_of(self.peephole is not None, self.coupled_gates, self.cell_clip, self.layer_norm is not None)
+        return features_of(self.peephole is not None, self.coupled_gates, self.cell_clip, self.layer_norm is not None,
+                           self.h_mask is not None)
 
     @property
     def standard(self) -> bool:
@@ -70,4 +73,4 @@ class Cell:
 
     def tensors(self) -> tuple[Tensor | None, ...]:
         """Every tensor of the cell (absent ones None), e.g. for a backend's dtype and device check."""
-        return self.W, self.U, self.b, self.R, self.peephole, *(self.layer_norm or ())
+        return self.W, self.U, self.b, self.R, self.peephole, *(self.layer_norm or ()), self.h_mask

@@ -48,7 +48,10 @@ def input_projection(x: Tensor, cell: Cell) -> Tensor:
 
 
 def preactivation(xw_t: Tensor, h: Tensor, cell: Cell) -> Tensor:
-    """a_t = (W x_t + b) + U h_{t-1} [n, GH], the gates in one recurrent GEMM (LN(U h_{t-1}) when normalised)."""
+    """a_t = (W x_t + b) + U h_{t-1} [n, GH], the gates in one recurrent GEMM (LN(U h_{t-1}) when normalised;
+    U (h_{t-1} * mask) under recurrent dropout: the step's n rows are the batch's first n sequences)."""
+    if cell.h_mask is not None:
+        h = h * cell.h_mask[: h.shape[0]]
     if cell.layer_norm is not None:
         return xw_t + _layer_norm(h @ cell.U.t(), cell.layer_norm[1])
     return torch.addmm(xw_t, h, cell.U.t())

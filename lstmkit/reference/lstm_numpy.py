@@ -31,6 +31,8 @@ Variants (keyword arguments; each off by default, any combination allowed):
       a_t = LN(W x_t; ln_x) + LN(U h_{t-1}; ln_h) + b,   m_t = o_t * tanh(LN(c_t; ln_c))
       LN(z; g, beta) = g * (z - mean(z)) / sqrt(var(z) + eps) + beta over the whole row (all gates together);
       c_t itself (and o's peephole) stays unnormalised
+  h_mask [B, P]: variational recurrent dropout (Gal & Ghahramani 2016), one mask per sequence for all steps,
+      already scaled by 1/(1-p):  a_t = W x_t + U (h_{t-1} * h_mask) + b
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class LSTMCache:
     coupled_gates: bool = False
     cell_clip: float = 0.0
     ln: tuple | None = None  # (ln_x, ln_h, ln_c)
+    h_mask: np.ndarray | None = None  # [B, P]
     norms: dict | None = None  # per step t: the normalised rows and 1/sigma of W x, U h and c
 
 
@@ -109,6 +112,7 @@ def lstm_forward(
     ln_x: np.ndarray | None = None,
     ln_h: np.ndarray | None = None,
     ln_c: np.ndarray | None = None,
+    h_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, LSTMCache]:
     """Run one LSTM layer over x. Returns (y [T, B, P], h_T [B, P], c_T [B, H], cache)."""
     T, B, _ = x.shape
@@ -121,6 +125,7 @@ def lstm_forward(
         o=np.empty((T, B, H)), c=np.empty((T, B, H)), m=np.empty((T, B, H)), s=np.empty((T, B, H)),
         peephole=peephole, coupled_gates=coupled_gates, cell_clip=cell_clip,
     )
+    cache.h_mask = h_mask
     normalised = ln_x is not None
     if normalised:
         cache.ln, cache.norms = (ln_x, ln_h, ln_c), {"x": [], "h": [], "c": []}
@@ -129,14 +134,15 @@ def lstm_forward(
     h, c = h0, c0
     for t in range(T):
         cache.h_prev[t], cache.c_prev[t] = h, c
+        h_in = h if h_mask is None else h * h_mask  # what U sees
         if normalised:
             u, u_hat, u_inv = layer_norm(x[t] @ W.T, *ln_x)
-            v, v_hat, v_inv = layer_norm(h @ U.T, *ln_h)
+            v, v_hat, v_inv = layer_norm(h_in @ U.T, *ln_h)
             a = u + v + b  # [B, GH]
             cache.norms["x"].append((u_hat, u_inv))
             cache.norms["h"].append((v_hat, v_inv))
         else:
-            a = x[t] @ W.T + h @ U.T + b  # [B, GH]
+            a = x[t] @ W.T + h_in @ U.T + b  # [B, GH]
         a_i, a_f, a_g, a_o = gate_blocks(a, H, coupled_gates)
         i = sigmoid(a_i + p_i * c)  # 6.51 (+ peephole)
         f = 1.0 - i if coupled_gates else sigmoid(a_f + p_f * c)  # 6.52 (+ peephole; CIFG: 1 - i)
@@ -238,8 +244,9 @@ def lstm_backward(
             dv = layer_norm_backward(da, ln[1][0], v_hat, v_inv)
         dx[t] = du @ W
         dW += du.T @ x[t]
-        dU += dv.T @ cache.h_prev[t]
-        dh = dv @ U
+        mask = 1.0 if cache.h_mask is None else cache.h_mask
+        dU += dv.T @ (cache.h_prev[t] * mask)
+        dh = (dv @ U) * mask
         if t > 0:
             dh = dh + dy[t - 1]
     grads = {"dx": dx, "dW": dW, "dU": dU, "db": db, "dh0": dh, "dc0": dc}
