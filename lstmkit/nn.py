@@ -551,8 +551,8 @@ class LSTM(nn.Module):
             steps=steps, input_size=self.input_size, hidden_size=self.hidden_size, proj_size=self.proj_size,
             layers=self.num_layers, bidirectional=self.bidirectional, packed=packed,
             dropout=self.training and self.dropout > 0 and self.num_layers > 1, threads=torch.get_num_threads(),
-            features=self._features_key if not (self.recurrent_dropout and self.training)
-            else "+".join(self._call_features()))
+            features="+".join(self._call_features()) if self.recurrent_dropout and self.training
+            else self._features_key)
 
     def path_for(self, batch: int, steps: int, packed: bool, needs_grad: bool, input_dtype: torch.dtype | None = None,
                  recording: bool = False, batch_sizes: list[int] | None = None) -> str:
@@ -578,7 +578,7 @@ class LSTM(nn.Module):
 
         return ops.dispatch(self.backend, lambda: self.call_kind(batch, steps, packed, needs_grad), packed=packed,
                             training=self.training, recording=recording, rehearse=rehearse,
-                            features=self._call_features())
+                            features=self._call_features() if self.recurrent_dropout else self._variant_features)
 
     def _stack(
         self, path: str, x: Tensor, batch_sizes: list[int] | Tensor | None, h0: Tensor, c0: Tensor, record: list | None,

@@ -104,13 +104,18 @@ class CallKind:
 
     @property
     def key(self) -> str:
+        if self.features:  # standard cells keep the keys they had before variants
+            return f"{self._key()}|{self.features}"
+        return self._key()
+
+    def _key(self) -> str:
         return "|".join([
             self.device, self.dtype, self.autocast or "-", "train" if self.train else "infer",
             f"B{_bucket(self.batch)}", f"T{_bucket(self.steps)}", f"I{_bucket(self.input_size)}",
             f"H{_bucket(self.hidden_size)}", f"P{_bucket(self.proj_size) if self.proj_size else 0}",
             f"L{self.layers}", "bi" if self.bidirectional else "uni", "packed" if self.packed else "padded",
             "dropout" if self.dropout else "-", f"threads{self.threads}",
-        ] + ([self.features] if self.features else []))  # standard cells keep the keys they had before variants
+        ])
 
 
 @functools.lru_cache(maxsize=1)
