@@ -72,7 +72,8 @@ _AT_LEAST_ONE = {"epochs", "batch_size", "checkpoint_every", "log_every", "hidde
 _NON_NEGATIVE = {"num_words", "proj_size", "lr", "weight_decay", "warmup_steps", "clip_norm", "eval_every", "patience",
                  "minutes", "test_size"}
 _POSITIVE = {"valid_size", "cell_clip"}
-_BELOW_ONE = {"dropout", "word_dropout", "momentum", "recurrent_dropout", "weight_drop"}  # in [0, 1)
+_BELOW_ONE = {"dropout", "word_dropout", "momentum", "recurrent_dropout", "weight_drop",
+              "zoneout_h", "zoneout_c"}  # in [0, 1)
 
 
 def _check_range(key: str, name: str, value: Any) -> None:

@@ -34,6 +34,8 @@ class LSTMConfig:
     layer_norm: bool = False
     recurrent_dropout: float = 0.0  # variational dropout of h_{t-1}, one mask per sequence (training only)
     weight_drop: float = 0.0  # DropConnect on U, one mask per batch (training only)
+    zoneout_h: float = 0.0  # zoneout of h: keep h_{t-1} with this probability (its expectation at evaluation)
+    zoneout_c: float = 0.0  # zoneout of c, likewise
 
     def build(self, input_size: int, *, dropout: float = 0.0, batch_first: bool = False) -> LSTM:
         """The LSTM this configuration describes, reading `input_size` features; `dropout` between its layers
@@ -43,4 +45,4 @@ class LSTMConfig:
                     proj_size=self.proj_size, backend=self.backend, forget_bias=self.forget_bias,
                     peephole=self.peephole, coupled_gates=self.coupled_gates, cell_clip=self.cell_clip,
                     layer_norm=self.layer_norm, recurrent_dropout=self.recurrent_dropout,
-                    weight_drop=self.weight_drop)
+                    weight_drop=self.weight_drop, zoneout_h=self.zoneout_h, zoneout_c=self.zoneout_c)

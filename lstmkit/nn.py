@@ -36,6 +36,10 @@ handling as torch, so `load_state_dict` works in both directions. Additions:
                         training, U is replaced by U * M / (1-p) with one Bernoulli mask M per call (per batch) and
                         layer-direction, on whichever path runs the call (torch's own kernel included); off in eval.
                         Masks come from torch's generator, so a seed (and a resumed run) repeats them exactly.
+    zoneout_h=p, zoneout_c=p  zoneout (Krueger et al. 2016) of h and of c, apart: with c~_t, h~_t the cell and output
+                        of the equations above, c_t = z^c * c_{t-1} + (1 - z^c) * c~_t and h_t = z^h * h_{t-1} +
+                        (1 - z^h) * h~_t; in training z ~ Bernoulli(p) per unit, step and sequence (torch's
+                        generator), in eval z = p, the expectation. Runs on the torch backend.
     forget_bias=[...]   one forget-gate bias shift per layer (with coupled gates the i-block is shifted by
                         -forget_bias, since f = 1 - i = sigma(-a_i))
   c_t = f_t * c_{t-1} + i_t * g_t (6.55) and h_t = o_t * tanh(c_t) (6.56) are unchanged. A variant runs on the
@@ -188,6 +192,8 @@ class LSTM(nn.Module):
         layer_norm: bool = False,
         recurrent_dropout: float = 0.0,
         weight_drop: float = 0.0,
+        zoneout_h: float = 0.0,
+        zoneout_c: float = 0.0,
     ) -> None:
         super().__init__()
         self.input_size = _check_size("input_size", input_size, 1)
@@ -202,6 +208,8 @@ class LSTM(nn.Module):
             raise ValueError("layer_norm needs hidden_size >= 2: the normalisation of one unit is a constant")
         self.recurrent_dropout = _check_rate("recurrent_dropout", recurrent_dropout)
         self.weight_drop = _check_rate("weight_drop", weight_drop)
+        self.zoneout_h = _check_rate("zoneout_h", zoneout_h)
+        self.zoneout_c = _check_rate("zoneout_c", zoneout_c)
         self.cell_clip = cell_clip
         self.proj_size = _check_size("proj_size", proj_size, 0)
         if self.proj_size >= self.hidden_size:
@@ -284,7 +292,8 @@ class LSTM(nn.Module):
     def cell_clip(self, value: float | None) -> None:
         self._cell_clip = _check_cell_clip(value) or None
         # Kept, not recomputed per call: the dispatch reads them on every forward (bench_lstm's cached-dispatch cost).
-        self._variant_features = features_of(self.peephole, self.coupled_gates, self._cell_clip, self.layer_norm)
+        self._variant_features = features_of(self.peephole, self.coupled_gates, self._cell_clip, self.layer_norm,
+                                             zoneout=bool(self.zoneout_h or self.zoneout_c))
         self._features_key = "+".join(self._variant_features)
 
     @property
@@ -357,14 +366,17 @@ class LSTM(nn.Module):
         W, U, b_ih, b_hh, R, peephole, ln_ih, ln_hh, ln_c = self._named_weights(layer, direction)
         suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
         masks = masks or {}
+        # zoneout: this call's masks in training, else the rates (evaluation: the expectation)
+        z_h, z_c = (masks.get(f"{name}{suffix}", getattr(self, name) or None) for name in ("zoneout_h", "zoneout_c"))
         return Cell(W, masks.get(f"weight_hh{suffix}", U), b_ih + b_hh if b_ih is not None else None, R, peephole,
                     self.coupled_gates, self.cell_clip or 0.0, (ln_ih, ln_hh, ln_c) if ln_ih is not None else None,
-                    masks.get(f"h_mask{suffix}"))
+                    masks.get(f"h_mask{suffix}"), z_h, z_c)
 
-    def _draw_masks(self, batch: int) -> dict[str, Tensor] | None:
-        """This training call's dropout, drawn from torch's generator in a fixed order (layer, direction; U's then
-        h's): {"weight_hh_l{k}": U * M / (1-p)} with weight_drop, {"h_mask_l{k}": [B, P]} with recurrent_dropout."""
-        if not self.training or not (self.weight_drop or self.recurrent_dropout):
+    def _draw_masks(self, batch: int, rows: int = 0) -> dict[str, Tensor] | None:
+        """This training call's dropout, drawn from torch's generator in a fixed order (layer, direction; U's, h's,
+        then zoneout's): {"weight_hh_l{k}": U * M / (1-p)} with weight_drop, {"h_mask_l{k}": [B, P]} with
+        recurrent_dropout, {"zoneout_h_l{k}": [N, P], "zoneout_c_l{k}": [N, H]} over the call's N rows."""
+        if not self.training or not (self.weight_drop or self.recurrent_dropout or self.zoneout_h or self.zoneout_c):
             return None
         masks = {}
         for layer in range(self.num_layers):
@@ -377,12 +389,16 @@ class LSTM(nn.Module):
                 if self.recurrent_dropout:
                     keep = torch.bernoulli(U.new_full((batch, U.shape[1]), 1.0 - self.recurrent_dropout))
                     masks[f"h_mask{suffix}"] = keep / (1.0 - self.recurrent_dropout)
+                for name, width in (("zoneout_h", U.shape[1]), ("zoneout_c", self.hidden_size)):
+                    if getattr(self, name):
+                        masks[f"{name}{suffix}"] = torch.bernoulli(U.new_full((rows, width), getattr(self, name)))
         return masks
 
     def _call_features(self) -> tuple[str, ...]:
         """The cell's features in this call: the module's, and recurrent dropout while training."""
         if self.recurrent_dropout and self.training:
-            return features_of(self.peephole, self.coupled_gates, self.cell_clip, self.layer_norm, True)
+            return features_of(self.peephole, self.coupled_gates, self.cell_clip, self.layer_norm, True,
+                               bool(self.zoneout_h or self.zoneout_c))
         return self._variant_features
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -425,7 +441,8 @@ class LSTM(nn.Module):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
         s += f", forget_bias={self.forget_bias}"
-        for name in ("peephole", "coupled_gates", "cell_clip", "layer_norm", "recurrent_dropout", "weight_drop"):
+        for name in ("peephole", "coupled_gates", "cell_clip", "layer_norm", "recurrent_dropout", "weight_drop",
+                     "zoneout_h", "zoneout_c"):
             if getattr(self, name):
                 s += f", {name}={getattr(self, name)}"
         if self.backend != "auto":
@@ -490,7 +507,8 @@ class LSTM(nn.Module):
         path = self.path_for(steps[1], steps[0], packed, needs_grad, x.dtype, record is not None,
                              batch_sizes if packed else None)
         sizes = batch_sizes_t if packed and path == "vendor" else batch_sizes
-        masks = self._draw_masks(steps[1])  # after dispatch, whose measuring leaves torch's generator as it was
+        # after dispatch, whose measuring leaves torch's generator as it was
+        masks = self._draw_masks(steps[1], x.shape[0])
         x, h_n, c_n = self._stack(path, x, sizes, h0, c0, record, packed, steps, masks)
         low = lstm_torch.autocast_dtype(like.device.type)
         if low is not None:  # what torch.nn.LSTM returns under autocast, whichever path computed it
@@ -533,7 +551,8 @@ class LSTM(nn.Module):
             return False
         if self.num_layers != 1 or self.proj_size or self.variant_features or type(embedding) is not nn.Embedding:
             return False
-        if self.weight_drop or self.recurrent_dropout:  # training: masks the fused layer does not take
+        if self.weight_drop or self.recurrent_dropout:  # training: masks the fused layer does not take (zoneout is
+            # among variant_features)
             return False
         if embedding.max_norm is not None or torch.is_autocast_enabled("cpu") or lstm_cpu._functorch_active():
             return False

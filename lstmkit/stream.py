@@ -95,7 +95,7 @@ class LSTMStream:
                 tuple(t.detach().clone() for t in value) if isinstance(value, tuple)
                 else value.detach().clone() if isinstance(value, torch.Tensor) else value
                 for value in (cell.W, cell.U, cell.b, cell.R, cell.peephole, cell.coupled_gates, cell.cell_clip,
-                              cell.layer_norm)))
+                              cell.layer_norm, None, cell.zoneout_h, cell.zoneout_c)))
             width = W.shape[1]
             # [W | U] kept [4H, I + P] row-major and used transposed: the layout MKL's GEMV reads fastest here
             # (measured 5-10% faster than a [I + P, 4H] copy at batch 1). Filled block by block, one pass.
@@ -150,7 +150,8 @@ class LSTMStream:
             if h is not None:
                 x_slot.copy_(h)  # the layer below's h_t is this layer's x_t
             if variant is not None:  # the torch backend's own step: input projection, recurrence, equations
-                h_t, c_t, _ = lstm_torch.lstm_step(lstm_torch.input_projection(x_slot, variant), h_slot, c, variant)
+                h_t, c_t, _ = lstm_torch.lstm_step(lstm_torch.input_projection(x_slot, variant), h_slot, c, variant,
+                                                   (variant.zoneout_h, variant.zoneout_c))  # zoneout: its expectation
                 c.copy_(c_t)
                 h_slot.copy_(h_t)
                 h = h_slot

@@ -23,19 +23,24 @@ from lstmkit.stream import LSTMStream
 GRAD_NAMES = {**GRAD_NAMES, "peephole": "dpeephole", "ln_x": "dln_x", "ln_h": "dln_h", "ln_c": "dln_c"}
 # (peephole, coupled_gates, cell_clip, layer_norm): each feature alone, then together. The C kernel and the op
 # compute the first four (FUSED); layer normalisation runs on the torch backend.
-# The fifth field is the recurrent dropout's rate (a fixed mask per sequence; torch backend only).
-VARIANTS = [(True, False, 0.0, False, 0.0), (False, True, 0.0, False, 0.0), (False, False, 0.7, False, 0.0),
-            (True, True, 0.9, False, 0.0), (False, False, 0.0, True, 0.0), (True, True, 0.9, True, 0.0),
-            (False, False, 0.0, False, 0.4), (True, True, 0.9, True, 0.4)]
-VARIANT_IDS = ["peephole", "cifg", "clip", "all-fused", "layer_norm", "ln-all", "recurrent_dropout", "all"]
+# The fifth and sixth fields are the rates of the recurrent dropout (a fixed mask per sequence) and of zoneout
+# (Bernoulli masks on h and c at every step); both run on the torch backend only.
+VARIANTS = [(True, False, 0.0, False, 0.0, 0.0), (False, True, 0.0, False, 0.0, 0.0),
+            (False, False, 0.7, False, 0.0, 0.0), (True, True, 0.9, False, 0.0, 0.0),
+            (False, False, 0.0, True, 0.0, 0.0), (True, True, 0.9, True, 0.0, 0.0),
+            (False, False, 0.0, False, 0.4, 0.0), (False, False, 0.0, False, 0.0, 0.4),
+            (True, True, 0.9, True, 0.4, 0.4)]
+VARIANT_IDS = ["peephole", "cifg", "clip", "all-fused", "layer_norm", "ln-all", "recurrent_dropout", "zoneout", "all"]
+ZONEOUT = ("zoneout_h", "zoneout_c")  # the masks [T, B, *] of the oracle's inputs
 FUSED = VARIANTS[:4]
 LAYERS = {"torch": lstm_torch.lstm_layer, "cpu": lstm_cpu.lstm_layer, "op": lstm_op.layer}
 
 
 def problem(seed: int, T: int, B: int, I: int, H: int, P: int | None, variant: tuple) -> tuple[dict, dict, dict]:
-    peephole, coupled, clip, layer_norm, dropout = variant
+    peephole, coupled, clip, layer_norm, dropout, zoneout = variant
     inputs, upstream = random_lstm_problem(np.random.default_rng(seed), T, B, I, H, P, peephole=peephole,
-                                           coupled_gates=coupled, layer_norm=layer_norm, recurrent_dropout=dropout)
+                                           coupled_gates=coupled, layer_norm=layer_norm, recurrent_dropout=dropout,
+                                           zoneout=zoneout)
     return inputs, upstream, {"coupled_gates": coupled, "cell_clip": clip}
 
 
@@ -72,15 +77,18 @@ def test_cifg_and_peephole_by_hand():
 
 def run_layer(layer_fn, inputs, upstream, options, batch_sizes, reverse):
     """One layer on float64 copies of the oracle's inputs (x as rows); outputs and every gradient."""
-    leaves = {k: torch.tensor(v, requires_grad=k != "h_mask") for k, v in inputs.items()}
+    constants = ("h_mask", *ZONEOUT)
+    leaves = {k: torch.tensor(v, requires_grad=k not in constants) for k, v in inputs.items()}
     mask = leaves.pop("h_mask", None)
+    # zoneout masks as the layer's rows (given as rows when packed, time-major [T, B, *] otherwise)
+    zoneout = [leaves.pop(k).reshape(-1, inputs[k].shape[-1]) if k in inputs else None for k in ZONEOUT]
     x = leaves["x"]
     rows = x.reshape(-1, x.shape[-1]) if batch_sizes is None else x
     T, B = (inputs["x"].shape[0], inputs["x"].shape[1]) if batch_sizes is None else (len(batch_sizes), batch_sizes[0])
     sizes = (T, B) if layer_fn is lstm_op.layer else (batch_sizes or [B] * T)
     ln = (leaves["ln_x"], leaves["ln_h"], leaves["ln_c"]) if "ln_x" in leaves else None
     cell = Cell(leaves["W"], leaves["U"], leaves["b"], leaves.get("R"), leaves.get("peephole"), **options,
-                layer_norm=ln, h_mask=mask)
+                layer_norm=ln, h_mask=mask, zoneout_h=zoneout[0], zoneout_c=zoneout[1])
     y, hT, cT = layer_fn(rows, sizes, leaves["h0"], leaves["c0"], cell, reverse=reverse)
     dy = torch.tensor(upstream["dy"]).reshape(y.shape)
     ((y * dy).sum() + (hT * torch.tensor(upstream["dhT"])).sum() + (cT * torch.tensor(upstream["dcT"])).sum()
@@ -93,13 +101,14 @@ def run_layer(layer_fn, inputs, upstream, options, batch_sizes, reverse):
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_every_path_computes_the_variants_as_the_oracle(path, variant, reverse):
     """float64, full-length batches, with and without a projection: outputs, states and every gradient."""
-    if path == "op" and (variant[3] or variant[4]):
-        pytest.skip("the op takes no layer normalisation or recurrent dropout (lstm_op.SUPPORTS): dispatch runs "
-                    "them on 'torch'")
+    if path == "op" and (variant[3] or variant[4] or variant[5]):
+        pytest.skip("the op takes no layer normalisation, recurrent dropout or zoneout (lstm_op.SUPPORTS): dispatch "
+                    "runs them on 'torch'")
     for k, (T, B, I, H, P) in enumerate([(6, 3, 4, 5, None), (5, 2, 3, 6, 3), (1, 1, 2, 1 + variant[3], None)]):
         inputs, upstream, options = problem(100 * k + 7 * reverse + len(path), T, B, I, H, P, variant)
         flip = (lambda a: a[::-1].copy()) if reverse else (lambda a: a)
-        y_ref, hT_ref, cT_ref, cache = lstm_forward(**dict(inputs, x=flip(inputs["x"])), **options)
+        flipped = {k: flip(inputs[k]) for k in ("x", *ZONEOUT) if k in inputs}  # per step, in processing order
+        y_ref, hT_ref, cT_ref, cache = lstm_forward(**dict(inputs, **flipped), **options)
         grads_ref = lstm_backward(flip(upstream["dy"]), upstream["dhT"], upstream["dcT"], cache)
         y, hT, cT, grads = run_layer(LAYERS[path], inputs, upstream, options, None, reverse)
         assert_close(y.view(T, B, -1), flip(y_ref), f"{path} y")
@@ -119,7 +128,8 @@ def test_packed_rows_of_a_variant_are_the_oracle_per_sequence(variant, reverse):
     inputs, upstream, options = problem(17 + reverse, T, B, I, H, P, variant)
     batch_sizes = [sum(n > t for n in lengths) for t in range(T)]
     order = [(t, k) for t in range(T) for k in range(batch_sizes[t])]
-    packed = dict(inputs, x=np.stack([inputs["x"][t, k] for t, k in order]))
+    packed = dict(inputs, **{name: np.stack([inputs[name][t, k] for t, k in order]) for name in ("x", *ZONEOUT)
+                             if name in inputs})
     packed_up = dict(upstream, dy=np.stack([upstream["dy"][t, k] for t, k in order]))
     y, hT, cT, grads = run_layer(lstm_torch.lstm_layer, packed, packed_up, options, batch_sizes, reverse)
     summed = {name: 0.0 for name in grads if name not in ("dx", "dh0", "dc0")}
@@ -129,6 +139,9 @@ def test_packed_rows_of_a_variant_are_the_oracle_per_sequence(variant, reverse):
                      c0=inputs["c0"][k:k + 1])
         if "h_mask" in inputs:  # sequence k's own mask (its row of the batch's)
             alone["h_mask"] = inputs["h_mask"][k:k + 1]
+        for name in ZONEOUT:  # and its own zoneout masks, in processing order
+            if name in inputs:
+                alone[name] = inputs[name][:n, k:k + 1][step].copy()
         y_ref, hT_ref, cT_ref, cache = lstm_forward(**alone, **options)
         g = lstm_backward(upstream["dy"][:n, k:k + 1][step].copy(), upstream["dhT"][k:k + 1],
                           upstream["dcT"][k:k + 1], cache)
@@ -213,6 +226,7 @@ def test_the_forget_bias_per_layer_and_the_coupled_gates_shift():
     ({"recurrent_dropout": -0.1}, r"recurrent_dropout must be a probability in \[0, 1\)"),
     ({"recurrent_dropout": 1.0}, r"recurrent_dropout must be a probability in \[0, 1\)"),
     ({"weight_drop": 1.5}, r"weight_drop must be a probability in \[0, 1\)"),
+    ({"zoneout_c": -0.5}, r"zoneout_c must be a probability in \[0, 1\)"),
 ])
 def test_bad_variant_arguments_are_one_line_errors(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message) as error:
@@ -305,7 +319,7 @@ def test_the_fused_paths_compute_the_variants_as_the_torch_backend(trial):
     from conftest import float32_tolerance
 
     rng = random.Random(trial)
-    peephole, coupled, clip, _, _ = FUSED[trial % len(FUSED)]
+    peephole, coupled, clip, _, _, _ = FUSED[trial % len(FUSED)]
     B, T, I, H = rng.randint(1, 24), rng.randint(1, 24), rng.randint(1, 12), rng.randint(1, 24)
     P = rng.choice([None, rng.randint(1, H - 1)]) if H > 1 else None
     full = trial % 3 == 0  # the op takes full-length batches only
@@ -376,3 +390,41 @@ def test_dropout_masks_are_seeded_exact_on_every_path_and_off_in_eval():
     assert_close(dropped(x)[0], plain(x)[0], "eval: no dropout")
     assert dropped.path_for(B, T, False, False) == plain.path_for(B, T, False, False)
     assert "recurrent_dropout" in dropped.train().call_kind(B, T, False, True).key
+
+
+def test_zoneout_masks_in_training_and_its_expectation_in_eval():
+    """Training: the seed's Bernoulli masks (drawn by the module) are the oracle's; eval: z = p at every unit."""
+    torch.manual_seed(6)
+    T, B, I, H = 5, 3, 2, 4
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    lstm = LSTM(I, H, 2, zoneout_h=0.3, zoneout_c=0.6, peephole=True, dtype=torch.float64)
+    assert "zoneout" in lstm.variant_features and lstm.path_for(B, T, False, True) == "torch"
+
+    def oracle(masks_of):  # both layers through lstm_forward, with masks_of(layer) = (z^h, z^c) [T, B, *]
+        below, finals = x.numpy(), []
+        for layer in range(2):
+            W, U, b_ih, b_hh = (t.detach().numpy() for t in lstm.layer_weights(layer)[:4])
+            z_h, z_c = masks_of(layer)
+            y, h_T, c_T, _ = lstm_forward(below, W, U, b_ih + b_hh, np.zeros((B, H)), np.zeros((B, H)),
+                                          peephole=lstm.cell(layer).peephole.detach().numpy(), zoneout_h=z_h,
+                                          zoneout_c=z_c)
+            below = y
+            finals.append((h_T, c_T))
+        return below, finals
+
+    lstm.train()
+    torch.manual_seed(12)
+    y, (h_n, c_n) = lstm(x)
+    torch.manual_seed(12)
+    masks = lstm._draw_masks(B, T * B)
+    assert 0 < masks["zoneout_c_l0"].mean() < 1
+    y_ref, finals = oracle(lambda k: tuple(masks[f"{n}_l{k}"].view(T, B, -1).numpy() for n in ZONEOUT))
+    assert_close(y, y_ref, "training output with the seed's zoneout masks")
+    assert_close(c_n[1], finals[1][1], "training c_n of layer 1")
+    lstm.eval()
+    y, (h_n, c_n) = lstm(x)
+    y_ref, finals = oracle(lambda k: (np.full((T, B, H), 0.3), np.full((T, B, H), 0.6)))
+    assert_close(y, y_ref, "eval output: zoneout's expectation")
+    assert_close(h_n[0], finals[0][0], "eval h_n of layer 0")
+    stream = LSTMStream(lstm, batch_size=B)
+    assert_close(stream.steps(x), y, "streamed (eval) output")

@@ -20,15 +20,15 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-FEATURES = ("peephole", "coupled_gates", "cell_clip", "layer_norm", "recurrent_dropout")
+FEATURES = ("peephole", "coupled_gates", "cell_clip", "layer_norm", "recurrent_dropout", "zoneout")
 LAYER_NORM_EPS = 1e-5  # the epsilon of every layer normalisation (torch's LayerNorm default)
 
 
 def features_of(peephole: bool, coupled_gates: bool, cell_clip: float | None, layer_norm: bool = False,
-                recurrent_dropout: bool = False) -> tuple[str, ...]:
+                recurrent_dropout: bool = False, zoneout: bool = False) -> tuple[str, ...]:
     """The names of the features that are on, in FEATURES' order; () for the standard (textbook) cell."""
     on = {"peephole": peephole, "coupled_gates": coupled_gates, "cell_clip": bool(cell_clip and cell_clip > 0),
-          "layer_norm": layer_norm, "recurrent_dropout": recurrent_dropout}
+          "layer_norm": layer_norm, "recurrent_dropout": recurrent_dropout, "zoneout": zoneout}
     return tuple(name for name in FEATURES if on[name])
 
 
@@ -41,7 +41,9 @@ class Cell:
     cell_clip: > 0 clips c_t to [-cell_clip, cell_clip], 0 is off; layer_norm: (ln_x [2, GH], ln_h [2, GH],
     ln_c [2, H]), the gains (row 0) and biases (row 1) of the normalisations of W x_t, U h_{t-1} and c_t, or None;
     h_mask: [B, P] variational dropout of h_{t-1} (Gal & Ghahramani 2016), one row per sequence for every step,
-    scaled by 1/(1-p): U (h_{t-1} * h_mask), or None. See `lstmkit.nn.LSTM` for the equations."""
+    scaled by 1/(1-p): U (h_{t-1} * h_mask), or None; zoneout_h, zoneout_c: zoneout of h and c (Krueger et al.
+    2016), each a mask of the layer's rows ([N, P] / [N, H], 1 = keep the previous value; training) or the rate p as
+    a number (evaluation: the expectation), or None. See `lstmkit.nn.LSTM` for the equations."""
 
     W: Tensor
     U: Tensor
@@ -52,6 +54,8 @@ class Cell:
     cell_clip: float = 0.0
     layer_norm: tuple[Tensor, Tensor, Tensor] | None = None
     h_mask: Tensor | None = None
+    zoneout_h: Tensor | float | None = None
+    zoneout_c: Tensor | float | None = None
 
     @property
     def gates(self) -> int:
@@ -65,7 +69,7 @@ class Cell:
     def features(self) -> tuple[str, ...]:
         """The variant features that are on (`features_of`)."""
         return features_of(self.peephole is not None, self.coupled_gates, self.cell_clip, self.layer_norm is not None,
-                           self.h_mask is not None)
+                           self.h_mask is not None, self.zoneout_h is not None or self.zoneout_c is not None)
 
     @property
     def standard(self) -> bool:
@@ -73,4 +77,5 @@ class Cell:
 
     def tensors(self) -> tuple[Tensor | None, ...]:
         """Every tensor of the cell (absent ones None), e.g. for a backend's dtype and device check."""
-        return self.W, self.U, self.b, self.R, self.peephole, *(self.layer_norm or ()), self.h_mask
+        return (self.W, self.U, self.b, self.R, self.peephole, *(self.layer_norm or ()), self.h_mask,
+                *(z for z in (self.zoneout_h, self.zoneout_c) if isinstance(z, Tensor)))

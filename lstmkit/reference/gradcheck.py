@@ -12,7 +12,7 @@ import numpy as np
 
 from lstmkit.reference.lstm_numpy import lstm_backward, lstm_forward
 
-CONSTANTS = ("h_mask",)  # inputs that are no parameters (a dropout mask): nothing to differentiate
+CONSTANTS = ("h_mask", "zoneout_h", "zoneout_c")  # inputs that are no parameters (masks): nothing to differentiate
 
 
 def numerical_gradient(loss: Callable[[], float], array: np.ndarray, eps: float = 1e-6) -> np.ndarray:
@@ -40,7 +40,7 @@ def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
 
 def random_lstm_problem(
     rng: np.random.Generator, T: int, B: int, I: int, H: int, P: int | None = None, *, peephole: bool = False,
-    coupled_gates: bool = False, layer_norm: bool = False, recurrent_dropout: float = 0.0,
+    coupled_gates: bool = False, layer_norm: bool = False, recurrent_dropout: float = 0.0, zoneout: float = 0.0,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Random float64 inputs and parameters, and random upstream gradients, for one LSTM layer (with
     `peephole`, inputs["peephole"] [3, H]; with `coupled_gates`, three gate blocks; with `layer_norm`, gains near
@@ -60,6 +60,9 @@ def random_lstm_problem(
         inputs["R"] = rng.standard_normal((P, H)) * 0.5
     if peephole:
         inputs["peephole"] = rng.standard_normal((3, H)) * 0.5
+    if zoneout:  # Bernoulli(p) masks on h and on c, every step
+        inputs["zoneout_h"] = (rng.random((T, B, P_out)) < zoneout).astype(float)
+        inputs["zoneout_c"] = (rng.random((T, B, H)) < zoneout).astype(float)
     if recurrent_dropout:
         inputs["h_mask"] = (rng.random((B, P_out)) >= recurrent_dropout) / (1.0 - recurrent_dropout)
     if layer_norm:

@@ -33,6 +33,10 @@ Variants (keyword arguments; each off by default, any combination allowed):
       c_t itself (and o's peephole) stays unnormalised
   h_mask [B, P]: variational recurrent dropout (Gal & Ghahramani 2016), one mask per sequence for all steps,
       already scaled by 1/(1-p):  a_t = W x_t + U (h_{t-1} * h_mask) + b
+  zoneout_h [T, B, P], zoneout_c [T, B, H]: zoneout (Krueger et al. 2016), z = 1 where a unit keeps its previous
+      value (Bernoulli(p) in training; the constant p at evaluation, the expectation): with c~_t and h~_t the cell
+      and output of the equations above (o and tanh read c~_t),
+      c_t = z^c_t * c_{t-1} + (1 - z^c_t) * c~_t,   h_t = z^h_t * h_{t-1} + (1 - z^h_t) * h~_t
 """
 
 from __future__ import annotations
@@ -73,6 +77,8 @@ class LSTMCache:
     cell_clip: float = 0.0
     ln: tuple | None = None  # (ln_x, ln_h, ln_c)
     h_mask: np.ndarray | None = None  # [B, P]
+    zoneout_h: np.ndarray | None = None  # [T, B, P]
+    zoneout_c: np.ndarray | None = None  # [T, B, H]
     norms: dict | None = None  # per step t: the normalised rows and 1/sigma of W x, U h and c
 
 
@@ -113,6 +119,8 @@ def lstm_forward(
     ln_h: np.ndarray | None = None,
     ln_c: np.ndarray | None = None,
     h_mask: np.ndarray | None = None,
+    zoneout_h: np.ndarray | None = None,
+    zoneout_c: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, LSTMCache]:
     """Run one LSTM layer over x. Returns (y [T, B, P], h_T [B, P], c_T [B, H], cache)."""
     T, B, _ = x.shape
@@ -125,7 +133,7 @@ def lstm_forward(
         o=np.empty((T, B, H)), c=np.empty((T, B, H)), m=np.empty((T, B, H)), s=np.empty((T, B, H)),
         peephole=peephole, coupled_gates=coupled_gates, cell_clip=cell_clip,
     )
-    cache.h_mask = h_mask
+    cache.h_mask, cache.zoneout_h, cache.zoneout_c = h_mask, zoneout_h, zoneout_c
     normalised = ln_x is not None
     if normalised:
         cache.ln, cache.norms = (ln_x, ln_h, ln_c), {"x": [], "h": [], "c": []}
@@ -156,8 +164,11 @@ def lstm_forward(
             m = o * np.tanh(n)  # 6.56 on LN(c_t)
         else:
             m = o * np.tanh(c)  # 6.56
-        h = m if R is None else m @ R.T
-        cache.i[t], cache.f[t], cache.g[t], cache.o[t], cache.c[t], cache.m[t] = i, f, g, o, c, m
+        h_new = m if R is None else m @ R.T
+        cache.i[t], cache.f[t], cache.g[t], cache.o[t], cache.c[t], cache.m[t] = i, f, g, o, c, m  # c: c~_t
+        h = h_new if zoneout_h is None else zoneout_h[t] * cache.h_prev[t] + (1.0 - zoneout_h[t]) * h_new
+        if zoneout_c is not None:
+            c = zoneout_c[t] * cache.c_prev[t] + (1.0 - zoneout_c[t]) * c
         cache.s[t] = s
         y[t] = h
     return y, h, c, cache
@@ -196,8 +207,14 @@ def lstm_backward(
     dln = None if ln is None else [np.zeros_like(p) for p in ln]
     dh = dhT + dy[T - 1]
     dc = dcT.copy()
+    zh, zc = cache.zoneout_h, cache.zoneout_c
     for t in range(T - 1, -1, -1):
         i, f, g, o, c, c_prev = cache.i[t], cache.f[t], cache.g[t], cache.o[t], cache.c[t], cache.c_prev[t]
+        # zoneout: the part of dh, dc that reaches h_{t-1}, c_{t-1} directly; the rest reaches h~_t, c~_t
+        dh_kept = 0.0 if zh is None else dh * zh[t]
+        dc_kept = 0.0 if zc is None else dc * zc[t]
+        dh = dh if zh is None else dh * (1.0 - zh[t])
+        dc = dc if zc is None else dc * (1.0 - zc[t])
         if R is None:
             dm = dh
         else:
@@ -217,7 +234,7 @@ def lstm_backward(
             dc = dc + layer_norm_backward(dn, ln[2][0], n_hat, n_inv) + dz_o * p_o
         ds = dc * (np.abs(cache.s[t]) < clip) if clip else dc
         di, df, dg = ds * g, ds * c_prev, ds * i
-        dc = ds * f
+        dc = ds * f + dc_kept
         blocks = []
         if coupled:
             di = di - df
@@ -246,7 +263,7 @@ def lstm_backward(
         dW += du.T @ x[t]
         mask = 1.0 if cache.h_mask is None else cache.h_mask
         dU += dv.T @ (cache.h_prev[t] * mask)
-        dh = (dv @ U) * mask
+        dh = (dv @ U) * mask + dh_kept
         if t > 0:
             dh = dh + dy[t - 1]
     grads = {"dx": dx, "dW": dW, "dU": dU, "db": db, "dh0": dh, "dc0": dc}
