@@ -10,7 +10,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close
+from conftest import assert_close, paths_pinned
 from test_ops import GRAD_NAMES
 
 import lstmkit
@@ -374,14 +374,16 @@ def test_dropout_masks_are_seeded_exact_on_every_path_and_off_in_eval():
         below = ref[0]
         assert_close(h_n[layer], ref[1], f"h_n of layer {layer} against the oracle with the seed's masks")
     assert_close(y, below, "output against the oracle with the seed's masks")
-    for path in ("cpu", "op"):  # weight drop alone runs on every path; the same seed, the same masks
-        one = LSTM(I, H, 2, weight_drop=0.5, backend=path).train()
+    for path in ("cpu", "op", "vendor"):  # weight drop alone runs on every path; the same seed, the same masks
+        one = LSTM(I, H, 2, weight_drop=0.5, backend="auto" if path == "vendor" else path).train()
         other = LSTM(I, H, 2, weight_drop=0.5, backend="torch").train()
         other.load_state_dict(one.state_dict())
         outputs = []
         for module in (one, other):
             torch.manual_seed(3)
-            out = module(x.float())[0]
+            with paths_pinned("vendor"):  # what "auto" runs for `one` when path is "vendor"
+                assert path != "vendor" or one.path_for(B, T, False, True) == "vendor"
+                out = module(x.float())[0]
             out.square().sum().backward()
             outputs.append((out, module.weight_hh_l0.grad))
         assert_close(outputs[0][0], outputs[1][0], f"{path} output under weight drop", dtype=torch.float32)
