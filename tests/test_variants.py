@@ -430,3 +430,25 @@ def test_zoneout_masks_in_training_and_its_expectation_in_eval():
     assert_close(h_n[0], finals[0][0], "eval h_n of layer 0")
     stream = LSTMStream(lstm, batch_size=B)
     assert_close(stream.steps(x), y, "streamed (eval) output")
+
+
+def test_a_fused_variant_compiles_and_exports_as_one_op_node_per_layer():
+    """peephole + coupled gates + cell clip through the op: torch.compile(fullgraph=True) and torch.export with a
+    dynamic T, and opcheck of the op's new arguments."""
+    torch.manual_seed(8)
+    model = LSTM(4, 6, 2, batch_first=True, peephole=True, coupled_gates=True, cell_clip=1.0, backend="op")
+    x, longer = torch.randn(2, 9, 4), torch.randn(2, 23, 4)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    y = compiled(x)[0]
+    y.sum().backward()
+    assert_close(y, model(x)[0], "compiled output", dtype=torch.float32)
+    exported = torch.export.export(model.eval(), (x,), dynamic_shapes=({1: torch.export.Dim("T", min=2, max=512)},))
+    nodes = [node.target for node in exported.graph.nodes if node.op == "call_function"]
+    assert nodes.count(torch.ops.lstmkit.lstm_layer.default) == 2
+    assert_close(exported.module()(longer)[0], model(longer)[0], "exported, another T", dtype=torch.float32)
+    T, B, I, H = 3, 2, 4, 5
+    args = (torch.randn(T, B, I, requires_grad=True), torch.randn(B, H, requires_grad=True),
+            torch.randn(B, H, requires_grad=True), torch.randn(3 * H, I, requires_grad=True),
+            torch.randn(3 * H, H, requires_grad=True), torch.randn(3 * H, requires_grad=True), None, True,
+            torch.randn(3, H, requires_grad=True), True, 0.8)
+    torch.library.opcheck(lstm_op.lstm_layer, args)
