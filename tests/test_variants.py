@@ -280,22 +280,33 @@ def test_the_trace_of_a_cifg_shows_f_as_one_minus_i_and_streaming_follows_the_mo
     assert_close(stream.state[1], c_n, "streamed c_n", dtype=torch.float32)
 
 
-def test_a_run_with_variants_saves_reloads_and_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-variants", "masked-variants"])
+def test_a_run_with_variants_saves_reloads_and_resumes_exactly(tmp_path, fused):
+    """Fused: peepholes, coupled gates, cell clip and a forget bias (the C kernel's). Masked: layer norm, weight drop,
+    recurrent dropout and zoneout, whose masks a resumed run must draw again exactly (torch's generator state is in
+    the checkpoint)."""
     from test_train import assert_bit_identical, final_weights, tiny_config
 
     from lstmkit.ensemble import open_run
     from lstmkit.train import config_for_resume, train_and_evaluate
 
-    variant = ["model.lstm.peephole=true", "model.lstm.coupled_gates=true", "model.lstm.cell_clip=2.5",
-               "model.lstm.forget_bias=[0.5]", "train.epochs=2"]
-    train_and_evaluate(tiny_config(*variant), tmp_path / "full", quiet=True)
+    variant = (["model.lstm.peephole=true", "model.lstm.coupled_gates=true", "model.lstm.cell_clip=2.5",
+                "model.lstm.forget_bias=[0.5]"] if fused else
+               ["model.lstm.layer_norm=true", "model.lstm.weight_drop=0.3", "model.lstm.recurrent_dropout=0.2",
+                "model.lstm.zoneout_h=0.1", "model.lstm.zoneout_c=0.2"])
+    train_and_evaluate(tiny_config(*variant, "train.epochs=2"), tmp_path / "full", quiet=True)
     train_and_evaluate(tiny_config(*variant, "train.epochs=1"), tmp_path / "split", quiet=True)
     train_and_evaluate(config_for_resume(tmp_path / "split", epochs=2), tmp_path / "split", resume=True, quiet=True)
     assert_bit_identical(final_weights(tmp_path / "split"), final_weights(tmp_path / "full"))
     task, model = open_run(tmp_path / "full")
-    assert model.recurrent.variant_features == ("peephole", "coupled_gates", "cell_clip")
-    assert model.recurrent.cell_clip == 2.5 and model.recurrent.forget_bias == 0.5
-    assert task.config.model.lstm.coupled_gates
+    lstm = model.recurrent
+    if fused:
+        assert lstm.variant_features == ("peephole", "coupled_gates", "cell_clip")
+        assert lstm.cell_clip == 2.5 and lstm.forget_bias == 0.5 and task.config.model.lstm.coupled_gates
+    else:
+        assert lstm.variant_features == ("layer_norm", "zoneout")
+        assert (lstm.weight_drop, lstm.recurrent_dropout, lstm.zoneout_c) == (0.3, 0.2, 0.2)
+        assert any(name.startswith("layer_norm") for name in lstm.state_dict())
 
 
 needs_kernel = pytest.mark.skipif(not lstm_cpu.available(), reason=f"C kernel not built here: "
