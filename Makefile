@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench bench-variants clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: lint
 
 bench: install
 	$(BIN)/python benchmarks/bench_lstm.py
+
+bench-variants: install
+	$(BIN)/python benchmarks/bench_variants.py
 
 clean:
 	rm -rf $(VENV) demo_out build *.egg-info .pytest_cache .ruff_cache

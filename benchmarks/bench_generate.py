@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from lstmkit.data.vocab import Vocab
+from lstmkit.lstm_config import LSTMConfig
 from lstmkit.sample import encode_prompt, generate, pick_next
 from lstmkit.tasks.lm import LanguageModel, LMModelConfig
 
@@ -62,7 +63,8 @@ def main() -> None:
     else:
         symbols = list(string.ascii_letters + string.digits[:1] + " .,;:!?'-\n")[:63]
         vocab = Vocab(["<pad>", "<unk>", *symbols], level="char")
-        model = LanguageModel(len(vocab), LMModelConfig(embedding_dim=128, hidden_size=512, num_layers=2)).eval()
+        m = LMModelConfig(embedding_dim=128, lstm=LSTMConfig(hidden_size=512, num_layers=2))
+        model = LanguageModel(len(vocab), m).eval()
         source = "random weights, char_lm preset size"
     lstm = model.lstm
     prompt = "".join(vocab.tokens[2:12]) if vocab.level == "char" else " ".join(vocab.tokens[2:6])

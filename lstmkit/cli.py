@@ -125,8 +125,9 @@ def train(task: str, out: Path, data: Path | None, epochs: int | None, minutes: 
     With --resume, the command that started the run continues it: its options must agree with the run's saved
     configuration (only --epochs and --minutes may change); on a directory with no run yet it starts one."""
     from lstmkit import runs
+    from lstmkit.ensemble import train_and_evaluate
     from lstmkit.tasks import requested_config
-    from lstmkit.train import check_run_dir, config_for_resume, train_and_evaluate
+    from lstmkit.train import check_run_dir, config_for_resume
 
     requested = requested_config(task, presets, overrides, {
         "data.path": _data_path(data), "train.epochs": epochs, "train.minutes": minutes, "train.seed": seed})
@@ -207,7 +208,7 @@ def evaluate(run: Path, data: str | None, split: str, as_json: bool) -> None:
     if run.suffix == ".onnx":  # a file from `lstmkit export --format onnx`, scored by onnxruntime
         from lstmkit.export.onnx_run import open_onnx as open_run
     else:
-        from lstmkit.tasks import open_run
+        from lstmkit.ensemble import open_run
 
     task, model = open_run(run)
     if data is not None:
@@ -231,8 +232,8 @@ def predict(run: Path, texts: tuple[str, ...], file: Path | None, as_json: bool)
     recording (WAV, FLAC, OGG) given as TEXTS."""
     import json
 
+    from lstmkit.ensemble import open_run
     from lstmkit.errors import DataError
-    from lstmkit.tasks import open_run
 
     task, model = open_run(run)
     if not hasattr(task, "predict_texts") and not hasattr(task, "predict_files"):
@@ -287,7 +288,7 @@ def generate(run: Path, prompt: str, length: int, temperature: float, top_k: int
     from lstmkit.sample import generate as generate_tokens
 
     check_sampling(length, temperature, top_k, top_p)  # before the model loads: a typo fails at once
-    from lstmkit.tasks import open_run
+    from lstmkit.ensemble import open_run
 
     task, model = open_run(run)
     if task.name != "lm":
@@ -314,10 +315,10 @@ def inspect(run: Path, text: str, out: Path, as_json: bool, max_units: int | Non
     cell of every layer, frame by frame on one time axis."""
     import json
 
+    from lstmkit.ensemble import open_run
     from lstmkit.errors import DataError
     from lstmkit.introspect import trace_text
     from lstmkit.plots import gate_heatmaps
-    from lstmkit.tasks import open_run
 
     if text == "-":
         text = sys.stdin.read()

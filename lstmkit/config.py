@@ -71,8 +71,9 @@ _AT_LEAST_ONE = {"epochs", "batch_size", "checkpoint_every", "log_every", "hidde
                  "embedding_dim", "T", "batches_per_epoch", "maxlen", "max_chars", "features", "bptt", "members"}
 _NON_NEGATIVE = {"num_words", "proj_size", "lr", "weight_decay", "warmup_steps", "clip_norm", "eval_every", "patience",
                  "minutes", "test_size"}
-_POSITIVE = {"valid_size"}
-_BELOW_ONE = {"dropout", "word_dropout", "momentum"}  # in [0, 1)
+_POSITIVE = {"valid_size", "cell_clip"}
+_BELOW_ONE = {"dropout", "word_dropout", "momentum", "recurrent_dropout", "weight_drop",
+              "zoneout_h", "zoneout_c"}  # in [0, 1)
 
 
 def _check_range(key: str, name: str, value: Any) -> None:
@@ -115,6 +116,13 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as error:
                 errors.append(str(error))
         raise ConfigError(errors[0] if errors else f"{key}: cannot be {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):  # from --set: "1.0,0.5" or "[1.0, 0.5]"
+            value = [v for v in value.strip().strip("[]").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list; got {value!r}")
+        return [coerce(v.strip() if isinstance(v, str) else v, item, key) for v in value]
     if origin is Literal:
         choices = typing.get_args(tp)
         if value in choices:
@@ -162,20 +170,48 @@ def _unknown_key(key: str, valid: list[str]) -> ConfigError:
     return ConfigError(f"unknown configuration key {key!r}{hint}")
 
 
+def _keys(prefix: str, target: Any) -> list[str]:
+    keys = []
+    for f in dataclasses.fields(target):
+        inner = getattr(target, f.name)
+        keys += _keys(f"{prefix}.{f.name}", inner) if dataclasses.is_dataclass(inner) else [f"{prefix}.{f.name}"]
+    return keys
+
+
 def all_keys(config: RunConfig) -> list[str]:
-    return [f"{section}.{f.name}" for section in SECTIONS for f in dataclasses.fields(getattr(config, section))]
+    return [key for section in SECTIONS for key in _keys(section, getattr(config, section))]
+
+
+def resolve(config: RunConfig, key: str) -> tuple[Any, str]:
+    """The dataclass that holds `key` ("section.name" or "section.nested.name") and the field's name.
+
+    A name a section lacks is looked up in its nested sections (the model's `lstm`): run directories and presets
+    from before the LSTM's options were nested say `model.hidden_size` for `model.lstm.hidden_size`."""
+    section, _, rest = key.partition(".")
+    if section not in SECTIONS or not rest:
+        raise _unknown_key(key, all_keys(config))
+    target = getattr(config, section)
+    *path, name = rest.split(".")
+    for part in path:
+        if part not in _field_types(type(target)) or not dataclasses.is_dataclass(getattr(target, part)):
+            raise _unknown_key(key, all_keys(config))
+        target = getattr(target, part)
+    if name not in _field_types(type(target)):
+        nested = [getattr(target, f.name) for f in dataclasses.fields(target)
+                  if dataclasses.is_dataclass(getattr(target, f.name))]
+        holders = [inner for inner in nested if name in _field_types(type(inner))]
+        if not holders:
+            raise _unknown_key(key, all_keys(config))
+        target = holders[0]
+    if dataclasses.is_dataclass(getattr(target, name)):
+        raise ConfigError(f"{key} is a section of options, not one option: set its keys ({key}.hidden_size=...)")
+    return target, name
 
 
 def set_value(config: RunConfig, key: str, value: Any) -> None:
-    """Set `section.name` on `config`, type-checked."""
-    section, _, name = key.partition(".")
-    if section not in SECTIONS or not name:
-        raise _unknown_key(key, all_keys(config))
-    target = getattr(config, section)
-    types_ = _field_types(type(target))
-    if name not in types_:
-        raise _unknown_key(key, all_keys(config))
-    typed = coerce(value, types_[name], key)
+    """Set `section.name` (or `section.nested.name`) on `config`, type-checked."""
+    target, name = resolve(config, key)
+    typed = coerce(value, _field_types(type(target))[name], key)
     _check_range(key, name, typed)
     setattr(target, name, typed)
 
@@ -197,23 +233,31 @@ def apply_mapping(config: RunConfig, mapping: dict[str, Any], source: str) -> Ru
             continue
         if section not in SECTIONS or not isinstance(values, dict):
             raise ConfigError(f"{source}: unknown section {section!r}; sections are {', '.join(SECTIONS)}")
-        for name, value in values.items():
+        for key, value in _flatten(section, values):
             try:
-                set_value(config, f"{section}.{name}", value)
+                set_value(config, key, value)
             except ConfigError as error:
                 raise ConfigError(f"{source}: {error}") from None
     return config
 
 
+def _flatten(prefix: str, values: dict[str, Any]) -> list[tuple[str, Any]]:
+    """{name: value or {name: ...}} -> [("prefix.name", value), ("prefix.nested.name", value), ...]."""
+    items = []
+    for name, value in values.items():
+        items += _flatten(f"{prefix}.{name}", value) if isinstance(value, dict) else [(f"{prefix}.{name}", value)]
+    return items
+
+
 def mapping_keys(mapping: dict[str, Any]) -> set[str]:
     """The `section.key` names a nested {section: {key: value}} mapping (a preset) sets."""
-    return {f"{section}.{name}" for section, values in mapping.items() if section in SECTIONS
-            and isinstance(values, dict) for name in values}
+    return {key for section, values in mapping.items() if section in SECTIONS and isinstance(values, dict)
+            for key, _ in _flatten(section, values)}
 
 
 def get_value(config: RunConfig, key: str) -> Any:
-    section, _, name = key.partition(".")
-    return getattr(getattr(config, section), name)
+    target, name = resolve(config, key)
+    return getattr(target, name)
 
 
 def preset_names() -> list[str]:

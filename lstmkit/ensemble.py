@@ -15,6 +15,9 @@ Members train one after another, each a whole `train_and_evaluate`; an interrupt
 member it stopped in, and `--resume --epochs E` trains every member on to E epochs. `open_run(RUN)` gives the
 first member's task and an `EnsembleClassifier`, so `lstmkit evaluate`, `predict` and `serve` take an ensemble
 wherever they take a classifier; `inspect` and the web page trace the first member's gates (`trace_text`).
+
+Imports point one way: this module sits above `lstmkit.train` and `lstmkit.tasks` (members are ordinary runs), and
+its `train_and_evaluate` and `open_run` are the entry points for any run, an ensemble or not.
 """
 
 from __future__ import annotations
@@ -32,7 +35,11 @@ from torch import Tensor, nn
 
 from lstmkit import config as cfg
 from lstmkit import runs
+from lstmkit import train as single
 from lstmkit.errors import ConfigError, RunDirError
+from lstmkit.tasks import get_task, load_run_config
+from lstmkit.tasks.classify import ClassifierTask, class_probabilities
+from lstmkit.train import TrainResult, prepare_run_dir
 
 ENSEMBLE_FILE = runs.ENSEMBLE_FILE
 ENSEMBLE_FORMAT = "lstmkit.ensemble"
@@ -58,7 +65,6 @@ class EnsembleClassifier(nn.Module):
             raise
 
     def forward(self, inputs: Tensor, lengths: Tensor | None = None) -> Tensor:
-        from lstmkit.tasks.classify import class_probabilities
 
         logits = [member(inputs, lengths) for member in self.members]
         probabilities = torch.stack([class_probabilities(z) for z in logits]).mean(dim=0)  # [N, C]
@@ -83,9 +89,6 @@ def member_config(config: cfg.RunConfig, k: int) -> cfg.RunConfig:
 
 
 def _check_ensemble_task(config: cfg.RunConfig) -> None:
-    from lstmkit.tasks import get_task
-    from lstmkit.tasks.classify import ClassifierTask
-
     if not issubclass(get_task(config.task), ClassifierTask):
         raise ConfigError(f"train.members > 1 makes an ensemble of classifiers; a {config.task!r} run has one model "
                           "(set train.members = 1)")
@@ -127,9 +130,6 @@ def train_ensemble(config: cfg.RunConfig, run_dir: Path, resume: bool, quiet: bo
     does. train.minutes is the budget of the whole invocation, shared by the members in turn."""
     import click
 
-    from lstmkit.tasks import get_task
-    from lstmkit.train import TrainResult, prepare_run_dir, train_and_evaluate
-
     _check_ensemble_task(config)
     prepare_run_dir(run_dir, resume)
     # Also on resume: a changed --epochs or --minutes is then what a later plain --resume continues with.
@@ -159,7 +159,7 @@ def train_ensemble(config: cfg.RunConfig, run_dir: Path, resume: bool, quiet: bo
             click.echo(f"member {k + 1} of {config.train.members} (seed {member.train.seed})"
                        f"{', resumed' if started else ''}", err=True)
         try:
-            result = train_and_evaluate(member, member_dir, resume=started, quiet=quiet)
+            result = single.train_and_evaluate(member, member_dir, resume=started, quiet=quiet)
         except Exception:
             if not resume and k == 0 and not (member_dir / runs.CONFIG_FILE).exists():
                 # The first member refused its configuration or data before writing anything: so does the
@@ -196,8 +196,6 @@ def train_ensemble(config: cfg.RunConfig, run_dir: Path, resume: bool, quiet: bo
 
 def open_ensemble(task_class: Any, run_dir: Path, config: cfg.RunConfig) -> tuple[Any, EnsembleClassifier]:
     """The first member's task and an EnsembleClassifier of every member, checked to read inputs alike."""
-    from lstmkit.tasks import load_run_config
-
     record = _read_record(run_dir, config)
     names = [m["name"] for m in record["members"]]
     missing = [member_name(k) for k in range(config.train.members) if member_name(k) not in names]
@@ -219,3 +217,20 @@ def open_ensemble(task_class: Any, run_dir: Path, config: cfg.RunConfig) -> tupl
                               "the members of an ensemble must share them")
         models.append(model)
     return task, EnsembleClassifier(models).eval()
+
+
+def train_and_evaluate(config: cfg.RunConfig, run_dir: Path, resume: bool = False, quiet: bool = False) -> TrainResult:
+    """Train any run: an ensemble when train.members > 1 (`train_ensemble`), else one model (`lstmkit.train`)."""
+    if config.train.members > 1:
+        return train_ensemble(config, Path(run_dir), resume, quiet)
+    return single.train_and_evaluate(config, run_dir, resume, quiet)
+
+
+def open_run(run_dir: Path) -> tuple[Any, nn.Module]:
+    """The task and best model of any run directory (an ensemble's: the first member's task and an
+    EnsembleClassifier), its config.json read once."""
+    config = load_run_config(run_dir)
+    task_class = get_task(config.task)
+    if config.train.members > 1:
+        return open_ensemble(task_class, Path(run_dir), config)
+    return task_class.from_run(run_dir, config)

@@ -8,6 +8,10 @@ buffer a step writes. A step is then, per layer: copy x_t in, one `addmm` into t
 sigmoids and the tanh in place, c_t = f ⊙ c_{t-1} + i ⊙ c~ (6.55) in place, h_t = o ⊙ tanh(c_t) (6.56)
 written straight into the slot where the next step's GEMM reads h_{t-1}. No allocation, no autograd.
 
+A variant cell (peepholes, coupled gates, cell clip, layer normalisation) streams too, by the torch backend's own
+step (`lstm_torch.input_projection`, `lstm_step`), which allocates its small results. The allocation-free
+pass above is the standard cell's specialisation (test_stream holds both to `lstmkit.LSTM`'s output).
+
 The weights are copied when the stream is made (and by `refresh()`): train, then stream.
 """
 
@@ -17,6 +21,8 @@ import torch
 from torch import Tensor
 
 from lstmkit.nn import LSTM
+from lstmkit.ops import lstm_torch
+from lstmkit.ops.cell import Cell
 
 
 class LSTMStream:
@@ -58,7 +64,7 @@ class LSTMStream:
         # are stored in the order (i, f, o, c~), so the three sigmoids are one call and the tanh another.
         self._layers = []
         for width, xh, c in zip(self._widths, self._xh, self._c, strict=True):
-            gates = empty(B, 4 * H)
+            gates = empty(B, lstm.gates * H)
             self._layers.append((xh, xh[:, :width], xh[:, width:], c, gates, gates[:, : 3 * H], gates[:, 3 * H:],
                                  gates[:, :H], gates[:, H: 2 * H], gates[:, 2 * H: 3 * H]))
         self.refresh()
@@ -74,24 +80,35 @@ class LSTMStream:
     def refresh(self) -> None:
         """Copy the LSTM's current weights (call after changing them)."""
         self._weights: list[tuple[Tensor, Tensor | None, Tensor | None]] = []
+        self._variants: list[Cell | None] = []  # per layer: the cell's description when it is not the standard one
         H = self.lstm.hidden_size
+        G = self.lstm.gates
         # torch's gate rows are (i, f, c~, o); ours (i, f, o, c~): (destination rows, source rows) per block.
+        # A variant cell keeps torch's order, which `lstm_torch.cell_forward` reads.
         blocks = ((slice(0, 2 * H), slice(0, 2 * H)), (slice(2 * H, 3 * H), slice(3 * H, 4 * H)),
                   (slice(3 * H, 4 * H), slice(2 * H, 3 * H)))
         for layer in range(self.lstm.num_layers):
             W, U, b_ih, b_hh, R = self.lstm.layer_weights(layer)
+            cell = self.lstm.cell(layer)
+            # A variant: a copy of its cell (weights detached, as the stream's own copy of a standard one).
+            variant = None if cell.standard else Cell(*(
+                tuple(t.detach().clone() for t in value) if isinstance(value, tuple)
+                else value.detach().clone() if isinstance(value, torch.Tensor) else value
+                for value in (cell.W, cell.U, cell.b, cell.R, cell.peephole, cell.coupled_gates, cell.cell_clip,
+                              cell.layer_norm, None, cell.zoneout_h, cell.zoneout_c)))
             width = W.shape[1]
             # [W | U] kept [4H, I + P] row-major and used transposed: the layout MKL's GEMV reads fastest here
             # (measured 5-10% faster than a [I + P, 4H] copy at batch 1). Filled block by block, one pass.
-            stacked = torch.empty(4 * H, width + U.shape[1], dtype=self.dtype, device=self.device)
-            bias = torch.empty(self.batch_size, 4 * H, dtype=self.dtype, device=self.device) if b_ih is not None \
+            stacked = torch.empty(G * H, width + U.shape[1], dtype=self.dtype, device=self.device)
+            bias = torch.empty(self.batch_size, G * H, dtype=self.dtype, device=self.device) if b_ih is not None \
                 else None
-            for to, source in blocks:
+            for to, source in blocks if variant is None else ((slice(0, G * H), slice(0, G * H)),):
                 stacked[to, :width] = W[source]
                 stacked[to, width:] = U[source]
                 if bias is not None:
                     bias[:, to] = b_ih[source] + b_hh[source]
             self._weights.append((stacked.t(), bias, R.t().contiguous() if R is not None else None))
+            self._variants.append(variant)
 
     @torch.no_grad()
     def reset(self, hx: tuple[Tensor, Tensor] | None = None) -> None:
@@ -128,10 +145,17 @@ class LSTMStream:
             self._layers[0][1].copy_(x)
         tanh_c, unprojected = self._tanh_c, self._unprojected
         h = None
-        for (xh, x_slot, h_slot, c, gates, sigmoids, candidate, i, f, o), (stacked, bias, R) in zip(
-                self._layers, self._weights, strict=True):
+        for (xh, x_slot, h_slot, c, gates, sigmoids, candidate, i, f, o), (stacked, bias, R), variant in zip(
+                self._layers, self._weights, self._variants, strict=True):
             if h is not None:
                 x_slot.copy_(h)  # the layer below's h_t is this layer's x_t
+            if variant is not None:  # the torch backend's own step: input projection, recurrence, equations
+                h_t, c_t, _ = lstm_torch.lstm_step(lstm_torch.input_projection(x_slot, variant), h_slot, c, variant,
+                                                   (variant.zoneout_h, variant.zoneout_c))  # zoneout: its expectation
+                c.copy_(c_t)
+                h_slot.copy_(h_t)
+                h = h_slot
+                continue
             if bias is None:
                 torch.mm(xh, stacked, out=gates)
             else:

@@ -415,11 +415,13 @@ def train_and_evaluate(
     resume: bool = False,
     quiet: bool = False,
 ) -> TrainResult:
-    """Train `config.task` into `run_dir` (a new run, or the one there with resume=True)."""
-    if config.train.members > 1:
-        from lstmkit.ensemble import train_ensemble
+    """Train `config.task` into `run_dir` (a new run, or the one there with resume=True): one model.
 
-        return train_ensemble(config, Path(run_dir), resume, quiet)
+    An ensemble (train.members > 1) is trained by `lstmkit.ensemble.train_and_evaluate`, a layer above this one
+    (its members are ordinary runs of this function)."""
+    if config.train.members > 1:
+        raise ConfigError("train.members > 1 is an ensemble: train it with lstmkit.ensemble.train_and_evaluate "
+                          "(as `lstmkit train` does), or set train.members = 1")
     with StopRequests() as stops:  # from the start: a Ctrl-C during set-up stops after the first step
         return _train_and_evaluate(config, Path(run_dir), resume, quiet, stops)
 

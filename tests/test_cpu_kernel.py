@@ -26,6 +26,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstmkit
 from lstmkit.ops import lstm_cpu, lstm_torch
+from lstmkit.ops.cell import Cell
 from lstmkit.reference import lstm_backward, lstm_forward, random_lstm_problem
 
 needs_kernel = pytest.mark.skipif(not lstm_cpu.available(), reason=f"C kernel not built here: "
@@ -36,8 +37,8 @@ def packed_layer(layer_fn, x, batch_sizes, h0, c0, W, U, b, R, reverse, upstream
     """Run one layer on float32 copies; return y, h_T, c_T and the gradients under the given upstream ones."""
     leaves = {k: torch.as_tensor(v, dtype=torch.float32).clone().requires_grad_(True)
               for k, v in dict(x=x, h0=h0, c0=c0, W=W, U=U, b=b, R=R).items() if v is not None}
-    y, hT, cT = layer_fn(leaves["x"], batch_sizes, leaves["h0"], leaves["c0"], leaves["W"], leaves["U"],
-                         leaves.get("b"), leaves.get("R"), reverse=reverse)
+    y, hT, cT = layer_fn(leaves["x"], batch_sizes, leaves["h0"], leaves["c0"],
+                         Cell(leaves["W"], leaves["U"], leaves.get("b"), leaves.get("R")), reverse=reverse)
     dy, dhT, dcT = (torch.as_tensor(u, dtype=torch.float32) for u in upstream)
     ((y * dy).sum() + (hT * dhT).sum() + (cT * dcT).sum()).backward()
     return y, hT, cT, {GRAD_NAMES[k]: v.grad for k, v in leaves.items()}
@@ -325,7 +326,7 @@ def test_fading_gradients_are_flushed_not_denormal_and_the_callers_float_mode_is
     results = {}
     for name, fn in (("cpu", lstm_cpu.lstm_layer), ("torch", lstm_torch.lstm_layer)):
         leaves = [t.clone().requires_grad_(True) for t in (x, W, U, b)]
-        _, hT, _ = fn(leaves[0], [B] * T, h0, c0, leaves[1], leaves[2], leaves[3])
+        _, hT, _ = fn(leaves[0], [B] * T, h0, c0, Cell(leaves[1], leaves[2], leaves[3]))
         hT.sum().backward()
         results[name] = [t.grad for t in leaves]
     for k, (a, e) in enumerate(zip(results["cpu"], results["torch"], strict=True)):
@@ -446,20 +447,24 @@ def test_the_fused_embedding_layer_double_backward_and_where_it_is_not_used():
     penalties = []
     for fused in (True, False):
         if not fused:
-            model._tokens_on_kernel = lambda inputs, lengths: False
+            model.lstm._fuses_embedding = lambda *args: False
         grad = torch.autograd.grad(model(ids, lengths).sum(), model.lstm.weight_hh_l0, create_graph=True)[0]
         penalties.append(torch.autograd.grad(grad.square().sum(), model.embedding.weight)[0])
     assert_close(penalties[0], penalties[1], "embedding gradient of a gradient penalty")
-    del model._tokens_on_kernel
-    ids8, lengths8 = ids[:8], lengths[:8]
+    del model.lstm._fuses_embedding
+    ids8 = ids[:8]
+
+    def fuses(model):  # what LSTM.embedded decides for the classifier's padded [B, T] ids
+        return model.lstm._fuses_embedding(model.embedding, False, ids8, (ids8.shape[1], ids8.shape[0]), None)
+
     with paths_pinned("vendor"):  # "auto" measured oneDNN faster for this call: the LSTM's own choice
-        assert not model._tokens_on_kernel(ids8, lengths8)
+        assert not fuses(model)
     with paths_pinned("cpu"):
-        assert model._tokens_on_kernel(ids8, lengths8)
-        assert not model.eval()._tokens_on_kernel(ids8, lengths8)  # inference: the LSTM's own choice
+        assert fuses(model)
+        assert not fuses(model.eval())  # inference: the LSTM's own choice
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not model.train()._tokens_on_kernel(ids8, lengths8)
+            assert not fuses(model.train())
         two_layers = SequenceClassifier(num_classes=2, hidden_size=5, vocab_size=20, num_layers=2).train()
-        features = SequenceClassifier(num_classes=2, hidden_size=5, input_size=3).train()
-        assert not two_layers._tokens_on_kernel(ids8, lengths8)
-        assert not features._tokens_on_kernel(torch.randn(8, 6, 3), lengths8)
+        peephole = SequenceClassifier(num_classes=2, hidden_size=5, vocab_size=20, peephole=True).train()
+        assert not fuses(two_layers)
+        assert not fuses(peephole)  # a variant cell: the C kernel does not compute it

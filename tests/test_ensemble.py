@@ -16,14 +16,13 @@ from test_classify import SMALL, write_reviews
 
 from lstmkit import config as cfg
 from lstmkit.cli import main
-from lstmkit.ensemble import EnsembleClassifier
+from lstmkit.ensemble import EnsembleClassifier, open_run, train_and_evaluate
 from lstmkit.errors import ConfigError, RunDirError
 from lstmkit.metrics import classification_metrics
 from lstmkit.models import SequenceClassifier
-from lstmkit.tasks import default_config, open_run
+from lstmkit.tasks import default_config
 from lstmkit.tasks.classify import class_probabilities
 from lstmkit.tasks.sentiment import SentimentTask
-from lstmkit.train import train_and_evaluate
 from lstmkit.web.app import create_app
 
 

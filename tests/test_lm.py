@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 from pathlib import Path
@@ -229,10 +230,28 @@ def test_the_built_in_corpus_needs_no_data(tmp_path):
 
 def test_init_range_sets_the_embedding_and_output_layer():
     from lstmkit.errors import ConfigError
+    from lstmkit.lstm_config import LSTMConfig
     from lstmkit.tasks.lm import LanguageModel, LMModelConfig
 
-    model = LanguageModel(50, LMModelConfig(embedding_dim=16, hidden_size=16, tie_weights=True, init_range=0.1))
+    model = LanguageModel(50, LMModelConfig(embedding_dim=16, lstm=LSTMConfig(hidden_size=16), tie_weights=True,
+                                               init_range=0.1))
     assert model.embedding.weight.abs().max() <= 0.1 and model.embedding.weight.abs().max() > 0.05
     assert model.head.weight is model.embedding.weight and torch.equal(model.head.bias, torch.zeros(50))
     with pytest.raises(ConfigError, match="model.init_range must be >= 0"):
         LanguageModel(50, LMModelConfig(init_range=-1.0))
+
+
+def test_the_ptb_awd_preset_trains_a_few_steps(tmp_path):
+    """A seconds-long smoke run of --preset ptb_awd (shrunk by --set; not its 90-minute training): its nested
+    [model.lstm] keys reach the LSTM, weight drop included, and a train step and an evaluation run."""
+    from lstmkit.tasks import requested_config
+
+    config = requested_config("lm", ["ptb_awd"], [
+        f"data.path={write_text(tmp_path / 'text.txt', repeats=8)}", "data.level=char", "data.bptt=8",
+        "model.embedding_dim=8", "model.lstm.hidden_size=16", "model.lstm.proj_size=8", "train.batch_size=4",
+        "train.epochs=1", "train.lr=1.0"]).config
+    assert (config.model.lstm.num_layers, config.model.lstm.weight_drop, config.model.tie_weights) == (3, 0.5, True)
+    result = train_and_evaluate(config, tmp_path / "run", quiet=True)
+    assert result.status == "completed" and math.isfinite(result.best_metric)
+    _, model = LMTask.from_run(tmp_path / "run")
+    assert model.lstm.weight_drop == 0.5 and model.lstm.proj_size == 8 and model.lstm.num_layers == 3

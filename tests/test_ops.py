@@ -18,6 +18,7 @@ from lstmkit.ops import (
     lstm_torch,
     rule,
 )
+from lstmkit.ops.cell import Cell
 from lstmkit.reference import lstm_backward, lstm_forward, random_lstm_problem
 
 SHAPES = [(1, 1, 1, 1, None), (1, 2, 3, 4, None), (63, 1, 2, 3, None), (6, 3, 4, 5, 2), (5, 4, 3, 7, None)]
@@ -35,7 +36,7 @@ def torch_layer(inputs, upstream, reverse=False):
     T, B, I = inputs["x"].shape
     y, hT, cT = lstm_torch.lstm_layer(
         leaves["x"].reshape(T * B, I), [B] * T, leaves["h0"], leaves["c0"],
-        leaves["W"], leaves["U"], leaves["b"], leaves.get("R"), reverse=reverse,
+        Cell(leaves["W"], leaves["U"], leaves["b"], leaves.get("R")), reverse=reverse,
     )
     y = y.view(T, B, -1)
     dy, dhT, dcT = (torch.tensor(upstream[k]) for k in ("dy", "dhT", "dcT"))
@@ -86,7 +87,7 @@ def test_packed_rows_equal_each_sequence_alone(reverse):
     params = {k: torch.tensor(inputs[k]) for k in ("W", "U", "b", "R")}
     y, hT, cT = lstm_torch.lstm_layer(
         torch.tensor(rows), batch_sizes, torch.tensor(inputs["h0"]), torch.tensor(inputs["c0"]),
-        params["W"], params["U"], params["b"], params["R"], reverse=reverse,
+        Cell(params["W"], params["U"], params["b"], params["R"]), reverse=reverse,
     )
     offsets = np.cumsum([0, *batch_sizes])
     for k, n in enumerate(lengths):
@@ -109,7 +110,7 @@ def test_record_holds_the_gates_of_the_forward():
     record: dict[str, torch.Tensor] = {}
     t = {k: torch.tensor(v) for k, v in inputs.items()}
     y, _, _ = lstm_torch.lstm_layer(
-        t["x"].reshape(8, 3), [2] * 4, t["h0"], t["c0"], t["W"], t["U"], t["b"], record=record
+        t["x"].reshape(8, 3), [2] * 4, t["h0"], t["c0"], Cell(t["W"], t["U"], t["b"]), record=record
     )
     for name in ("i", "f", "g", "o", "c"):
         assert_close(record[name].view(4, 2, 5), getattr(cache, name), f"recorded {name}")

@@ -627,7 +627,7 @@ def test_nproc_hands_preset_minutes_and_resume_to_every_worker(tmp_path):
     first = cli(*args, "--epochs", "1")
     assert first.returncode == 0, first.stderr
     saved = json.loads((run / runs.CONFIG_FILE).read_text())
-    assert saved["model"]["num_layers"] == 2 and saved["train"]["minutes"] == 30
+    assert saved["model"]["lstm"]["num_layers"] == 2 and saved["train"]["minutes"] == 30
     steps_after_one = len(runs.read_metrics(run))
     resumed = cli(*args, "--epochs", "2", "--resume")
     assert resumed.returncode == 0, resumed.stderr

@@ -430,3 +430,16 @@ def test_the_serve_command_refuses_a_busy_port_and_a_bad_run_in_one_line(runs, t
     result = CliRunner().invoke(main, ["serve", str(tmp_path / "missing")])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_the_page_traces_a_variant_run_with_f_as_one_minus_i(tmp_path):
+    """A run trained with coupled gates and peepholes (model.lstm keys) is served and traced: the forget gate the
+    page shows is 1 - i (CIFG has no f weights), and h = o tanh(c) still."""
+    run = make_sentiment_run(tmp_path, "model.lstm.coupled_gates=true", "model.lstm.peephole=true",
+                             "model.lstm.cell_clip=3", "model.num_layers=1", "train.epochs=1", name="cifg")
+    with TestClient(create_app([run])) as variant:
+        trace = variant.post("/api/trace", json={"text": "the actor was superb"}).json()
+    for entry in trace["layers"]:
+        np.testing.assert_allclose(entry["forget"], 1 - np.array(entry["input"]), atol=2e-4)
+        np.testing.assert_allclose(entry["hidden"], np.array(entry["output"]) * np.tanh(entry["cell"]), atol=2e-4)
+        assert np.abs(entry["cell"]).max() <= 3.0

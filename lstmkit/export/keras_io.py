@@ -141,8 +141,8 @@ def import_keras(path: Path, out: Path, vocab: Path | None = None, labels: str |
     config = default_config(task_name)
     first = model.lstms[0]
     m = config.model
-    m.hidden_size, m.num_layers, m.bidirectional, m.pooling = first.units, len(model.lstms), first.bidirectional, \
-        model.pooling
+    m.lstm.hidden_size, m.lstm.num_layers, m.lstm.bidirectional = first.units, len(model.lstms), first.bidirectional
+    m.pooling = model.pooling
     m.dropout = 0.0
     if task_name == "sentiment":
         m.embedding_dim = int(model.embedding.shape[1])

@@ -1,6 +1,6 @@
 """Exported ONNX files in onnxruntime: int8 quantisation, and the file as a model that lstmkit's tasks score.
 
-`open_onnx(FILE)` gives (task, model) as `lstmkit.tasks.open_run` does for a run directory: the task is rebuilt
+`open_onnx(FILE)` gives (task, model) as `lstmkit.ensemble.open_run` does for a run directory: the task is rebuilt
 from the run files the export carried in the model's metadata, the model is an onnxruntime session behind the
 call signature of lstmkit's own model (a classifier: (inputs, lengths) -> logits; a language model: (ids, state) ->
 (logits, state)). So `lstmkit evaluate FILE.onnx` runs the task's own metrics on the file's outputs, fp32 or int8.

@@ -1,5 +1,5 @@
-"""LSTM implementations with one signature (see `lstm_torch.lstm_layer`), and `dispatch`, the one place that
-decides which of them runs a call.
+"""LSTM implementations with one signature (see `lstm_torch.lstm_layer`: rows, batch sizes, initial state and one
+`cell.Cell`), and `dispatch`, the one place that decides which of them runs a call.
 
 Paths (what `dispatch` returns):
   "vendor" torch's fused LSTM (`lstm_vendor`: oneDNN on the CPU, cuDNN on CUDA, what torch.nn.LSTM runs) with
@@ -14,7 +14,9 @@ Backends a user names (`lstmkit.LSTM(backend=...)`): a path by name ("torch", "o
 path that computes the call exactly, measured on this machine the first time it meets a kind of call and cached
 (`tune`); with LSTMKIT_TUNE=0 (and under torch.distributed) the measured-elsewhere `rule` instead. Under
 torch.compile and torch.export, "auto" and "cpu" run as "op", which those can trace; packed input and gate
-recording always take "torch".
+recording always take "torch". Variant cells (`Cell.features`, part of the call's kind and its tuning key) never
+take "vendor" (torch's kernel computes the standard cell only), and "cpu" only for the features the C kernel lists
+in `lstm_cpu.SUPPORTS`; "op" only for those in `lstm_op.SUPPORTS` (layer normalisation takes "torch" there).
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from collections.abc import Callable
 import torch
 
 from lstmkit.ops import lstm_cpu, lstm_op, lstm_torch, tune
+from lstmkit.ops.cell import FEATURES, Cell
 from lstmkit.ops.tune import CallKind
 
 BACKENDS = ("auto", "torch", "op", "cpu")
 PATHS = ("vendor", "cpu", "op", "torch")
-__all__ = ["BACKENDS", "PATHS", "CallKind", "check_backend", "dispatch", "layer_function", "rule", "step_function"]
+__all__ = ["BACKENDS", "FEATURES", "PATHS", "CallKind", "Cell", "check_backend", "dispatch", "layer_function", "rule",
+           "step_function"]
 
 
 def _compiling() -> bool:
@@ -44,8 +48,10 @@ def check_backend(name: object) -> str:
 
 
 def _cpu_kernel_fits(call: CallKind) -> bool:
-    """The C kernel computes float32 parameters on the CPU, with float32 input or under CPU autocast."""
-    return call.device == "cpu" and call.dtype == "float32" and lstm_cpu.available()
+    """The C kernel computes float32 parameters on the CPU, with float32 input or under CPU autocast, for the
+    variant features it lists. (The standard cell's "" asks no set: this runs on every call of "auto".)"""
+    return (call.device == "cpu" and call.dtype == "float32" and lstm_cpu.available()
+            and (not call.features or lstm_cpu.SUPPORTS.issuperset(call.features.split("+"))))
 
 
 def candidates(call: CallKind, training: bool) -> list[str]:
@@ -58,7 +64,7 @@ def candidates(call: CallKind, training: bool) -> list[str]:
     # masks from a state of its own that no checkpoint captures (F.dropout's come from torch's generator, so an
     # interrupted and resumed run repeats them exactly).
     vendor_fits = call.device == "cpu" or not ((not training and call.train) or (training and call.dropout))
-    if vendor_fits:
+    if vendor_fits and not call.features:  # torch's kernel computes the standard cell only
         paths.insert(0, "vendor")
     return paths
 
@@ -71,6 +77,8 @@ def _has_bf16_hardware() -> bool:
 def rule(call: CallKind, training: bool) -> str:
     """"auto"'s choice without measuring (LSTMKIT_TUNE=0, torch.distributed): what measured best on the CPUs
     tried so far (BENCHMARKS.md). A guess on any other machine; the measurement is what "auto" trusts."""
+    if call.features:  # torch's kernel computes the standard cell only
+        return "cpu" if _cpu_kernel_fits(call) else "torch"
     if _cpu_kernel_fits(call):
         # Projections and packed input: the kernel 1.4-1.8x oneDNN's fallbacks on Xeon and EPYC alike.
         if call.packed or call.proj_size:
@@ -90,18 +98,18 @@ def rule(call: CallKind, training: bool) -> str:
 
 
 def dispatch(backend: str, call: Callable[[], CallKind], *, packed: bool, training: bool, recording: bool = False,
-             rehearse: Callable[[str], object] | None = None) -> str:
+             rehearse: Callable[[str], object] | None = None, features: tuple[str, ...] = ()) -> str:
     """The path ("vendor", "cpu", "op" or "torch") that runs one call of a full LSTM stack.
 
     call: makes the call's description, only where the choice needs it (never while torch.compile traces, where
     its sizes are symbolic); packed: PackedSequence input; training: the module's mode (cuDNN's limits depend on
     it); recording: gates are being traced; rehearse(path): runs a call of this kind on that path (random data),
-    for "auto" to time when it first meets the kind."""
+    for "auto" to time when it first meets the kind; features: the cell's variant features (`Cell.features`)."""
     check_backend(backend)
     if recording or backend == "torch":
         return "torch"
     if backend == "op" or _compiling():  # one traceable node per layer; the op takes full-length input only
-        return "torch" if packed else "op"
+        return "torch" if packed or not lstm_op.SUPPORTS.issuperset(features) else "op"
     kind = call()
     if backend == "cpu":
         return "cpu" if _cpu_kernel_fits(kind) else "torch"
@@ -117,6 +125,6 @@ def layer_function(path: str) -> Callable:
 
 
 def step_function(backend: str) -> Callable:
-    """The function that advances an LSTM state by one step for `backend` (used by LSTMCell)."""
+    """The function that advances an LSTM state by one step for `backend` (used by LSTMCell): (xw_t, h, c, cell)."""
     check_backend(backend)
     return lstm_torch.lstm_step

@@ -1,6 +1,8 @@
 """The fused CPU LSTM layer (`backend="cpu"`): a small plain-C time loop (`csrc/lstm_cpu.c`) around MKL.
 
-Same signature as `lstm_torch.lstm_layer` (packed rows, reverse, projection, initial states). What runs where:
+Same signature as `lstm_torch.lstm_layer` (packed rows, reverse, projection, initial states, one `Cell`), for
+the standard cell and its variants (peepholes, coupled gates, cell clip: elementwise terms in the C row functions,
+`SUPPORTS`). What runs where:
   torch, before the loop  the input projection W x_t of every step: one GEMM (the loop adds b)
   C, per step             a_t += U h_{t-1} (one MKL GEMM on U packed once), then every gate, the cell and
                           h_t in one vectorised pass over the row; h_t = R h_t with a projection
@@ -41,6 +43,7 @@ import torch
 from torch import Tensor
 
 from lstmkit.ops import lstm_torch, tune
+from lstmkit.ops.cell import FEATURES, Cell
 
 SOURCE = Path(__file__).with_name("csrc") / "lstm_cpu.c"
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-fopenmp"]
@@ -155,10 +158,20 @@ def load_seconds() -> float:
     return float(_state["seconds"])  # type: ignore[arg-type]
 
 
-def supports(x: Tensor, *weights: Tensor | None) -> bool:
-    """Whether the C kernel can run a layer: float32 weights on the CPU, and float32 input (or bf16/fp16 input
-    under CPU autocast: the time loop then computes in float32, the big GEMMs as `gemm_choice` says)."""
-    if not all(w is None or (w.device.type == "cpu" and w.dtype == torch.float32) for w in weights):
+# The variant features (`Cell.features`) the C row functions compute; a cell with any other runs on lstm_torch.
+# Layer normalisation is not among them: its three row reductions per step would need the C rows' own mean and
+# variance passes and a backward with saved statistics; it runs on the torch backend.
+SUPPORTS: frozenset[str] = frozenset({"peephole", "coupled_gates", "cell_clip"})
+assert set(FEATURES) >= SUPPORTS
+
+
+def supports(x: Tensor, cell: Cell) -> bool:
+    """Whether the C kernel can run a layer: a cell whose features it has (`SUPPORTS`), float32 weights on the
+    CPU, and float32 input (or bf16/fp16 input under CPU autocast: the time loop then computes in float32, the big
+    GEMMs as `gemm_choice` says)."""
+    if not SUPPORTS.issuperset(cell.features):
+        return False
+    if not all(w is None or (w.device.type == "cpu" and w.dtype == torch.float32) for w in cell.tensors()):
         return False
     if x.device.type != "cpu" or not (x.dtype == torch.float32 or (x.dtype in (torch.bfloat16, torch.float16)
                                                                    and torch.is_autocast_enabled("cpu"))):
@@ -191,13 +204,16 @@ def _plan(batch_sizes: list[int]) -> tuple[Tensor, Tensor, int, Tensor]:
 
 
 def _check(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Tensor, R: Tensor | None,
-           *others: Tensor | None) -> None:
-    """Shapes and dtypes, before any pointer reaches C (a mismatch there corrupts memory instead of raising)."""
+           *others: Tensor | None, blocks: int = 4, peephole: Tensor | None = None) -> None:
+    """Shapes and dtypes, before any pointer reaches C (a mismatch there corrupts memory instead of raising).
+    blocks: the gate blocks of a row (4, or 3 with coupled gates)."""
     N, G = gates.shape
-    H, P = G // 4, U.shape[1] if U.dim() == 2 else -1
+    H, P = G // blocks, U.shape[1] if U.dim() == 2 else -1
     B = batch_sizes[0] if batch_sizes else 0
     problems = []
-    if G % 4 or U.shape != (G, P):
+    if peephole is not None and tuple(peephole.shape) != (3, H):
+        problems.append(f"peephole is {tuple(peephole.shape)}, expected [3, {H}]")
+    if G % blocks or U.shape != (G, P):
         problems.append(f"U is {tuple(U.shape)}, gates are [N, {G}]")
     if sum(batch_sizes) != N or any(n <= 0 for n in batch_sizes):
         problems.append(f"batch_sizes sum to {sum(batch_sizes)}, not the {N} rows given")
@@ -207,7 +223,7 @@ def _check(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Ten
         problems.append(f"c0 is {tuple(c0.shape)}, expected [>={B}, {H}]")
     if R is not None and R.shape != (P, H):
         problems.append(f"R is {tuple(R.shape)}, expected [{P}, {H}]")
-    for t in (gates, h0, c0, U, R, *others):
+    for t in (gates, h0, c0, U, R, peephole, *others):
         if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
             problems.append(f"a {t.dtype} tensor on {t.device}; the C kernel takes float32 CPU tensors")
             break
@@ -216,9 +232,11 @@ def _check(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Ten
 
 
 def forward(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Tensor, R: Tensor | None,
-            reverse: bool, keep_for_backward: bool, keep_inputs: bool = True, bias: Tensor | None = None
+            reverse: bool, keep_for_backward: bool, keep_inputs: bool = True, bias: Tensor | None = None,
+            peephole: Tensor | None = None, coupled_gates: bool = False, cell_clip: float = 0.0
             ) -> dict[str, Tensor]:
-    """Run the time loop. gates: [N, 4H] input projection W x, to which the loop adds `bias` [4H] (if any).
+    """Run the time loop. gates: [N, GH] input projection W x, to which the loop adds `bias` [GH] (if any);
+    peephole [3, H], coupled_gates, cell_clip: the cell's variant features (`Cell`).
 
     Returns y [N, P], h_T, c_T and, with keep_for_backward, what BPTT needs: the activated gates (written
     over `gates`), cells [N, H], h_prev [N, P] (each row's h_{t-1}) and, with a projection, m [N, H]
@@ -226,11 +244,12 @@ def forward(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Te
     lib = _load()
     assert lib is not None, "call supports() first"
     assert gates.is_contiguous(), "gates must be a contiguous buffer (it is written in place)"
-    _check(gates, batch_sizes, h0, c0, U, R, bias)
+    blocks = 3 if coupled_gates else 4
+    _check(gates, batch_sizes, h0, c0, U, R, bias, blocks=blocks, peephole=peephole)
     if bias is not None and tuple(bias.shape) != (gates.shape[1],):
         raise ValueError(f"lstmkit C kernel: bias is {tuple(bias.shape)}, expected [{gates.shape[1]}]")
     N, G = gates.shape
-    H, P = G // 4, h0.shape[1]
+    H, P = G // blocks, h0.shape[1]
     sizes, offsets, threads, splits = _plan(batch_sizes)
     out = {
         "y": gates.new_empty(N, P), "cells": gates.new_empty(N, H) if keep_for_backward else None,
@@ -241,8 +260,10 @@ def forward(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Te
     # Held in locals until the call returns.
     U, R = U.contiguous(), R.contiguous() if R is not None else None
     bias = bias.detach().contiguous() if bias is not None else gates.new_zeros(G)
+    peephole = peephole.detach().contiguous() if peephole is not None else None
     status = lib.lk_forward(len(batch_sizes), H, P, int(reverse), _ptr(sizes), _ptr(offsets), threads, _ptr(splits),
-                            _ptr(U), _ptr(R), _ptr(bias), _ptr(gates), _ptr(out["cells"]), _ptr(out["y"]),
+                            _ptr(U), _ptr(R), _ptr(bias), int(coupled_gates), ctypes.c_float(cell_clip),
+                            _ptr(peephole), _ptr(gates), _ptr(out["cells"]), _ptr(out["y"]),
                             _ptr(out["h_prev"]), _ptr(out["m"]), _ptr(out["h"]), _ptr(out["c"]))
     if status != 0:
         raise MemoryError("lstmkit's C kernel could not allocate its packed weights; use backend='torch'")
@@ -250,30 +271,38 @@ def forward(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Te
 
 
 def backward(dy: Tensor, dh_T: Tensor, dc_T: Tensor, batch_sizes: list[int], c0: Tensor, U: Tensor,
-             R: Tensor | None, gates: Tensor, cells: Tensor, reverse: bool) -> dict[str, Tensor]:
-    """BPTT's time loop: dz [N, 4H] (pre-activation gradients), dh0, dc0 and, with R, dh [N, P]."""
+             R: Tensor | None, gates: Tensor, cells: Tensor, reverse: bool, peephole: Tensor | None = None,
+             coupled_gates: bool = False, cell_clip: float = 0.0) -> dict[str, Tensor]:
+    """BPTT's time loop: dz [N, GH] (pre-activation gradients), dh0, dc0, with R dh [N, P], and with peepholes
+    dpeephole [3, H]."""
     lib = _load()
     assert lib is not None, "call supports() first"
-    _check(gates, batch_sizes, dh_T, c0, U, R, dc_T, cells, dy)
-    if cells.shape != (gates.shape[0], gates.shape[1] // 4) or dy.shape != (gates.shape[0], U.shape[1]) or (
+    blocks = 3 if coupled_gates else 4
+    _check(gates, batch_sizes, dh_T, c0, U, R, dc_T, cells, dy, blocks=blocks, peephole=peephole)
+    if cells.shape != (gates.shape[0], gates.shape[1] // blocks) or dy.shape != (gates.shape[0], U.shape[1]) or (
             dc_T.shape != c0.shape):
         raise ValueError(f"lstmkit C kernel: cells {tuple(cells.shape)}, dy {tuple(dy.shape)} or dc_T "
                          f"{tuple(dc_T.shape)} do not fit gates {tuple(gates.shape)}")
     gates, cells = gates.contiguous(), cells.contiguous()
     N, G = gates.shape
-    H, P = G // 4, dh_T.shape[1]
+    H, P = G // blocks, dh_T.shape[1]
     sizes, offsets, threads, splits = _plan(batch_sizes)
     out = {
         "dz": gates.new_empty(N, G), "dh0": dh_T.contiguous().clone(), "dc0": dc_T.contiguous().clone(),
         "dh": gates.new_empty(N, P) if R is not None else None,
     }
+    per_thread = gates.new_zeros(threads, 3, H) if peephole is not None else None  # summed below
+    peephole = peephole.detach().contiguous() if peephole is not None else None
     # Every tensor handed over by pointer is held in a local until the call returns.
     U, R, dy, c0 = U.contiguous(), R.contiguous() if R is not None else None, dy.contiguous(), c0.contiguous()
     status = lib.lk_backward(len(batch_sizes), H, P, int(reverse), _ptr(sizes), _ptr(offsets), threads,
-                             _ptr(splits), _ptr(U), _ptr(R), _ptr(gates), _ptr(cells), _ptr(c0),
+                             _ptr(splits), _ptr(U), _ptr(R), int(coupled_gates), ctypes.c_float(cell_clip),
+                             _ptr(peephole), _ptr(per_thread), _ptr(gates), _ptr(cells), _ptr(c0),
                              _ptr(dy), _ptr(out["dz"]), _ptr(out["dh"]), _ptr(out["dh0"]), _ptr(out["dc0"]))
     if status != 0:
         raise MemoryError("lstmkit's C kernel could not allocate its packed weights; use backend='torch'")
+    if per_thread is not None:
+        out["dpeephole"] = per_thread.sum(0)
     return out
 
 
@@ -325,27 +354,32 @@ def gemm_choice(autocast: bool) -> str:
 
 class _FusedLayer(torch.autograd.Function):
     """One layer on the C kernel. x: [N, I] inputs, whose W x_t one GEMM computes; or, with `rows` (and W None),
-    x is a table of input projections [K, 4H] and step row n reads x[rows[n]] (see `embedded_lstm_layer`)."""
+    x is a table of input projections [K, GH] and step row n reads x[rows[n]] (see `embedded_lstm_layer`).
+    peephole, coupled, clip: the cell's variant features."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, W, U, b, R, batch_sizes, reverse, rows=None, gemm="mkl"):
+    def forward(ctx, x, h0, c0, W, U, b, R, peephole, batch_sizes, reverse, rows=None, gemm="mkl", coupled=False,
+                clip=0.0):
         # Every step's W x_t in one GEMM, or gathered from the table; the loop adds b. `gates` is a new tensor
         # either way: the loop writes the activated gates over it. gemm: how the big GEMMs run (`gemm_nt`).
         gates = gemm_nt(x, W, gemm) if rows is None else x.index_select(0, rows)
         keep = any(ctx.needs_input_grad)  # forward runs under no_grad; this says whether backward will come
-        out = forward(gates, batch_sizes, h0, c0, U, R, reverse, keep_for_backward=keep, bias=b)
-        ctx.save_for_backward(x, h0, c0, W, U, b, R, gates, out["cells"], out["h_prev"], out["m"], rows)
+        out = forward(gates, batch_sizes, h0, c0, U, R, reverse, keep_for_backward=keep, bias=b, peephole=peephole,
+                      coupled_gates=coupled, cell_clip=clip)
+        ctx.save_for_backward(x, h0, c0, W, U, b, R, peephole, gates, out["cells"], out["h_prev"], out["m"], rows)
         ctx.batch_sizes, ctx.reverse, ctx.has_bias, ctx.gemm = batch_sizes, reverse, b is not None, gemm
+        ctx.coupled, ctx.clip = coupled, clip
         return out["y"], out["h"], out["c"]
 
     @staticmethod
     def backward(ctx, dy, dh_T, dc_T):
-        x, h0, c0, W, U, b, R, gates, cells, h_prev, m, rows = ctx.saved_tensors
+        x, h0, c0, W, U, b, R, peephole, gates, cells, h_prev, m, rows = ctx.saved_tensors
         if torch.is_grad_enabled():
             # create_graph=True (a gradient penalty, double backward): the C loop's gradients are not themselves
             # differentiable, so run the layer again on the portable path and differentiate that, with a graph.
-            return _differentiable_backward(ctx, (x, h0, c0, W, U, b, R), rows, (dy, dh_T, dc_T))
-        grads = backward(dy, dh_T, dc_T, ctx.batch_sizes, c0, U, R, gates, cells, ctx.reverse)
+            return _differentiable_backward(ctx, (x, h0, c0, W, U, b, R, peephole), rows, (dy, dh_T, dc_T))
+        grads = backward(dy, dh_T, dc_T, ctx.batch_sizes, c0, U, R, gates, cells, ctx.reverse, peephole, ctx.coupled,
+                         ctx.clip)
         dz, gemm = grads["dz"], ctx.gemm
         need = ctx.needs_input_grad
         if rows is None:
@@ -356,20 +390,22 @@ class _FusedLayer(torch.autograd.Function):
         dU = gemm_nt(dz.t(), h_prev.t(), gemm) if need[4] else None
         db = dz.sum(0) if ctx.has_bias and need[5] else None
         dR = gemm_nt(grads["dh"].t(), m.t(), gemm) if R is not None and need[6] else None
-        return dx, grads["dh0"], grads["dc0"], dW, dU, db, dR, None, None, None, None
+        dp = grads["dpeephole"] if peephole is not None and need[7] else None
+        return dx, grads["dh0"], grads["dc0"], dW, dU, db, dR, dp, None, None, None, None, None, None
 
 
 def _differentiable_backward(ctx, inputs: tuple, rows: Tensor | None, upstream: tuple) -> tuple:
-    need = ctx.needs_input_grad[:7]
+    need = ctx.needs_input_grad[:8]
     wanted = [t for t, n in zip(inputs, need, strict=True) if n and t is not None]
-    x, h0, c0, W, U, b, R = inputs
+    x, h0, c0, W, U, b, R, peephole = inputs
     with torch.enable_grad():
         if rows is not None:  # a table of projections: gather the steps' rows; W x is then x itself
             x, W = x.index_select(0, rows), torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
-        outputs = lstm_torch.lstm_layer(x, ctx.batch_sizes, h0, c0, W, U, b, R, reverse=ctx.reverse)
+        cell = Cell(W, U, b, R, peephole, ctx.coupled, ctx.clip)
+        outputs = lstm_torch.lstm_layer(x, ctx.batch_sizes, h0, c0, cell, reverse=ctx.reverse)
         grads = iter(torch.autograd.grad(outputs, wanted, upstream, create_graph=True, allow_unused=True))
     return (*(next(grads) if n and t is not None else None for t, n in zip(inputs, need, strict=True)),
-            None, None, None, None)
+            None, None, None, None, None, None)
 
 
 def _functorch_active() -> bool:
@@ -383,24 +419,23 @@ def lstm_layer(
     batch_sizes: list[int],
     h0: Tensor,
     c0: Tensor,
-    W: Tensor,
-    U: Tensor,
-    b: Tensor | None,
-    R: Tensor | None = None,
+    cell: Cell,
     reverse: bool = False,
     record: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """`lstm_torch.lstm_layer` on the C kernel; what it cannot run (gate recording, other dtypes or devices,
-    no compiler) goes to `lstm_torch.lstm_layer`."""
-    if record is not None or x.shape[0] == 0 or not supports(x, W, U, b, R) or _functorch_active():
-        return lstm_torch.lstm_layer(x, batch_sizes, h0, c0, W, U, b, R, reverse, record)
+    """`lstm_torch.lstm_layer` on the C kernel; what it cannot run (gate recording, variant features it lacks,
+    other dtypes or devices, no compiler) goes to `lstm_torch.lstm_layer`."""
+    if record is not None or x.shape[0] == 0 or not supports(x, cell) or _functorch_active():
+        return lstm_torch.lstm_layer(x, batch_sizes, h0, c0, cell, reverse, record)
+    W, U, b, R = cell.W, cell.U, cell.b, cell.R
     # Under autocast the input may be bf16: the time loop computes in float32, the big GEMMs in whatever
     # `gemm_choice` measured fastest here, and autocast must not reach the GEMMs inside.
     autocast = torch.is_autocast_enabled("cpu")
     gemm = gemm_choice(autocast)
     x, h0, c0 = (t.float().contiguous() for t in (x, h0, c0))
     with torch.autocast("cpu", enabled=False):
-        y, h, c = _FusedLayer.apply(x, h0, c0, W, U, b, R, list(batch_sizes), reverse, None, gemm)
+        y, h, c = _FusedLayer.apply(x, h0, c0, W, U, b, R, cell.peephole, list(batch_sizes), reverse, None, gemm,
+                                    cell.coupled_gates, float(cell.cell_clip))
     low = lstm_torch.autocast_dtype("cpu")
     if low is not None:  # what torch.nn.LSTM returns under autocast, whatever path computed it
         y, h, c = y.to(low), h.to(low), c.to(low)
@@ -413,14 +448,15 @@ def embedded_lstm_layer(
     batch_sizes: list[int],
     h0: Tensor,
     c0: Tensor,
-    directions: list[tuple[Tensor, Tensor, Tensor | None]],
+    directions: list[Cell],
     padding_idx: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """An Embedding followed by one LSTM layer (one or both directions), with W x_t computed once per distinct
     token rather than once per step.
 
     ids: [N] token ids in the layer's row order (packed rows, or a padded batch's time-major rows with
-    batch_sizes [B] * T); embedding: [V, E]; directions: (W, U, b) per direction, the second reverse.
+    batch_sizes [B] * T); embedding: [V, E]; directions: the cell of each direction (standard, no projection),
+    the second reverse.
     Returns y [N, D*H], h_n [D, B, H], c_n [D, B, H]; h0, c0: [D, B, H]. Equal to
     `lstm_layer(F.embedding(ids, embedding), ...)` per direction; call it where `supports` holds, without autocast.
 
@@ -429,12 +465,12 @@ def embedded_lstm_layer(
     """
     distinct, rows = torch.unique(ids, return_inverse=True)
     embedded = torch.nn.functional.embedding(distinct, embedding, padding_idx)  # [K, E]
-    G = directions[0][0].shape[0]  # 4H
+    G = directions[0].W.shape[0]  # 4H
     gemm = gemm_choice(autocast=False)
-    table = embedded @ torch.cat([W for W, _, _ in directions]).t()  # [K, D*4H]: every W x, once per word (autograd)
+    table = embedded @ torch.cat([cell.W for cell in directions]).t()  # [K, D*4H]: every W x, once per word
     ys, hs, cs = [], [], []
-    for d, (_, U, b) in enumerate(directions):
-        y, h, c = _FusedLayer.apply(table[:, d * G:(d + 1) * G], h0[d], c0[d], None, U, b, None,
+    for d, cell in enumerate(directions):
+        y, h, c = _FusedLayer.apply(table[:, d * G:(d + 1) * G], h0[d], c0[d], None, cell.U, cell.b, None, None,
                                     list(batch_sizes), d == 1, rows, gemm)
         ys.append(y)
         hs.append(h)

@@ -84,6 +84,7 @@ class CallKind:
     packed: bool
     dropout: bool  # inter-layer dropout in training
     threads: int
+    features: str = ""  # the cell's variant features (`Cell.features`, joined by "+"); "" for the standard cell
 
     def flops_per_step(self) -> float:
         """Matrix FLOPs of one time step of the whole stack (forward; a train step 3x): 2 B 4H (I + P) per layer and
@@ -103,6 +104,11 @@ class CallKind:
 
     @property
     def key(self) -> str:
+        if self.features:  # standard cells keep the keys they had before variants
+            return f"{self._key()}|{self.features}"
+        return self._key()
+
+    def _key(self) -> str:
         return "|".join([
             self.device, self.dtype, self.autocast or "-", "train" if self.train else "infer",
             f"B{_bucket(self.batch)}", f"T{_bucket(self.steps)}", f"I{_bucket(self.input_size)}",

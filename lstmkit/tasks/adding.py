@@ -6,9 +6,8 @@ resumed run sees exactly the batches the interrupted one would have seen.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
@@ -16,16 +15,14 @@ from torch import nn
 from lstmkit.config import RunConfig
 from lstmkit.errors import ConfigError
 from lstmkit.longrange import SequenceRegressor, adding_problem
-from lstmkit.nn import LSTM
+from lstmkit.lstm_config import LSTMConfig
 from lstmkit.tasks import Task
 
 
 @dataclass
 class AddingModelConfig:
-    hidden_size: int = 64
-    num_layers: int = 1
-    dropout: float = 0.0
-    backend: Literal["auto", "torch", "op"] = "auto"
+    lstm: LSTMConfig = field(default_factory=LSTMConfig)
+    dropout: float = 0.0  # between the LSTM's layers
 
 
 @dataclass
@@ -55,8 +52,11 @@ class AddingTask(Task):
 
     def build_model(self) -> nn.Module:
         m = self.config.model
-        lstm = LSTM(2, m.hidden_size, m.num_layers, dropout=m.dropout, batch_first=True, backend=m.backend)
-        return SequenceRegressor(lstm, m.hidden_size)
+        if m.lstm.bidirectional:
+            raise ConfigError("model.lstm.bidirectional: the adding problem reads its answer from the last step's "
+                              "state, which a reverse direction does not end at; use bidirectional=false")
+        lstm = m.lstm.build(2, dropout=m.dropout, batch_first=True)
+        return SequenceRegressor(lstm, lstm.output_state_size)
 
     def train_plan(self, epoch: int) -> list[int]:
         return list(range(self.config.data.batches_per_epoch))

@@ -11,7 +11,7 @@ sequences of similar length, so post-padding wastes little.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from lstmkit import runs
 from lstmkit.errors import ConfigError, RunDirError
+from lstmkit.lstm_config import LSTMConfig
 from lstmkit.metrics import classification_metrics
 from lstmkit.models import SequenceClassifier
 from lstmkit.tasks import Task
@@ -32,15 +33,11 @@ LABELS_FILE = "labels.json"
 @dataclass
 class ClassifierModelConfig:
     embedding_dim: int = 128  # token inputs only
-    hidden_size: int = 64
-    num_layers: int = 1
-    bidirectional: bool = False
+    lstm: LSTMConfig = field(default_factory=LSTMConfig)
     dropout: float = 0.0  # between LSTM layers and before the output layer
     word_dropout: float = 0.0  # each step's input vector (a word's embedding) zeroed with this probability
     pooling: Literal["last", "mean", "max", "max_mean"] = "last"  # max_mean: both, side by side
-    backend: Literal["auto", "torch", "op"] = "auto"
     init: Literal["torch", "keras"] = "torch"  # "keras": the seed's initialisers (see SequenceClassifier)
-    proj_size: int = 0  # > 0: the LSTM with a projection of h (LSTMP, as nn.LSTM's proj_size); 0: none
 
 
 def split_seed(config: Any) -> int:
@@ -90,26 +87,24 @@ class ClassifierTask(Task):
 
     @classmethod
     def from_run(cls, run_dir: Path, config: Any = None) -> tuple[Task, nn.Module]:
-        """A run's task and model; a run of train.members > 1 gives an EnsembleClassifier of its members."""
+        """A run's task and model. An ensemble's run (train.members > 1) is opened by `lstmkit.ensemble.open_run`,
+        the layer above the tasks."""
         from lstmkit.tasks import load_run_config
 
         config = config or load_run_config(run_dir)
         if config.train.members > 1:
-            from lstmkit.ensemble import open_ensemble
-
-            return open_ensemble(cls, Path(run_dir), config)
+            raise RunDirError(f"{run_dir} is an ensemble of {config.train.members} runs: open it with "
+                              "lstmkit.ensemble.open_run (as the CLI and the web page do)")
         return super().from_run(run_dir, config)
 
     def build_model(self) -> nn.Module:
         m = self.config.model
-        if m.proj_size >= m.hidden_size:
-            raise ConfigError(f"model.proj_size ({m.proj_size}) must be below model.hidden_size ({m.hidden_size}): "
-                              "it projects h down; 0 turns it off")
+        if m.lstm.proj_size >= m.lstm.hidden_size:
+            raise ConfigError(f"model.proj_size ({m.lstm.proj_size}) must be below model.hidden_size "
+                              f"({m.lstm.hidden_size}): it projects h down; 0 turns it off")
         return SequenceClassifier(
-            num_classes=len(self.label_names), hidden_size=m.hidden_size, num_layers=m.num_layers,
-            bidirectional=m.bidirectional, dropout=m.dropout, word_dropout=m.word_dropout, pooling=m.pooling,
-            backend=m.backend, init=m.init, proj_size=m.proj_size,
-            **self.model_inputs(),
+            num_classes=len(self.label_names), lstm=m.lstm, dropout=m.dropout, word_dropout=m.word_dropout,
+            pooling=m.pooling, init=m.init, **self.model_inputs(),
         )
 
     # --- training -----------------------------------------------------------------------------------------

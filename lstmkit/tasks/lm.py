@@ -9,7 +9,7 @@ the documentation texts that ship with Python (`pydoc_data`), so the command wor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +32,7 @@ from lstmkit.data.text import (
 )
 from lstmkit.data.vocab import Vocab
 from lstmkit.errors import ConfigError, DataError
-from lstmkit.nn import LSTM
+from lstmkit.lstm_config import LSTMConfig
 from lstmkit.tasks import Task
 
 VOCAB_FILE = "vocab.json"
@@ -42,13 +42,11 @@ EVAL_COLUMNS = 10
 @dataclass
 class LMModelConfig:
     embedding_dim: int = 256
-    hidden_size: int = 512
-    num_layers: int = 2
+    lstm: LSTMConfig = field(default_factory=lambda: LSTMConfig(hidden_size=512, num_layers=2))
     dropout: float = 0.2  # on the embeddings, between layers and before the output layer
-    tie_weights: bool = False  # share the embedding with the output layer (needs embedding_dim == hidden_size)
+    tie_weights: bool = False  # share the embedding with the output layer (needs embedding_dim == h's size)
     init_range: float = 0.0  # > 0: embedding and output weights uniform in ±init_range, output bias 0 (Zaremba et
     # al. 2014 use 0.1); 0: torch's defaults, whose N(0, 1) embedding makes large initial logits when tied
-    backend: Literal["auto", "torch", "op"] = "auto"
 
 
 @dataclass
@@ -65,14 +63,17 @@ class LanguageModel(nn.Module):
 
     def __init__(self, vocab_size: int, m: LMModelConfig) -> None:
         super().__init__()
-        if m.tie_weights and m.embedding_dim != m.hidden_size:
+        width = m.lstm.proj_size or m.lstm.hidden_size  # h's size
+        if m.tie_weights and m.embedding_dim != width:
             raise ConfigError(f"model.tie_weights needs model.embedding_dim == model.hidden_size; got "
-                              f"{m.embedding_dim} and {m.hidden_size}")
+                              f"{m.embedding_dim} and {width}")
+        if m.lstm.bidirectional:
+            raise ConfigError("model.lstm.bidirectional: a language model predicts the next token from the past "
+                              "only; use bidirectional=false")
         self.embedding = nn.Embedding(vocab_size, m.embedding_dim)
         self.drop = nn.Dropout(m.dropout)
-        self.lstm = LSTM(m.embedding_dim, m.hidden_size, m.num_layers, dropout=m.dropout if m.num_layers > 1 else 0.0,
-                         backend=m.backend)
-        self.head = nn.Linear(m.hidden_size, vocab_size)
+        self.lstm = m.lstm.build(m.embedding_dim, dropout=m.dropout)
+        self.head = nn.Linear(width, vocab_size)
         if m.tie_weights:  # Press & Wolf 2017, Inan et al. 2017: fewer parameters, better perplexity
             self.head.weight = self.embedding.weight
         if m.init_range < 0:

@@ -36,10 +36,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 import lstmkit
+from lstmkit.ensemble import open_run
 from lstmkit.errors import ConfigError, LstmkitError
 from lstmkit.introspect import GATE_NAMES, trace_text
 from lstmkit.sample import generate
-from lstmkit.tasks import open_run
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 GATES = tuple(GATE_NAMES.values())  # input, forget, output, candidate, cell, hidden

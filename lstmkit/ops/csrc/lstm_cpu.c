@@ -10,6 +10,9 @@
  *                         c_t = f c_{t-1} + i g;  h_t = o tanh(c_t)   eq. 6.55-6.56, same pass
  *                         h_t = R h_t                  (projection, proj_size > 0)
  *   backward, per step:   dz_t from the saved gates and cells, then dh_{t-1} = U^T dz_t
+ * Variants (lstmkit/ops/cell.py; equations in lstmkit/reference/lstm_numpy.py) run in the same passes, as
+ * `forward_row_variant` / `backward_row_variant`: peepholes (p = [p_i | p_f | p_o]), the coupled input-forget
+ * gate (three gate blocks i, g, o; f = 1 - i) and the cell clip; the standard cell keeps its own loops.
  * The input projection W x_t of every step comes in precomputed (one big GEMM in torch; the loop adds b),
  * and the weight gradients (dW, dU, dR, db) are big GEMMs in torch after the loop.
  *
@@ -42,7 +45,7 @@ static pack_fn blas_pack;
 static compute_fn blas_compute;
 static set_threads_local_fn blas_set_threads_local;
 
-int lk_version(void) { return 1; }
+int lk_version(void) { return 2; }
 
 void lk_init(void *pack_get_size, void *pack, void *compute, void *set_threads_local) {
     blas_pack_get_size = (pack_get_size_fn)pack_get_size;
@@ -124,6 +127,33 @@ static inline void forward_row(int H, float *restrict a, const float *restrict b
     }
 }
 
+/* The variants' row: as forward_row, with peepholes (peep = [p_i | p_f | p_o], or NULL), coupled gates (a holds
+ * the blocks i, g, o; f = 1 - i, and nothing of f is written back) and a cell clip (clip > 0). */
+static void forward_row_variant(int H, int coupled, float clip, float *restrict a, const float *restrict b,
+                                const float *restrict peep, float *restrict c, float *restrict cell_out,
+                                float *restrict m, const int keep) {
+    const int G = coupled ? 3 : 4;
+    float *restrict ai = a, *restrict af = a + H, *restrict ag = a + (G - 2) * H, *restrict ao = a + (G - 1) * H;
+    const float *restrict bi = b, *restrict bf = b + H, *restrict bg = b + (G - 2) * H, *restrict bo = b + (G - 1) * H;
+    for (int j = 0; j < H; j++) {
+        float cp = c[j];
+        float pi = peep ? peep[j] : 0.0f, pf = peep ? peep[H + j] : 0.0f, po = peep ? peep[2 * H + j] : 0.0f;
+        float i = lk_sigmoid(ai[j] + bi[j] + pi * cp);
+        float f = coupled ? 1.0f - i : lk_sigmoid(af[j] + bf[j] + pf * cp);
+        float g = lk_tanh(ag[j] + bg[j]);
+        float cn = f * cp + i * g; /* 6.55 */
+        if (clip > 0.0f) cn = cn > clip ? clip : (cn < -clip ? -clip : cn);
+        float o = lk_sigmoid(ao[j] + bo[j] + po * cn);
+        if (keep) {
+            ai[j] = i; ag[j] = g; ao[j] = o;
+            if (!coupled) af[j] = f;
+            cell_out[j] = cn;
+        }
+        c[j] = cn;
+        m[j] = o * lk_tanh(cn); /* 6.56 */
+    }
+}
+
 /* Gradients of the pre-activations below 1e-30 become exactly 0. They go on into torch's GEMMs for dW, dU
  * and dx, which run outside our flush-to-zero mode: there, 1e-31 times an input of 1e-8 is a denormal
  * product and every FMA that meets one is ~100x slower (those GEMMs took 35 ms instead of 6 on an IMDB batch,
@@ -147,6 +177,45 @@ static void backward_row(int H, const float *restrict z, const float *restrict c
         dg[j] = flush_tiny(d * i * (1.0f - g * g));
         dout[j] = flush_tiny(dm[j] * tc * o * (1.0f - o));
         dc[j] = d * f;
+    }
+}
+
+/* BPTT of forward_row_variant (the derivation of lstm_numpy.lstm_backward). dpeep: this thread's running sums
+ * of the peephole gradients [3H] (NULL without peepholes). */
+static void backward_row_variant(int H, int coupled, float clip, const float *restrict z,
+                                 const float *restrict cell, const float *restrict c_prev,
+                                 const float *restrict peep, const float *restrict dm, float *restrict dc,
+                                 float *restrict dz, float *restrict dpeep) {
+    const int G = coupled ? 3 : 4;
+    const float *restrict zi = z, *restrict zf = z + H, *restrict zg = z + (G - 2) * H, *restrict zo = z + (G - 1) * H;
+    float *restrict di = dz, *restrict df = dz + H, *restrict dg = dz + (G - 2) * H, *restrict dout = dz + (G - 1) * H;
+    for (int j = 0; j < H; j++) {
+        float i = zi[j], f = coupled ? 1.0f - zi[j] : zf[j], g = zg[j], o = zo[j], cp = c_prev[j];
+        float pi = peep ? peep[j] : 0.0f, pf = peep ? peep[H + j] : 0.0f, po = peep ? peep[2 * H + j] : 0.0f;
+        float tc = lk_tanh(cell[j]);
+        float dzo = dm[j] * tc * o * (1.0f - o);
+        float d = dc[j] + dm[j] * o * (1.0f - tc * tc) + dzo * po;
+        if (clip > 0.0f && !(__builtin_fabsf(cell[j]) < clip)) d = 0.0f; /* the clip was active: no gradient */
+        float dprev = d * f;
+        float dzi, dzf = 0.0f;
+        if (coupled) {
+            dzi = (d * g - d * cp) * i * (1.0f - i);
+        } else {
+            dzi = d * g * i * (1.0f - i);
+            dzf = d * cp * f * (1.0f - f);
+            df[j] = flush_tiny(dzf);
+            dprev += dzf * pf;
+        }
+        dprev += dzi * pi;
+        di[j] = flush_tiny(dzi);
+        dg[j] = flush_tiny(d * i * (1.0f - g * g));
+        dout[j] = flush_tiny(dzo);
+        if (dpeep) {
+            dpeep[j] += dzi * cp;
+            dpeep[H + j] += dzf * cp;
+            dpeep[2 * H + j] += dzo * cell[j];
+        }
+        dc[j] = dprev;
     }
 }
 
@@ -183,11 +252,21 @@ static float *pack_b(int trans, int m, int n, int k, const float *src, int ld) {
 }
 
 
+/* The variant features of a call (all zero / NULL: the standard cell). */
+typedef struct {
+    int coupled;                      /* 1: three gate blocks (i, g, o), f = 1 - i */
+    float clip;                       /* > 0: the cell clip */
+    const float *peep;                /* [3H] peepholes p_i, p_f, p_o, or NULL */
+} variant_t;
+
+static int is_standard(variant_t v) { return !v.coupled && v.clip <= 0.0f && !v.peep; }
+
 typedef struct {
     int T, H, P, reverse, r0, r1;
     const int64_t *batch_sizes, *offsets;
-    const float *U, *R;               /* [4H, P], [P, H] (R NULL without a projection) */
-    const float *bias;                /* [4H]: b_ih + b_hh (zeros without a bias) */
+    const float *U, *R;               /* [GH, P], [P, H] (R NULL without a projection); G = 4, or 3 coupled */
+    const float *bias;                /* [GH]: b_ih + b_hh (zeros without a bias) */
+    variant_t variant;
     int status;                       /* 0, or -1 when the packed weights could not be allocated */
     float *gates;                     /* [N, 4H]: input projection W x in, activated gates out */
     float *cells;                     /* [N, H], or NULL: then the gates are not written back either */
@@ -205,7 +284,9 @@ static int active_rows(const int64_t *batch_sizes, int r0, int r1, int t) {
 
 static void *forward_rows(void *arg) {
     forward_job *job = (forward_job *)arg;
-    const int H = job->H, P = job->P, G = 4 * job->H;
+    const variant_t v = job->variant;
+    const int standard = is_standard(v);
+    const int H = job->H, P = job->P, G = (v.coupled ? 3 : 4) * job->H;
     const int rows = job->r1 - job->r0;
     unsigned int saved_mode = flush_denormals();
     int previous_threads = blas_set_threads_local(1); /* the threads are ours: one MKL thread each */
@@ -233,7 +314,11 @@ static void *forward_rows(void *arg) {
         float *m_rows = R_packed ? (job->m_out ? job->m_out + row * H : m_scratch) : job->y + row * P;
         for (int r = 0; r < n; r++) {
             float *c = job->c + (int64_t)(job->r0 + r) * H;
-            if (job->cells) /* two copies of the loop, one per constant `keep` */
+            if (!standard)
+                forward_row_variant(H, v.coupled, v.clip, a + (int64_t)r * G, job->bias, v.peep, c,
+                                    job->cells ? job->cells + (row + r) * H : NULL, m_rows + (int64_t)r * H,
+                                    job->cells != NULL);
+            else if (job->cells) /* two copies of the loop, one per constant `keep` */
                 forward_row(H, a + (int64_t)r * G, job->bias, c, job->cells + (row + r) * H,
                             m_rows + (int64_t)r * H, 1);
             else
@@ -255,7 +340,9 @@ static void *forward_rows(void *arg) {
 typedef struct {
     int T, H, P, reverse, r0, r1;
     const int64_t *batch_sizes, *offsets;
-    const float *U, *R;               /* [4H, P], [P, H] (R NULL without a projection) */
+    const float *U, *R;               /* [GH, P], [P, H] (R NULL without a projection) */
+    variant_t variant;
+    float *dpeep;                     /* [3H] this thread's peephole gradient sums, or NULL */
     int status;
     const float *gates, *cells, *c0;
     const float *dy;                  /* [N, P] */
@@ -266,7 +353,9 @@ typedef struct {
 
 static void *backward_rows(void *arg) {
     backward_job *job = (backward_job *)arg;
-    const int H = job->H, P = job->P, G = 4 * job->H;
+    const variant_t v = job->variant;
+    const int standard = is_standard(v);
+    const int H = job->H, P = job->P, G = (v.coupled ? 3 : 4) * job->H;
     const int rows = job->r1 - job->r0;
     unsigned int saved_mode = flush_denormals();
     int previous_threads = blas_set_threads_local(1);
@@ -298,8 +387,13 @@ static void *backward_rows(void *arg) {
         for (int r = 0; r < n; r++) {
             int64_t b = job->r0 + r;
             const float *c_prev = r < prev_rows ? job->cells + (job->offsets[t_prev] + b) * H : job->c0 + b * H;
-            backward_row(H, job->gates + (row + r) * G, job->cells + (row + r) * H, c_prev, dm + (int64_t)r * H,
-                         job->dc + b * H, job->dz + (row + r) * G);
+            if (standard)
+                backward_row(H, job->gates + (row + r) * G, job->cells + (row + r) * H, c_prev, dm + (int64_t)r * H,
+                             job->dc + b * H, job->dz + (row + r) * G);
+            else
+                backward_row_variant(H, v.coupled, v.clip, job->gates + (row + r) * G, job->cells + (row + r) * H,
+                                     c_prev, v.peep, dm + (int64_t)r * H, job->dc + b * H, job->dz + (row + r) * G,
+                                     job->dpeep);
         }
         /* dh_{t-1} = U^T dz_t, as rows: dz [n, 4H] @ U [4H, P] */
         blas_compute(ROW_MAJOR, NO_TRANS, PACKED, n, P, G, job->dz + row * G, G, U_packed, P, 0.0f, dh, P);
@@ -323,31 +417,38 @@ static void run_jobs(void *(*work)(void *), char *jobs, size_t job_size, int nth
     for (int k = 0; k < nthreads; k++) work(jobs + k * job_size);
 }
 
-/* splits: nthreads + 1 row boundaries, 0 = splits[0] < ... < splits[nthreads] = B.
+/* splits: nthreads + 1 row boundaries, 0 = splits[0] < ... < splits[nthreads] = B. coupled, clip, peep: the
+ * variant (0, 0, NULL: the standard cell).
  * Returns 0, -1 when memory for the packed weights could not be had, -2 for a bad thread count. */
 int lk_forward(int T, int H, int P, int reverse, const int64_t *batch_sizes, const int64_t *offsets,
                int nthreads, const int64_t *splits, const float *U, const float *R, const float *bias,
+               int coupled, float clip, const float *peep,
                float *gates, float *cells, float *y, float *h_prev, float *m_out, float *h, float *c) {
     if (nthreads < 1 || nthreads > MAX_THREADS) return -2;
     forward_job jobs[MAX_THREADS];
+    variant_t variant = {coupled, clip, peep};
     for (int k = 0; k < nthreads; k++)
         jobs[k] = (forward_job){T, H, P, reverse, (int)splits[k], (int)splits[k + 1], batch_sizes, offsets,
-                                U, R, bias, 0, gates, cells, y, h_prev, m_out, h, c};
+                                U, R, bias, variant, 0, gates, cells, y, h_prev, m_out, h, c};
     run_jobs(forward_rows, (char *)jobs, sizeof(forward_job), nthreads);
     for (int k = 0; k < nthreads; k++)
         if (jobs[k].status) return jobs[k].status;
     return 0;
 }
 
+/* dpeep: [nthreads, 3H] zeros in, each thread's peephole gradient sums out (NULL without peepholes). */
 int lk_backward(int T, int H, int P, int reverse, const int64_t *batch_sizes, const int64_t *offsets,
-                int nthreads, const int64_t *splits, const float *U, const float *R, const float *gates,
+                int nthreads, const int64_t *splits, const float *U, const float *R,
+                int coupled, float clip, const float *peep, float *dpeep, const float *gates,
                 const float *cells, const float *c0, const float *dy, float *dz, float *dh_out, float *dh,
                 float *dc) {
     if (nthreads < 1 || nthreads > MAX_THREADS) return -2;
     backward_job jobs[MAX_THREADS];
+    variant_t variant = {coupled, clip, peep};
     for (int k = 0; k < nthreads; k++)
         jobs[k] = (backward_job){T, H, P, reverse, (int)splits[k], (int)splits[k + 1], batch_sizes, offsets,
-                                 U, R, 0, gates, cells, c0, dy, dz, dh_out, dh, dc};
+                                 U, R, variant, dpeep ? dpeep + (int64_t)k * 3 * H : NULL, 0, gates, cells, c0,
+                                 dy, dz, dh_out, dh, dc};
     run_jobs(backward_rows, (char *)jobs, sizeof(backward_job), nthreads);
     for (int k = 0; k < nthreads; k++)
         if (jobs[k].status) return jobs[k].status;
