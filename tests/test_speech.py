@@ -18,10 +18,10 @@ import torch
 from click.testing import CliRunner
 from conftest import assert_close, batches_drawn, float32_tolerance
 
-from lstmkit import runs
+from lstmkit import ensemble, runs
 from lstmkit.cli import main
 from lstmkit.data import audio
-from lstmkit.tasks import get_task, load_run_config, open_run, requested_config
+from lstmkit.tasks import get_task, load_run_config, requested_config
 from lstmkit.tasks.speech import CACHE_FILE, FEATURES_FILE, SpeechTask
 from lstmkit.train import config_for_resume, train_and_evaluate
 
@@ -412,10 +412,10 @@ def test_predict_refuses_recordings_on_a_text_run_and_text_on_a_speech_run(train
 def test_an_ensemble_of_speech_runs_predicts_with_its_members_mean(tmp_path):
     data = make_recordings(tmp_path / "d", per_class=4)
     run = tmp_path / "ensemble"
-    train_and_evaluate(speech_config(data, "train.members=2", "train.epochs=2", "data.normalize=train"), run,
-                       quiet=True)
+    ensemble.train_and_evaluate(speech_config(data, "train.members=2", "train.epochs=2", "data.normalize=train"), run,
+                                quiet=True)
     recording = next((data / "low").iterdir())
-    task, model = open_run(run)
+    task, model = ensemble.open_run(run)
     members = [SpeechTask.from_run(run / f"member-{k}")[1] for k in (1, 2)]
     frames = task.recording_frames(recording)[1]
     expected = np.mean([task.predict_proba(member, [frames])[0] for member in members], axis=0)
