@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from click.testing import CliRunner
 
 from lstmkit import config as cfg
 from lstmkit import runs
+from lstmkit.cli import main
 from lstmkit.tasks import get_task, requested_config
 
 WORDS = ["great", "awful", "the", "film", "plot", "was", "and", "a", "it", "of", "music", "dull", "superb"]
@@ -57,3 +59,16 @@ def make_run(root: Path, task_name: str, overrides: list[str], data: Path, name:
     task.save_artifacts(run)
     runs.save_tensors(run / runs.MODEL_FILE, model.state_dict(), {})
     return run, task, model
+
+
+def invoke(*args):
+    """`lstmkit ARGS` in-process (CliRunner), every argument as a string."""
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(result, *words: str) -> None:
+    """A failed command that said one line, no traceback, with each of `words` in it."""
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    for word in words:
+        assert word in result.output, result.output

@@ -7,13 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from conftest import assert_close
-from export_runs import make_run, write_reviews, write_text
+from export_runs import invoke, make_run, one_line_error, write_reviews, write_text
 from test_classify import write_reviews as write_labelled_reviews
 
 from lstmkit import runs
-from lstmkit.cli import main
 from lstmkit.tasks import open_run
 from lstmkit.tasks.classify import collate
 
@@ -21,15 +19,6 @@ HAS_ONNX = all(__import__("importlib").util.find_spec(name) for name in ("onnx",
 needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="the export extra is not installed: pip install 'lstmkit[export]'")
 
 
-def invoke(*args: str):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(result, *words: str) -> None:
-    assert result.exit_code != 0, result.output
-    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
-    for word in words:
-        assert word in result.output, result.output
 
 
 @pytest.fixture(scope="module")

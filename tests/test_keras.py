@@ -10,16 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from conftest import assert_close
-from export_runs import make_run, write_reviews
+from export_runs import invoke, make_run, one_line_error, write_reviews
 
 # find_spec, not importorskip: importing keras here would choose its default backend (TensorFlow) for the process
 if not all(importlib.util.find_spec(name) for name in ("keras", "h5py")):
     pytest.skip("the export extra is not installed: pip install 'lstmkit[export]'", allow_module_level=True)
 
 from lstmkit import runs  # noqa: E402
-from lstmkit.cli import main  # noqa: E402
 from lstmkit.export.keras_io import keras_module  # noqa: E402
 from lstmkit.tasks import open_run  # noqa: E402
 from lstmkit.tasks.classify import class_probabilities, collate  # noqa: E402
@@ -33,15 +31,6 @@ V = 40
 WORDS = [f"w{i}" for i in range(V - 2)]
 
 
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(result, *words: str) -> None:
-    assert result.exit_code != 0, result.output
-    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1, result.output
-    for word in words:
-        assert word in result.output, result.output
 
 
 def vocab_file(tmp_path: Path) -> Path:
