@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from lstmkit.tasks import load_run_config, open_run
+from lstmkit.ensemble import open_run
+from lstmkit.tasks import load_run_config
 from lstmkit.tasks.speech import SpeechTask
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"

@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from lstmkit.tasks import open_run, requested_config
-from lstmkit.train import train_and_evaluate
+from lstmkit.ensemble import open_run, train_and_evaluate
+from lstmkit.tasks import requested_config
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
 SPEAKERS = ("jackson", "nicolas", "theo", "yweweler")

@@ -142,6 +142,20 @@ def test_export_of_a_missing_or_half_written_run_is_one_line(small_run, tmp_path
     assert not list(out.parent.iterdir()), "nothing may be left behind"
 
 
+@pytest.mark.parametrize(("variant", "feature"), [("model.lstm.coupled_gates=true", "coupled_gates"),
+                                                  ("model.lstm.cell_clip=0.5", "cell_clip"),
+                                                  ("model.lstm.zoneout_c=0.2", "zoneout"),
+                                                  ("model.lstm.peephole=true", "peephole")])
+def test_a_variant_the_formats_cannot_express_is_refused_in_one_line(tmp_path, variant, feature):
+    """Coupled gates, the cell clip and zoneout bring no parameters of their own: a name check alone would write a
+    standard LSTM (or fail deep inside on 3 gate blocks) for a model that computes something else."""
+    run = make_run(tmp_path, "sentiment", ["model.embedding_dim=4", "model.hidden_size=5", variant],
+                   write_reviews(tmp_path / "reviews.jsonl"))[0]
+    for form, name in (("onnx", "m.onnx"), ("pt2", "m.pt2"), ("keras", "m.keras")):
+        one_line_error(invoke("export", run, "--format", form, "--out", tmp_path / name), feature, "standard LSTM")
+        assert not (tmp_path / name).exists()
+
+
 def test_unknown_format_missing_folder_and_int8_without_onnx(small_run, tmp_path):
     one_line_error(invoke("export", small_run, "--format", "tflite", "--out", tmp_path / "m"), "tflite",
                    "onnx, keras, pt2")

@@ -77,6 +77,12 @@ def lstm_spec(lstm: nn.Module) -> LSTMSpec:
     if unknown:
         raise ConfigError(f"the LSTM holds parameters this exporter does not know ({', '.join(unknown[:3])}): a "
                           "variant the export formats cannot express yet; export a standard LSTM")
+    # Features without parameters of their own (coupled gates: 3 gate blocks; the cell clip and zoneout, which act
+    # at evaluation too) pass the name check, and a standard LSTM of the same weights would compute something else.
+    features = tuple(getattr(lstm, "variant_features", ()))
+    if features:
+        raise ConfigError(f"the LSTM uses {', '.join(features)}, which the export formats cannot express yet; export "
+                          "a run of a standard LSTM")
     L, D = int(lstm.num_layers), 2 if lstm.bidirectional else 1
     layers = []
     for k in range(L):

@@ -164,7 +164,8 @@ def requested_config(name: str, presets: Sequence[str] = (), overrides: Sequence
 
 
 def open_run(run_dir: Path) -> tuple[Task, nn.Module]:
-    """The task and best model of any run directory, its config.json read once."""
+    """The task and best model of a single run's directory, its config.json read once. An ensemble's directory
+    (train.members > 1) opens with `lstmkit.ensemble.open_run`, which opens either kind."""
     config = load_run_config(run_dir)
     return get_task(config.task).from_run(run_dir, config)
 
