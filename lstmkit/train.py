@@ -119,7 +119,7 @@ def _scaled_for_share(loss: torch.Tensor, count: int, world: int) -> torch.Tenso
 def _task_state_of_all(task: Task, world: int) -> dict[str, torch.Tensor]:
     """The task's carried state of the whole global batch, gathered from every process (a collective: every
     rank calls it). Each process carries its own columns, batch on dim 1 (`Task.state_tensors`), so a checkpoint
-    holds every column whatever the process count, and a run resumes under another `--nproc` too."""
+    holds every column whatever the process count (and does not depend on it)."""
     state = task.state_tensors()
     if world == 1:
         return state
