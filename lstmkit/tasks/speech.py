@@ -107,6 +107,7 @@ class SpeechTask(ClassifierTask):
             raise ConfigError(f"data.max_seconds must be above 0; got {data.max_seconds}")
         self.stats: audio.FeatureStats | None = None
         self._frames: list[Tensor] | None = None  # normalised frames of self.files
+        self._parts: dict[str, tuple[list[Tensor], list[int]]] = {}  # (examples, labels) of each part, built once
         if run_dir is not None:  # inference: the run directory alone; the data is read only if asked
             self.label_names, self.data_labels = self.load_labels(run_dir)
             self.stats = self._load_stats(Path(run_dir))
@@ -245,8 +246,12 @@ class SpeechTask(ClassifierTask):
         return audio.resampled_in_time(frames, fixed) if fixed else frames
 
     def _part(self, name: str) -> tuple[list[Tensor], list[int]]:
-        frames = self.frames()
-        return [frames[i] for i in self.parts[name]], [self.labels[i] for i in self.parts[name]]
+        """(examples, labels) of one part, built once: the classifier reads train_examples per example (the length
+        buckets' sort key, every batch), and the frames do not change after `frames()`."""
+        if name not in self._parts:
+            frames = self.frames()
+            self._parts[name] = [frames[i] for i in self.parts[name]], [self.labels[i] for i in self.parts[name]]
+        return self._parts[name]
 
     @property
     def train_examples(self) -> list[Tensor]:
