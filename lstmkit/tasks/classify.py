@@ -152,6 +152,12 @@ class ClassifierTask(Task):
 
     # --- evaluation and prediction ------------------------------------------------------------------------
 
+    def labelled(self, probs: Any) -> dict[str, Any]:
+        """One example's class probabilities [C] as the label, its probability and every class's, by name."""
+        best = int(probs.argmax())
+        return {"label": self.label_names[best], "probability": float(probs[best]),
+                "probabilities": {name: float(p) for name, p in zip(self.label_names, probs, strict=True)}}
+
     @torch.no_grad()
     def predict_proba(self, model: nn.Module, examples: list[Tensor]) -> np.ndarray:
         """[N, C] class probabilities, in the order of `examples` (batched by length for speed)."""

@@ -163,11 +163,6 @@ class SentimentTask(ClassifierTask):
         probabilities = self.predict_proba(model, self.encode(texts, source="input"))
         return [{"text": text, **self.labelled(probs)} for text, probs in zip(texts, probabilities, strict=True)]
 
-    def labelled(self, probs: Any) -> dict[str, Any]:
-        best = int(probs.argmax())
-        return {"label": self.label_names[best], "probability": float(probs[best]),
-                "probabilities": {name: float(p) for name, p in zip(self.label_names, probs, strict=True)}}
-
     # --- what `lstmkit inspect` and the web page call ---------------------------------------------------
 
     def encode_text(self, text: str) -> tuple[list[str], list[int]]:

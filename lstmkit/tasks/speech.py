@@ -181,7 +181,7 @@ class SpeechTask(ClassifierTask):
                     return list(torch.split(tensors["frames"], tensors["lengths"].tolist()))
             except (LstmkitError, KeyError, RuntimeError):
                 pass  # a damaged or stale cache is rebuilt
-        frames, kept, bad = [], [], []
+        frames, bad = [], []
         for i, path in enumerate(self.files):
             try:
                 waveform = audio.load_waveform(path, self.spec.sample_rate, self.config.data.max_seconds)
@@ -192,10 +192,9 @@ class SpeechTask(ClassifierTask):
                 self.skipped.append(str(error))
                 continue
             frames.append(self.extractor(waveform))
-            kept.append(i)
-        if bad:
+        if bad:  # the frames already line up with the files kept; the cache is keyed by those
             self._drop(bad)
-            return self._raw_frames()  # cached for the files kept
+            key = {"spec": asdict(self.spec), "files": [[str(p), *self._stamp(p)] for p in self.files]}
         if cache is not None:
             lengths = torch.tensor([len(f) for f in frames], dtype=torch.long)
             runs.save_tensors(cache, {"frames": torch.cat(frames), "lengths": lengths},
@@ -209,7 +208,8 @@ class SpeechTask(ClassifierTask):
 
     def _drop(self, bad: list[int]) -> None:
         """Forget the files at `bad` (skip_bad), keeping every part's indices right."""
-        keep = [i for i in range(len(self.files)) if i not in set(bad)]
+        dropped = set(bad)
+        keep = [i for i in range(len(self.files)) if i not in dropped]
         new_index = {old: new for new, old in enumerate(keep)}
         self.files = [self.files[i] for i in keep]
         self.labels = [self.labels[i] for i in keep]
@@ -347,11 +347,6 @@ class SpeechTask(ClassifierTask):
             examples.append(self.recording_frames(file)[1])
             labels.append(self.label_names.index(label))
         return self.evaluate_examples(model, examples, labels)
-
-    def labelled(self, probs: Any) -> dict[str, Any]:
-        best = int(probs.argmax())
-        return {"label": self.label_names[best], "probability": float(probs[best]),
-                "probabilities": {name: float(p) for name, p in zip(self.label_names, probs, strict=True)}}
 
     def predict_files(self, model: Any, paths: list[str]) -> list[dict[str, Any]]:
         """Label and probabilities per recording."""
