@@ -33,6 +33,8 @@ class LSTMConfig:
     cell_clip: float | None = None  # > 0: clip c_t to [-cell_clip, cell_clip]; none: no clip
     layer_norm: bool = False
     recurrent_dropout: float = 0.0  # variational dropout of h_{t-1}, one mask per sequence (training only)
+    input_dropout: float | list[float] = 0.0  # variational dropout of each layer's input, one mask per sequence; one
+    # rate, or one per layer (training only)
     weight_drop: float = 0.0  # DropConnect on U, one mask per batch (training only)
     zoneout_h: float = 0.0  # zoneout of h: keep h_{t-1} with this probability (its expectation at evaluation)
     zoneout_c: float = 0.0  # zoneout of c, likewise
@@ -45,4 +47,5 @@ class LSTMConfig:
                     proj_size=self.proj_size, backend=self.backend, forget_bias=self.forget_bias,
                     peephole=self.peephole, coupled_gates=self.coupled_gates, cell_clip=self.cell_clip,
                     layer_norm=self.layer_norm, recurrent_dropout=self.recurrent_dropout,
+                    input_dropout=self.input_dropout,
                     weight_drop=self.weight_drop, zoneout_h=self.zoneout_h, zoneout_c=self.zoneout_c)

@@ -32,6 +32,13 @@ handling as torch, so `load_state_dict` works in both directions. Additions:
                         mask m per sequence, layer and direction, for every step: a_t = W x_t + U (h_{t-1} * m) + b,
                         m in {0, 1/(1-p)}; none in eval (its expectation is h_{t-1}). On the torch backend (in
                         training; eval runs the standard cell on any path).
+    input_dropout=p     variational dropout of each layer's input (Gal & Ghahramani 2016; AWD-LSTM's locked
+                        dropout): in training, one mask m per sequence and layer for every step, a_t = W (x_t * m)
+                        + U h_{t-1} + b, m in {0, 1/(1-p)}; none in eval. One rate, or one per layer ([p_0, p_1,
+                        ...]: p_0 on the LSTM's input, p_k on layer k-1's output). Applied between layers by this
+                        module, so it runs on every path but torch's own whole-stack kernel (which layer 0's alone
+                        keeps). Unlike `dropout` (nn.LSTM's, a new mask at every step), it drops the same units of
+                        a sequence throughout.
     weight_drop=p       DropConnect on the recurrent weights (AWD-LSTM's weight drop, Merity et al. 2017): in
                         training, U is replaced by U * M / (1-p) with one Bernoulli mask M per call (per batch) and
                         layer-direction, on whichever path runs the call (torch's own kernel included); off in eval.
@@ -86,6 +93,15 @@ def _check_forget_biases(value: object, num_layers: int) -> tuple[float, ...]:
             raise ValueError(f"forget_bias needs one number per layer ({num_layers}), got {len(value)}: {list(value)}")
         return tuple(_check_forget_bias(v) for v in value)
     return (_check_forget_bias(value),) * num_layers
+
+
+def _check_rates(name: str, value: object, num_layers: int) -> tuple[float, ...]:
+    """A rate for every layer: one number, or a sequence of num_layers numbers."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) != num_layers:
+            raise ValueError(f"{name} needs one rate per layer ({num_layers}), got {len(value)}: {list(value)}")
+        return tuple(_check_rate(name, v) for v in value)
+    return (_check_rate(name, value),) * num_layers
 
 
 def _check_rate(name: str, value: object) -> float:
@@ -191,6 +207,7 @@ class LSTM(nn.Module):
         cell_clip: float | None = None,
         layer_norm: bool = False,
         recurrent_dropout: float = 0.0,
+        input_dropout: float | Sequence[float] = 0.0,
         weight_drop: float = 0.0,
         zoneout_h: float = 0.0,
         zoneout_c: float = 0.0,
@@ -207,6 +224,9 @@ class LSTM(nn.Module):
         if layer_norm and self.hidden_size < 2:
             raise ValueError("layer_norm needs hidden_size >= 2: the normalisation of one unit is a constant")
         self.recurrent_dropout = _check_rate("recurrent_dropout", recurrent_dropout)
+        self.input_dropouts = _check_rates("input_dropout", input_dropout, self.num_layers)
+        # one number where all layers share it, else the per-layer tuple (as forget_bias)
+        self.input_dropout = self.input_dropouts[0] if len(set(self.input_dropouts)) == 1 else self.input_dropouts
         self.weight_drop = _check_rate("weight_drop", weight_drop)
         self.zoneout_h = _check_rate("zoneout_h", zoneout_h)
         self.zoneout_c = _check_rate("zoneout_c", zoneout_c)
@@ -304,7 +324,7 @@ class LSTM(nn.Module):
     def to_torch(self) -> nn.LSTM:
         """A torch.nn.LSTM with this module's configuration and weights."""
         features = self.variant_features + ("recurrent_dropout",) * (self.recurrent_dropout > 0) + (
-            "weight_drop",) * (self.weight_drop > 0)
+            "input_dropout",) * any(self.input_dropouts) + ("weight_drop",) * (self.weight_drop > 0)
         if features:
             raise ValueError(f"torch.nn.LSTM cannot compute {' or '.join(features)}: to_torch() takes a "
                              "standard lstmkit.LSTM (build one without those arguments)")
@@ -374,12 +394,18 @@ class LSTM(nn.Module):
 
     def _draw_masks(self, batch: int, rows: int = 0) -> dict[str, Tensor] | None:
         """This training call's dropout, drawn from torch's generator in a fixed order (layer, direction; U's, h's,
-        then zoneout's): {"weight_hh_l{k}": U * M / (1-p)} with weight_drop, {"h_mask_l{k}": [B, P]} with
-        recurrent_dropout, {"zoneout_h_l{k}": [N, P], "zoneout_c_l{k}": [N, H]} over the call's N rows."""
-        if not self.training or not (self.weight_drop or self.recurrent_dropout or self.zoneout_h or self.zoneout_c):
+        then zoneout's), each layer's input mask first: {"input_mask_l{k}": [B, I_k]} with input_dropout,
+        {"weight_hh_l{k}": U * M / (1-p)} with weight_drop, {"h_mask_l{k}": [B, P]} with recurrent_dropout,
+        {"zoneout_h_l{k}": [N, P], "zoneout_c_l{k}": [N, H]} over the call's N rows."""
+        if not self.training or not (self.weight_drop or self.recurrent_dropout or self.zoneout_h or self.zoneout_c
+                                     or any(self.input_dropouts)):
             return None
         masks = {}
         for layer in range(self.num_layers):
+            if self.input_dropouts[layer]:
+                p, width = self.input_dropouts[layer], getattr(self, f"weight_ih_l{layer}").shape[1]
+                keep = torch.bernoulli(self.weight_ih_l0.new_full((batch, width), 1.0 - p))
+                masks[f"input_mask_l{layer}"] = keep / (1.0 - p)
             for direction in range(self.num_directions):
                 suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
                 U = getattr(self, f"weight_hh{suffix}")
@@ -395,11 +421,29 @@ class LSTM(nn.Module):
         return masks
 
     def _call_features(self) -> tuple[str, ...]:
-        """The cell's features in this call: the module's, and recurrent dropout while training."""
-        if self.recurrent_dropout and self.training:
-            return features_of(self.peephole, self.coupled_gates, self.cell_clip, self.layer_norm, True,
-                               bool(self.zoneout_h or self.zoneout_c))
-        return self._variant_features
+        """The features of this call: the module's, and while training its recurrent dropout (a cell feature) and
+        the dropout of the inputs of layers above the first (a `STACK_FEATURES` one, which keeps the call off
+        torch's whole-stack kernel)."""
+        stacked = self.training and any(self.input_dropouts[1:])
+        if not (self.training and self.recurrent_dropout) and not stacked:
+            return self._variant_features
+        features = features_of(self.peephole, self.coupled_gates, self.cell_clip, self.layer_norm,
+                               self.training and self.recurrent_dropout > 0, bool(self.zoneout_h or self.zoneout_c))
+        return features + ("input_dropout",) * stacked
+
+    def _masked_input(self, x: Tensor, layer: int, masks: dict[str, Tensor] | None,
+                      batch_sizes: list[int] | Tensor | None, steps: tuple[int, int] | None) -> Tensor:
+        """x [N, I] rows with this call's input_dropout mask of `layer` ([B, I], one row per sequence) applied to
+        every step's rows: full batches (batch_sizes None, steps (T, B)) and packed rows alike."""
+        mask = masks.get(f"input_mask_l{layer}") if masks else None
+        if mask is None:
+            return x
+        if batch_sizes is None:
+            T, B = steps
+            return (x.view(T, B, -1) * mask).view(T * B, -1)
+        sizes = torch.as_tensor(batch_sizes, device=x.device)
+        present = torch.arange(mask.shape[0], device=x.device) < sizes[:, None]  # [T, B]: which sequences step t has
+        return x * mask.expand(len(sizes), *mask.shape)[present]  # the rows of step t: its sequences, in order
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
@@ -441,8 +485,8 @@ class LSTM(nn.Module):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
         s += f", forget_bias={self.forget_bias}"
-        for name in ("peephole", "coupled_gates", "cell_clip", "layer_norm", "recurrent_dropout", "weight_drop",
-                     "zoneout_h", "zoneout_c"):
+        for name in ("peephole", "coupled_gates", "cell_clip", "layer_norm", "recurrent_dropout", "input_dropout",
+                     "weight_drop", "zoneout_h", "zoneout_c"):
             if getattr(self, name):
                 s += f", {name}={getattr(self, name)}"
         if self.backend != "auto":
@@ -551,8 +595,8 @@ class LSTM(nn.Module):
             return False
         if self.num_layers != 1 or self.proj_size or self.variant_features or type(embedding) is not nn.Embedding:
             return False
-        if self.weight_drop or self.recurrent_dropout:  # training: masks the fused layer does not take (zoneout is
-            # among variant_features)
+        if self.weight_drop or self.recurrent_dropout or self.input_dropouts[0]:  # training: masks the fused layer
+            # does not take (zoneout is among variant_features)
             return False
         if embedding.max_norm is not None or torch.is_autocast_enabled("cpu") or lstm_cpu._functorch_active():
             return False
@@ -564,14 +608,14 @@ class LSTM(nn.Module):
         """What `ops.dispatch` decides on for a call of B=batch sequences of up to T=steps steps."""
         like = self.weight_ih_l0
         low = lstm_torch.autocast_dtype(like.device.type)
+        features = self._call_features()
         return ops.CallKind(
             device=like.device.type, dtype=str(like.dtype).removeprefix("torch."),
             autocast=str(low).removeprefix("torch.") if low is not None else "", train=needs_grad, batch=batch,
             steps=steps, input_size=self.input_size, hidden_size=self.hidden_size, proj_size=self.proj_size,
             layers=self.num_layers, bidirectional=self.bidirectional, packed=packed,
             dropout=self.training and self.dropout > 0 and self.num_layers > 1, threads=torch.get_num_threads(),
-            features="+".join(self._call_features()) if self.recurrent_dropout and self.training
-            else self._features_key)
+            features=self._features_key if features is self._variant_features else "+".join(features))
 
     def path_for(self, batch: int, steps: int, packed: bool, needs_grad: bool, input_dtype: torch.dtype | None = None,
                  recording: bool = False, batch_sizes: list[int] | None = None) -> str:
@@ -597,7 +641,7 @@ class LSTM(nn.Module):
 
         return ops.dispatch(self.backend, lambda: self.call_kind(batch, steps, packed, needs_grad), packed=packed,
                             training=self.training, recording=recording, rehearse=rehearse,
-                            features=self._call_features() if self.recurrent_dropout else self._variant_features)
+                            features=self._call_features())
 
     def _stack(
         self, path: str, x: Tensor, batch_sizes: list[int] | Tensor | None, h0: Tensor, c0: Tensor, record: list | None,
@@ -612,7 +656,10 @@ class LSTM(nn.Module):
             params = self._parameters
             flat_weights = [params[name] if name in params else getattr(self, name)
                             for names in self._flat_param_names for name in names]
-            if masks:  # weight drop (recurrent dropout never takes the vendor: dispatch sees its feature)
+            # layer 0's input dropout here; that of the layers above, and recurrent dropout, never take the vendor
+            # (dispatch sees their features)
+            x = self._masked_input(x, 0, masks, batch_sizes if packed else None, steps)
+            if masks:  # weight drop
                 flat_names = [name for names in self._flat_param_names for name in names]
                 flat_weights = [masks.get(name, w) for name, w in zip(flat_names, flat_weights, strict=True)]
             vendor_args = (
@@ -633,6 +680,7 @@ class LSTM(nn.Module):
 
         A full batch comes with batch_sizes=None and steps=(T, B)."""
         layer_fn = ops.layer_function(path)
+        packed_sizes = batch_sizes
         if batch_sizes is None:
             T, B = steps
             batch_sizes = (T, B) if path == "op" else [B] * T  # the op takes (T, B): T stays symbolic in export
@@ -640,6 +688,7 @@ class LSTM(nn.Module):
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout and self.training:
                 x = F.dropout(x, self.dropout, training=True)
+            x = self._masked_input(x, layer, masks, packed_sizes, steps)
             outputs, per_direction = [], []
             for direction in range(self.num_directions):
                 k = layer * self.num_directions + direction

@@ -16,6 +16,7 @@ from conftest import batches_drawn
 from lstmkit import config as cfg
 from lstmkit import runs
 from lstmkit.cli import main
+from lstmkit.errors import ConfigError
 from lstmkit.sample import generate
 from lstmkit.tasks import default_config
 from lstmkit.tasks.lm import LMTask
@@ -229,7 +230,6 @@ def test_the_built_in_corpus_needs_no_data(tmp_path):
 
 
 def test_init_range_sets_the_embedding_and_output_layer():
-    from lstmkit.errors import ConfigError
     from lstmkit.lstm_config import LSTMConfig
     from lstmkit.tasks.lm import LanguageModel, LMModelConfig
 
@@ -241,17 +241,57 @@ def test_init_range_sets_the_embedding_and_output_layer():
         LanguageModel(50, LMModelConfig(init_range=-1.0))
 
 
+def test_locked_and_embedding_dropout_drop_the_same_units_for_a_whole_window():
+    """model.locked_dropout: one mask per column for every step (the LSTM's inputs through its input_dropout, its
+    output here); model.embedding_dropout: whole words, so a dropped word is zero wherever it occurs; both off in
+    eval, and a bad rate or a doubled input dropout is one line."""
+    from lstmkit.lstm_config import LSTMConfig
+    from lstmkit.tasks.lm import LanguageModel, LMModelConfig
+
+    torch.manual_seed(0)
+    config = LMModelConfig(embedding_dim=12, lstm=LSTMConfig(hidden_size=12, num_layers=2), dropout=0.5,
+                           locked_dropout=True, embedding_dropout=0.5)
+    model = LanguageModel(30, config).train()
+    assert model.lstm.input_dropouts == (0.5, 0.5) and model.lstm.dropout == 0.0
+    seen = {}
+    model.lstm.register_forward_hook(lambda module, args, out: seen.update(input=args[0], output=out[0]))
+    head_inputs = []
+    model.head.register_forward_hook(lambda module, args, out: head_inputs.append(args[0]))
+    ids = torch.tensor([[3, 3, 3, 3], [5, 5, 5, 5], [3, 7, 7, 7]])  # [L=3, B=4]: word 3 in columns 0-3 and 0
+    model(ids)
+    words = seen["input"]
+    dropped = (words == 0).all(dim=2)  # [L, B]: a whole embedding zeroed
+    scale = 1.0 / (1.0 - 0.5)
+    for word in (3, 5, 7):  # a word is dropped everywhere or nowhere, and kept ones are scaled
+        at = ids == word
+        assert dropped[at].all() or not dropped[at].any(), word
+        if not dropped[at].any():
+            assert torch.allclose(words[at], model.embedding.weight[word] * scale)
+    zero_units = head_inputs[0] == 0  # [L, B, H]: the output's mask, the same at every step of a column
+    assert zero_units.any() and (zero_units == zero_units[:1]).all()
+    model.eval()
+    head_inputs.clear()
+    model(ids)
+    assert torch.equal(seen["input"], model.embedding(ids)) and torch.equal(head_inputs[0], seen["output"])
+    with pytest.raises(ConfigError, match="model.embedding_dropout must be a probability"):
+        LanguageModel(30, LMModelConfig(embedding_dropout=1.0))
+    with pytest.raises(ConfigError, match="leave model.lstm.input_dropout at 0"):
+        LanguageModel(30, LMModelConfig(locked_dropout=True, lstm=LSTMConfig(input_dropout=0.2)))
+
+
 def test_the_ptb_awd_preset_trains_a_few_steps(tmp_path):
-    """A seconds-long smoke run of --preset ptb_awd (shrunk by --set; not its 90-minute training): its nested
-    [model.lstm] keys reach the LSTM, weight drop included, and a train step and an evaluation run."""
+    """A seconds-long smoke run of --preset ptb_awd (shrunk by --set; not its 30-minute training): its nested
+    [model.lstm] keys reach the LSTM, weight drop and locked dropout included, and a train step and an evaluation
+    run."""
     from lstmkit.tasks import requested_config
 
     config = requested_config("lm", ["ptb_awd"], [
         f"data.path={write_text(tmp_path / 'text.txt', repeats=8)}", "data.level=char", "data.bptt=8",
         "model.embedding_dim=8", "model.lstm.hidden_size=16", "model.lstm.proj_size=8", "train.batch_size=4",
         "train.epochs=1", "train.lr=1.0"]).config
-    assert (config.model.lstm.num_layers, config.model.lstm.weight_drop, config.model.tie_weights) == (3, 0.5, True)
+    assert (config.model.lstm.num_layers, config.model.lstm.weight_drop, config.model.tie_weights) == (2, 0.2, True)
+    assert config.model.locked_dropout and config.model.embedding_dropout == 0.05 and config.train.amp == "bf16"
     result = train_and_evaluate(config, tmp_path / "run", quiet=True)
     assert result.status == "completed" and math.isfinite(result.best_metric)
     _, model = LMTask.from_run(tmp_path / "run")
-    assert model.lstm.weight_drop == 0.5 and model.lstm.proj_size == 8 and model.lstm.num_layers == 3
+    assert model.lstm.weight_drop == 0.2 and model.lstm.proj_size == 8 and model.lstm.input_dropout == 0.3

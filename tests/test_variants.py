@@ -227,6 +227,8 @@ def test_the_forget_bias_per_layer_and_the_coupled_gates_shift():
     ({"recurrent_dropout": 1.0}, r"recurrent_dropout must be a probability in \[0, 1\)"),
     ({"weight_drop": 1.5}, r"weight_drop must be a probability in \[0, 1\)"),
     ({"zoneout_c": -0.5}, r"zoneout_c must be a probability in \[0, 1\)"),
+    ({"input_dropout": 1.0}, r"input_dropout must be a probability in \[0, 1\)"),
+    ({"input_dropout": [0.1, 0.2, 0.3]}, r"input_dropout needs one rate per layer \(2\)"),
 ])
 def test_bad_variant_arguments_are_one_line_errors(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message) as error:
@@ -237,7 +239,8 @@ def test_bad_variant_arguments_are_one_line_errors(kwargs, message):
 def test_to_torch_and_load_state_dict_of_variants_say_what_to_do():
     for variant, feature in (({"peephole": True}, "peephole"), ({"coupled_gates": True}, "coupled_gates"),
                              ({"cell_clip": 3.0}, "cell_clip"), ({"layer_norm": True}, "layer_norm"),
-                             ({"recurrent_dropout": 0.2}, "recurrent_dropout"), ({"weight_drop": 0.5}, "weight_drop")):
+                             ({"recurrent_dropout": 0.2}, "recurrent_dropout"), ({"weight_drop": 0.5}, "weight_drop"),
+                             ({"input_dropout": 0.3}, "input_dropout")):
         with pytest.raises(ValueError, match=f"torch.nn.LSTM cannot compute {feature}") as error:
             LSTM(3, 4, **variant).to_torch()
         assert "\n" not in str(error.value)
@@ -293,7 +296,7 @@ def test_a_run_with_variants_saves_reloads_and_resumes_exactly(tmp_path, fused):
     variant = (["model.lstm.peephole=true", "model.lstm.coupled_gates=true", "model.lstm.cell_clip=2.5",
                 "model.lstm.forget_bias=[0.5]"] if fused else
                ["model.lstm.layer_norm=true", "model.lstm.weight_drop=0.3", "model.lstm.recurrent_dropout=0.2",
-                "model.lstm.zoneout_h=0.1", "model.lstm.zoneout_c=0.2"])
+                "model.lstm.zoneout_h=0.1", "model.lstm.zoneout_c=0.2", "model.lstm.input_dropout=0.25"])
     train_and_evaluate(tiny_config(*variant, "train.epochs=2"), tmp_path / "full", quiet=True)
     train_and_evaluate(tiny_config(*variant, "train.epochs=1"), tmp_path / "split", quiet=True)
     train_and_evaluate(config_for_resume(tmp_path / "split", epochs=2), tmp_path / "split", resume=True, quiet=True)
@@ -305,7 +308,7 @@ def test_a_run_with_variants_saves_reloads_and_resumes_exactly(tmp_path, fused):
         assert lstm.cell_clip == 2.5 and lstm.forget_bias == 0.5 and task.config.model.lstm.coupled_gates
     else:
         assert lstm.variant_features == ("layer_norm", "zoneout")
-        assert (lstm.weight_drop, lstm.recurrent_dropout, lstm.zoneout_c) == (0.3, 0.2, 0.2)
+        assert (lstm.weight_drop, lstm.recurrent_dropout, lstm.zoneout_c, lstm.input_dropout) == (0.3, 0.2, 0.2, 0.25)
         assert any(name.startswith("layer_norm") for name in lstm.state_dict())
 
 
@@ -403,6 +406,69 @@ def test_dropout_masks_are_seeded_exact_on_every_path_and_off_in_eval():
     assert_close(dropped(x)[0], plain(x)[0], "eval: no dropout")
     assert dropped.path_for(B, T, False, False) == plain.path_for(B, T, False, False)
     assert "recurrent_dropout" in dropped.train().call_kind(B, T, False, True).key
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["full", "packed"])
+def test_input_dropout_is_one_mask_per_sequence_on_every_path_and_off_in_eval(packed):
+    """input_dropout: the oracle of a seeded training call is the reference run layer by layer on inputs times that
+    seed's masks (one row per sequence, the same at every step); every path computes the same call and gradients;
+    only a rate on layer 0 keeps torch's whole-stack kernel; in eval it is off."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(7)
+    T, B, I, H = 6, 4, 3, 5
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    lengths = torch.tensor([6, 5, 3, 1]) if packed else torch.full((B,), T)
+    dropped = LSTM(I, H, 2, input_dropout=[0.3, 0.5], dtype=torch.float64, backend="torch").train()
+    torch.manual_seed(11)
+    out = dropped(pack_padded_sequence(x, lengths) if packed else x)[0]
+    y = pad_packed_sequence(out)[0] if packed else out
+    torch.manual_seed(11)
+    masks = dropped._draw_masks(B)
+    assert set(masks) == {"input_mask_l0", "input_mask_l1"}
+    second = masks["input_mask_l1"]
+    assert ((second == 0) | (second == 2.0)).all() and (second == 0).any() and second.shape == (B, H)
+    below = x.numpy()
+    for layer in range(2):
+        W, U, b_ih, b_hh = (t.detach().numpy() for t in dropped.layer_weights(layer)[:4])
+        per_sequence = []
+        for j in range(B):  # each sequence alone, over its own length: the packed rows' meaning
+            n = int(lengths[j])
+            inputs = below[:n, j:j + 1] * masks[f"input_mask_l{layer}"][j].numpy()
+            per_sequence.append(np.pad(lstm_forward(inputs, W, U, b_ih + b_hh, np.zeros((1, H)),
+                                                    np.zeros((1, H)))[0], ((0, T - n), (0, 0), (0, 0))))
+        below = np.concatenate(per_sequence, axis=1)
+    assert_close(y, below, "output against the oracle on the seed's masked inputs")
+    for path in ("cpu", "op", "auto"):
+        one = LSTM(I, H, 2, input_dropout=[0.3, 0.5], backend=path).train()
+        other = LSTM(I, H, 2, input_dropout=[0.3, 0.5], backend="torch").train()
+        other.load_state_dict(one.state_dict())
+        results = []
+        for module in (one, other):
+            inputs = x.float().requires_grad_(True)
+            torch.manual_seed(3)
+            out = module(pack_padded_sequence(inputs, lengths) if packed else inputs)[0]
+            (out.data if packed else out).square().sum().backward()
+            results.append((out.data if packed else out, inputs.grad, module.weight_ih_l1.grad))
+        for name, a, b in zip(("output", "dx", "dW of layer 1"), *results, strict=True):
+            assert_close(a, b, f"{path}: {name} under input dropout", dtype=torch.float32)
+    with paths_pinned("vendor"):  # the layers above the first drop inputs between layers: never the vendor
+        assert LSTM(I, H, 2, input_dropout=[0.0, 0.5]).train().path_for(B, T, False, True) != "vendor"
+        first_only = LSTM(I, H, 2, input_dropout=[0.5, 0.0]).train()
+        assert first_only.path_for(B, T, False, True) == "vendor"
+        plain = LSTM(I, H, 2).train()
+        plain.load_state_dict(first_only.state_dict())
+        torch.manual_seed(4)
+        vendor = first_only(x.float())[0]
+        torch.manual_seed(4)
+        mask = torch.bernoulli(torch.full((B, I), 0.5)) / 0.5
+        assert_close(vendor, plain(x.float() * mask)[0], "vendor: layer 0's input dropout", dtype=torch.float32)
+    dropped.eval()
+    plain = LSTM(I, H, 2, dtype=torch.float64, backend="torch").eval()
+    plain.load_state_dict(dropped.state_dict())
+    assert_close(dropped(x)[0], plain(x)[0], "eval: no input dropout")
+    assert "input_dropout" in dropped.train().call_kind(B, T, False, True).key
+    assert "input_dropout" not in dropped.eval().call_kind(B, T, False, True).key
 
 
 def test_zoneout_masks_in_training_and_its_expectation_in_eval():

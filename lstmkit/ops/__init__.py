@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 
 from lstmkit.ops import lstm_cpu, lstm_op, lstm_torch, tune
-from lstmkit.ops.cell import FEATURES, Cell
+from lstmkit.ops.cell import FEATURES, STACK_FEATURES, Cell
 from lstmkit.ops.tune import CallKind
 
 BACKENDS = ("auto", "torch", "op", "cpu")
@@ -51,7 +51,13 @@ def _cpu_kernel_fits(call: CallKind) -> bool:
     """The C kernel computes float32 parameters on the CPU, with float32 input or under CPU autocast, for the
     variant features it lists. (The standard cell's "" asks no set: this runs on every call of "auto".)"""
     return (call.device == "cpu" and call.dtype == "float32" and lstm_cpu.available()
-            and (not call.features or lstm_cpu.SUPPORTS.issuperset(call.features.split("+"))))
+            and (not call.features or _computes(lstm_cpu.SUPPORTS, call.features.split("+"))))
+
+
+def _computes(supported: frozenset[str], features: tuple[str, ...] | list[str]) -> bool:
+    """Whether a layer-by-layer path whose cells compute the features `supported` runs a call with `features`
+    (the stack features are applied between its layers by lstmkit.LSTM)."""
+    return supported.issuperset(set(features) - STACK_FEATURES)
 
 
 def candidates(call: CallKind, training: bool) -> list[str]:
@@ -109,7 +115,7 @@ def dispatch(backend: str, call: Callable[[], CallKind], *, packed: bool, traini
     if recording or backend == "torch":
         return "torch"
     if backend == "op" or _compiling():  # one traceable node per layer; the op takes full-length input only
-        return "torch" if packed or not lstm_op.SUPPORTS.issuperset(features) else "op"
+        return "torch" if packed or not _computes(lstm_op.SUPPORTS, features) else "op"
     kind = call()
     if backend == "cpu":
         return "cpu" if _cpu_kernel_fits(kind) else "torch"

@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from torch import Tensor
 
 FEATURES = ("peephole", "coupled_gates", "cell_clip", "layer_norm", "recurrent_dropout", "zoneout")
+# Features of a call that lstmkit.LSTM applies between layers itself (input_dropout of the layers above the first),
+# so every layer-by-layer path runs them whatever its cell features; only torch's whole-stack kernel cannot.
+STACK_FEATURES = frozenset({"input_dropout"})
 LAYER_NORM_EPS = 1e-5  # the epsilon of every layer normalisation (torch's LayerNorm default)
 
 

@@ -9,12 +9,13 @@ the documentation texts that ship with Python (`pydoc_data`), so the command wor
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from lstmkit.config import RunConfig
 from lstmkit.data.text import (
@@ -44,6 +45,10 @@ class LMModelConfig:
     embedding_dim: int = 256
     lstm: LSTMConfig = field(default_factory=lambda: LSTMConfig(hidden_size=512, num_layers=2))
     dropout: float = 0.2  # on the embeddings, between layers and before the output layer
+    locked_dropout: bool = False  # that dropout with one mask per window and column for all its steps (variational
+    # dropout, Gal & Ghahramani 2016; AWD-LSTM's locked dropout); between layers as the LSTM's input_dropout
+    embedding_dropout: float = 0.0  # drop whole words: each row of the embedding with this probability, for a window
+    # (Gal & Ghahramani 2016; AWD-LSTM's dropoute); the tied output layer keeps every row
     tie_weights: bool = False  # share the embedding with the output layer (needs embedding_dim == h's size)
     init_range: float = 0.0  # > 0: embedding and output weights uniform in ±init_range, output bias 0 (Zaremba et
     # al. 2014 use 0.1); 0: torch's defaults, whose N(0, 1) embedding makes large initial logits when tied
@@ -70,9 +75,18 @@ class LanguageModel(nn.Module):
         if m.lstm.bidirectional:
             raise ConfigError("model.lstm.bidirectional: a language model predicts the next token from the past "
                               "only; use bidirectional=false")
+        if not 0.0 <= m.embedding_dropout < 1.0:
+            raise ConfigError(f"model.embedding_dropout must be a probability in [0, 1), got {m.embedding_dropout}")
         self.embedding = nn.Embedding(vocab_size, m.embedding_dim)
         self.drop = nn.Dropout(m.dropout)
-        self.lstm = m.lstm.build(m.embedding_dim, dropout=m.dropout)
+        self.locked_dropout, self.embedding_dropout = m.locked_dropout, m.embedding_dropout
+        if m.locked_dropout:
+            if m.lstm.input_dropout:
+                raise ConfigError("model.locked_dropout applies model.dropout to the LSTM's inputs itself; leave "
+                                  "model.lstm.input_dropout at 0 (or locked_dropout false)")
+            self.lstm = replace(m.lstm, input_dropout=m.dropout).build(m.embedding_dim)
+        else:
+            self.lstm = m.lstm.build(m.embedding_dim, dropout=m.dropout)
         self.head = nn.Linear(width, vocab_size)
         if m.tie_weights:  # Press & Wolf 2017, Inan et al. 2017: fewer parameters, better perplexity
             self.head.weight = self.embedding.weight
@@ -84,7 +98,18 @@ class LanguageModel(nn.Module):
             nn.init.zeros_(self.head.bias)
 
     def forward(self, ids: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        output, state = self.lstm(self.drop(self.embedding(ids)), state)  # [L, B, H]
+        weight = self.embedding.weight
+        if self.training and self.embedding_dropout:  # whole words: one Bernoulli draw per vocabulary row
+            keep = torch.bernoulli(weight.new_full((weight.shape[0], 1), 1.0 - self.embedding_dropout))
+            weight = weight * keep / (1.0 - self.embedding_dropout)
+        embedded = F.embedding(ids, weight)
+        if self.locked_dropout:  # the LSTM drops its inputs (input_dropout); its output: one mask per column
+            output, state = self.lstm(embedded, state)  # [L, B, H]
+            if self.training and self.drop.p:
+                keep = torch.bernoulli(output.new_full(output.shape[1:], 1.0 - self.drop.p))
+                output = output * keep / (1.0 - self.drop.p)
+            return self.head(output), state
+        output, state = self.lstm(self.drop(embedded), state)
         return self.head(self.drop(output)), state
 
 
