@@ -255,12 +255,7 @@ def predict(run: Path, texts: tuple[str, ...], file: Path | None, as_json: bool)
             click.echo(json.dumps(result) if as_json else f"{result['label']}\t{result['probability']:.3f}\t"
                        f"{result['file']}")
         return
-    from lstmkit.data.audio import AUDIO_SUFFIXES
-
-    recordings = [text for text in inputs if text.lower().endswith(AUDIO_SUFFIXES) and Path(text).is_file()]
-    if recordings:
-        raise DataError(f"{recordings[0]} is a recording, but {run} is a {task.name!r} run, which reads text; "
-                        "predict recordings with a speech run (lstmkit train speech)")
+    _refuse_recordings(inputs, run, task, "predict")
     empty = [i + 1 for i, text in enumerate(inputs) if not text.strip()]
     if empty:
         raise DataError(f"text {empty[0]} is empty; give it some words")
@@ -316,7 +311,6 @@ def inspect(run: Path, text: str, out: Path, as_json: bool, max_units: int | Non
     import json
 
     from lstmkit.ensemble import open_run
-    from lstmkit.errors import DataError
     from lstmkit.introspect import trace_text
     from lstmkit.plots import gate_heatmaps
 
@@ -326,11 +320,7 @@ def inspect(run: Path, text: str, out: Path, as_json: bool, max_units: int | Non
     if hasattr(task, "trace_recording"):  # a speech run: TEXT is a recording
         _inspect_recording(task, model, Path(text), out, as_json, max_units)
         return
-    from lstmkit.data.audio import AUDIO_SUFFIXES
-
-    if text.lower().endswith(AUDIO_SUFFIXES) and Path(text).is_file():
-        raise DataError(f"{text} is a recording, but {run} is a {task.name!r} run; inspect recordings with a speech "
-                        "run")
+    _refuse_recordings([text], run, task, "inspect")
     result = trace_text(task, model, text)
     try:
         paths = gate_heatmaps(result, out, max_units=max_units)
@@ -353,6 +343,17 @@ def inspect(run: Path, text: str, out: Path, as_json: bool, max_units: int | Non
                f"{result.hidden_size} units")
     for path in paths:
         click.echo(f"wrote {path}")
+
+
+def _refuse_recordings(texts: list[str], run: Path, task: object, verb: str) -> None:
+    """A recording given to a run that reads text: one line that says which run takes it."""
+    from lstmkit.data.audio import AUDIO_SUFFIXES
+    from lstmkit.errors import DataError
+
+    for text in texts:
+        if text.lower().endswith(AUDIO_SUFFIXES) and Path(text).is_file():
+            raise DataError(f"{text} is a recording, but {run} is a {task.name!r} run, which reads text; {verb} "
+                            "recordings with a speech run (lstmkit train speech)")
 
 
 def _inspect_recording(task, model, recording: Path, out: Path, as_json: bool, max_units: int | None) -> None:

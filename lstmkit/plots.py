@@ -37,6 +37,16 @@ def _token_label(token: str) -> str:
     return {"\n": "\\n", " ": "␣", "\t": "\\t"}.get(token, token)
 
 
+def _gate_panel(ax: Any, name: str, values: np.ndarray, **imshow: Any) -> Any:
+    """One heat map of a gate or of the cell, [units, time]: the colour scale of each kind in one place."""
+    if name == "cell":  # unbounded and signed: a diverging scale symmetric about 0
+        bound = float(np.abs(values).max()) or 1.0
+        return ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest",
+                         **imshow)
+    # a gate is a sigmoid: 0 (closed) to 1 (open)
+    return ax.imshow(values, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest", **imshow)
+
+
 def gate_heatmaps(trace: TextTrace, out_dir: Path, max_units: int | None = None) -> list[Path]:
     """One PNG per layer and direction: input, forget and output gates and the cell state, units × tokens.
 
@@ -56,13 +66,7 @@ def gate_heatmaps(trace: TextTrace, out_dir: Path, max_units: int | None = None)
         height = min(30.0, 2.0 + len(HEATMAP_PANELS) * max(1.6, 0.02 * units))
         fig, axes = plt.subplots(len(HEATMAP_PANELS), 1, figsize=(width, height), dpi=100, squeeze=False)
         for ax, (name, title) in zip(axes[:, 0], HEATMAP_PANELS, strict=True):
-            values = entry[name][:, :units].T  # [units, T]
-            if name == "cell":  # unbounded and signed: a diverging scale symmetric about 0
-                bound = float(np.abs(values).max()) or 1.0
-                image = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound,
-                                  interpolation="nearest")
-            else:  # a gate is a sigmoid: 0 (closed) to 1 (open)
-                image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+            image = _gate_panel(ax, name, entry[name][:, :units].T)  # [units, T]
             fig.colorbar(image, ax=ax, fraction=0.025, pad=0.01)
             ax.set_title(title, fontsize=10, loc="left")
             ax.set_ylabel("unit")
@@ -168,14 +172,8 @@ def recording_gates(result: dict[str, Any], out: Path, max_units: int | None = N
             image = ax.imshow(values, aspect="auto", origin="lower", cmap="magma",  # low bands at the bottom
                               extent=(0.0, extent_time, -0.5, values.shape[0] - 0.5), interpolation="nearest")
             ax.set_ylabel("mel band")
-        elif name == "cell":
-            bound = float(np.abs(values).max()) or 1.0
-            image = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, extent=extent,
-                              interpolation="nearest")
-            ax.set_ylabel("unit")
         else:
-            image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, extent=extent,
-                              interpolation="nearest")
+            image = _gate_panel(ax, name, values, extent=extent)
             ax.set_ylabel("unit")
         fig.colorbar(image, ax=ax, fraction=0.025, pad=0.01)
         ax.set_title(title, fontsize=10, loc="left")
