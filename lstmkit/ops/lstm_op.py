@@ -20,6 +20,8 @@ today all of `Cell`'s); elsewhere they are torch ops calling the torch backend's
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
@@ -69,6 +71,11 @@ def _forward(x: Tensor, h0: Tensor, c0: Tensor, cell: Cell, reverse: bool
                 out["cells"].view(T, B, H))
     xw = (torch.addmm(b, x.reshape(T * B, -1), W.t()) if b is not None else x.reshape(T * B, -1) @ W.t())
     xw = xw.view(T, B, G)  # input projection of every step, one GEMM
+    if _triton_runs(x, cell):  # CUDA: each step one Triton kernel, the gates the recurrent GEMM's epilogue
+        from lstmkit.ops import lstm_triton
+
+        y, h_T, c_T, gates, cells = lstm_triton.forward_loop(xw, h0, c0, U, R)
+        return _flip(y, reverse), h_T, c_T, gates, cells
     gates = torch.empty_like(xw)
     cells = torch.empty(T, B, H, dtype=x.dtype, device=x.device)
     y = torch.empty(T, B, h0.shape[1], dtype=x.dtype, device=x.device)
@@ -117,9 +124,23 @@ def _backward_impl(dy: Tensor, dh_T: Tensor, dc_T: Tensor, x: Tensor, h0: Tensor
                                 coupled_gates=cell.coupled_gates, cell_clip=cell.cell_clip)
         dz, dh_next, dc_next, dp = out["dz"].view(T, B, G), out["dh0"], out["dc0"], out.get("dpeephole")
         dh_total = out["dh"].view(T, B, -1) if R is not None else None
+    elif _triton_runs(x, cell):
+        from lstmkit.ops import lstm_triton
+
+        dz, dh_total, dh_next, dc_next = lstm_triton.backward_loop(dy, dh_T, dc_T, c0, cell.U, R, gates, cells)
     else:
         dz, dh_total, dh_next, dc_next, dp = _bptt_loop(dy, dh_T, dc_T, c0, cell, gates, cells)
     return _weight_gradients(dz, dh_total, dh_next, dc_next, dp, x, h0, cell, y, gates, cells, reverse, has_bias)
+
+
+def _triton_runs(x: Tensor, cell: Cell) -> bool:
+    """Whether the Triton loops (`lstm_triton`) run this layer: the standard cell on CUDA, or on the CPU under
+    Triton's interpreter (the tests). Imported only then: triton reads TRITON_INTERPRET when it is imported."""
+    if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    from lstmkit.ops import lstm_triton
+
+    return lstm_triton.runs(x, cell)
 
 
 def _bptt_loop(dy: Tensor, dh_T: Tensor, dc_T: Tensor, c0: Tensor, cell: Cell, gates: Tensor, cells: Tensor

@@ -1,0 +1,100 @@
+"""The op's Triton loops (`lstm_triton`: the GPU kernels), run by Triton's interpreter on the CPU: the op through
+them against the NumPy oracle (float64) and against the torch backend (float32), over random shapes that cross
+the kernels' tiles, both directions, projections and biases. On a machine with a CUDA GPU the same tests run the
+compiled kernels when TRITON_INTERPRET is unset (then they take CUDA tensors)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_close, float32_tolerance
+from test_ops import GRAD_NAMES
+
+from lstmkit.ops import lstm_cpu, lstm_op
+from lstmkit.reference import lstm_backward, lstm_forward, random_lstm_problem
+
+pytest.importorskip("triton", reason="triton is not installed (pip install triton): its kernels are not checked")
+
+
+lstm_triton = pytest.importorskip("lstmkit.ops.lstm_triton")
+# CPU tensors under the interpreter (conftest sets TRITON_INTERPRET where no GPU is), else the compiled kernels on CUDA
+DEVICE = "cpu" if lstm_triton.INTERPRETED else "cuda"
+
+
+@pytest.fixture
+def through_triton(monkeypatch):
+    """The op runs its Triton loops (on CPU tensors: the C kernel's loops out of the way); calls are counted."""
+    monkeypatch.setattr(lstm_cpu, "supports", lambda *args: False)
+    triton_loops = lstm_triton
+    calls = []
+    forward = triton_loops.forward_loop
+    monkeypatch.setattr(triton_loops, "forward_loop", lambda *a: calls.append("forward") or forward(*a))
+    backward = triton_loops.backward_loop
+    monkeypatch.setattr(triton_loops, "backward_loop", lambda *a: calls.append("backward") or backward(*a))
+    return calls
+
+
+# (T, B, I, H, P): one step; rows and units past one tile (16 rows, 32 units); a projection; K past one block (32)
+SHAPES = [(1, 1, 1, 1, None), (3, 17, 4, 33, None), (4, 5, 3, 6, 2), (2, 3, 40, 8, None), (5, 2, 3, 36, 35)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}-B{}-I{}-H{}-P{}".format(*s))
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_the_triton_loops_match_the_oracle_in_float64(through_triton, shape, reverse):
+    T, B, I, H, P = shape
+    inputs, upstream = random_lstm_problem(np.random.default_rng(sum(shape[:4]) + reverse), T, B, I, H, P)
+    flip = (lambda a: a[::-1].copy()) if reverse else (lambda a: a)
+    y_ref, hT_ref, cT_ref, cache = lstm_forward(**dict(inputs, x=flip(inputs["x"])))
+    grads_ref = lstm_backward(flip(upstream["dy"]), upstream["dhT"], upstream["dcT"], cache)
+    leaves = {k: torch.tensor(v, device=DEVICE, requires_grad=True) for k, v in inputs.items()}
+    y, hT, cT, _, _ = lstm_op.lstm_layer(leaves["x"], leaves["h0"], leaves["c0"], leaves["W"], leaves["U"],
+                                         leaves["b"], leaves.get("R"), reverse)
+    dy, dhT, dcT = (torch.tensor(upstream[k], device=DEVICE) for k in ("dy", "dhT", "dcT"))
+    ((y * dy).sum() + (hT * dhT).sum() + (cT * dcT).sum()).backward()
+    assert through_triton == ["forward", "backward"]
+    assert_close(y.cpu(), flip(y_ref), "y")
+    assert_close(hT.cpu(), hT_ref, "h_T")
+    assert_close(cT.cpu(), cT_ref, "c_T")
+    for key, leaf in leaves.items():
+        name = GRAD_NAMES[key]
+        assert_close(leaf.grad.cpu(), flip(grads_ref[name]) if name == "dx" else grads_ref[name], name)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_triton_loops_equal_the_torch_backend_in_float32(through_triton, seed):
+    """The whole module on backend="op" (its loops Triton's) against backend="torch": outputs, states and every
+    gradient under random upstream gradients; random sizes, layers, directions, projections and biases."""
+    import lstmkit
+
+    rng = random.Random(seed)
+    T, B, I, H = rng.randint(1, 6), rng.randint(1, 20), rng.randint(1, 12), rng.randint(2, 40)
+    options = {"num_layers": rng.randint(1, 2), "bidirectional": rng.random() < 0.5, "bias": rng.random() < 0.8,
+               "proj_size": rng.choice([0, 0, max(1, H // 3)])}
+    torch.manual_seed(seed)
+    op = lstmkit.LSTM(I, H, backend="op", device=DEVICE, **options)
+    portable = lstmkit.LSTM(I, H, backend="torch", device=DEVICE, **options)
+    portable.load_state_dict(op.state_dict())
+    x = torch.randn(T, B, I).to(DEVICE)
+    results = []
+    for module in (op, portable):
+        leaf = x.clone().requires_grad_(True)
+        y, (h_n, c_n) = module(leaf)
+        weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
+        loss = (y * weights).sum() + (h_n ** 2).sum() + (0.5 * c_n).sum()
+        results.append((y, h_n, c_n, *torch.autograd.grad(loss, [leaf, *module.parameters()])))
+    assert "forward" in through_triton and "backward" in through_triton
+    tolerance = float32_tolerance(T * B + H)
+    for k, (a, b) in enumerate(zip(*results, strict=True)):
+        assert_close(a, b, f"op (Triton) vs torch, output {k} of {options}", tolerance=tolerance)
+
+
+def test_the_triton_loops_run_only_the_standard_cell_on_cuda_or_the_interpreter():
+    from lstmkit.ops.cell import Cell
+
+    W, U, x = (torch.zeros(shape, device=DEVICE) for shape in ((8, 3), (8, 2), (4, 3)))
+    assert lstm_triton.runs(x, Cell(W, U, None))
+    assert not lstm_triton.runs(x, Cell(W, U, None, cell_clip=1.0))  # a variant: the op's torch loops
+    assert not lstm_triton.runs(x, Cell(W, U, None, peephole=torch.zeros(3, 2, device=DEVICE)))
