@@ -56,10 +56,12 @@ if triton is not None:
 
     @triton.jit
     def _forward_step(xw_ptr, h_ptr, U_ptr, c_ptr, gates_ptr, cells_ptr, m_ptr, B, H, P,
-                      BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr):
+                      BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr,
+                      PRECISION: tl.constexpr):
         """One step for a tile of rows x units: a = xw_t + U h_{t-1} for the four gate blocks of these units,
         then i, f, g, o, c_t = f c_{t-1} + i g and m_t = o tanh(c_t). xw_t holds W x_t + b. ACC: the dtype of
-        the sums and the pointwise math (float32; float64 for float64 weights)."""
+        the sums and the pointwise math (float32; float64 for float64 weights). PRECISION: tl.dot's
+        input_precision, "ieee" (Triton's default for float32 on NVIDIA is TF32, 10-bit products)."""
         rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
         units = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
         row_ok, unit_ok = rows < B, units < H
@@ -73,10 +75,10 @@ if triton is not None:
             h = tl.load(h_ptr + rows[:, None] * P + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
             u_mask = k_ok[:, None] & unit_ok[None, :]
             u_at = U_ptr + units[None, :] * P + ks[:, None]  # U^T's [k, unit] of gate block 0; block q: + q H P
-            acc_i += tl.dot(h, tl.load(u_at, mask=u_mask, other=0.0))
-            acc_f += tl.dot(h, tl.load(u_at + H * P, mask=u_mask, other=0.0))
-            acc_g += tl.dot(h, tl.load(u_at + 2 * H * P, mask=u_mask, other=0.0))
-            acc_o += tl.dot(h, tl.load(u_at + 3 * H * P, mask=u_mask, other=0.0))
+            acc_i += tl.dot(h, tl.load(u_at, mask=u_mask, other=0.0), input_precision=PRECISION)
+            acc_f += tl.dot(h, tl.load(u_at + H * P, mask=u_mask, other=0.0), input_precision=PRECISION)
+            acc_g += tl.dot(h, tl.load(u_at + 2 * H * P, mask=u_mask, other=0.0), input_precision=PRECISION)
+            acc_o += tl.dot(h, tl.load(u_at + 3 * H * P, mask=u_mask, other=0.0), input_precision=PRECISION)
         tile = row_ok[:, None] & unit_ok[None, :]
         gate_at = rows[:, None] * (4 * H) + units[None, :]
         state_at = rows[:, None] * H + units[None, :]
@@ -138,7 +140,8 @@ def forward_loop(xw: Tensor, h0: Tensor, c0: Tensor, U: Tensor, R: Tensor | None
     for t in range(T):
         m_t = m if R is not None else y[t]  # without a projection, m_t is h_t: written straight into y
         _forward_step[grid](xw[t], h, U, c, gates[t], cells[t], m_t, B, H, P,
-                            BLOCK_B=BLOCK_ROWS, BLOCK_H=BLOCK_UNITS, BLOCK_P=BLOCK_K, ACC=_accumulator(xw.dtype))
+                            BLOCK_B=BLOCK_ROWS, BLOCK_H=BLOCK_UNITS, BLOCK_P=BLOCK_K, ACC=_accumulator(xw.dtype),
+                            PRECISION="ieee")
         if R is not None:
             torch.mm(m, R.t(), out=y[t])  # h_t = R m_t
         h, c = y[t], cells[t]
