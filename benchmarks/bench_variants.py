@@ -1,14 +1,16 @@
 """LSTM variants, a train step each, against the standard torch.nn.LSTM and against the same variant written as a
 Python loop over torch ops (what users write today), timed in the same run.
 
-For configs a, b, c of `bench_lstm.py` and each variant (peephole, coupled gates, cell clip, all three), the
+For configs a, b, c of `bench_lstm.py` and each variant (peephole, coupled gates, cell clip, all three, recurrent
+dropout, zoneout of h and c; the masked ones in training, their masks drawn by the module), the
 contenders are: "nn.LSTM" (the standard cell, torch's kernel: the baseline of every ratio), "lstmkit" (the standard
 cell, backend="auto"), "lstmkit <variant>" (backend="auto": what dispatch picks for the variant) and "loop
 <variant>" (a Python loop over torch ops, one nn.Linear pair per layer, as a hand-written cell). The loop is first
 checked against the NumPy oracle (float64, forward and every gradient); lstmkit's variant is then checked against
 the loop on the benchmark's own input. Ratios come from interleaved repeats whose order rotates.
 
-Run: `python benchmarks/bench_variants.py [--repeats N] [--configs a,b,c] [--variants peephole,cifg,clip,all]`.
+Run: `python benchmarks/bench_variants.py [--repeats N] [--configs a,b,c] [--variants peephole,cifg,clip,all,dropout,
+zoneout]`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from lstmkit.ops import tune  # noqa: E402
 from lstmkit.reference import lstm_backward, lstm_forward, random_lstm_problem  # noqa: E402
 
 VARIANTS = {"peephole": {"peephole": True}, "cifg": {"coupled_gates": True}, "clip": {"cell_clip": 3.0},
-            "all": {"peephole": True, "coupled_gates": True, "cell_clip": 3.0}}
+            "all": {"peephole": True, "coupled_gates": True, "cell_clip": 3.0}, "dropout": {"recurrent_dropout": 0.25},
+            "zoneout": {"zoneout_h": 0.1, "zoneout_c": 0.5}}
 
 
 class LoopVariantLSTM(nn.Module):
@@ -42,6 +45,9 @@ class LoopVariantLSTM(nn.Module):
     def __init__(self, source: lstmkit.LSTM) -> None:
         super().__init__()
         self.coupled, self.clip, self.H = source.coupled_gates, source.cell_clip, source.hidden_size
+        # training masks (recurrent dropout, zoneout) drawn as the source module draws them: under one seed, the same
+        self.draw_masks = source._draw_masks if source.recurrent_dropout or source.zoneout_h or source.zoneout_c \
+            else None
         self.W, self.U = nn.ModuleList(), nn.ModuleList()
         self.peepholes = nn.ParameterList()
         for layer in range(source.num_layers):
@@ -59,9 +65,11 @@ class LoopVariantLSTM(nn.Module):
                                                else torch.zeros(3, self.H, dtype=W.dtype), requires_grad=peephole
                                                is not None))
 
-    def step(self, layer: int, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def step(self, layer: int, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, h_mask=None, z_h=None, z_c=None
+             ) -> tuple[torch.Tensor, ...]:
         H, p = self.H, self.peepholes[layer]
-        a = self.W[layer](x) + self.U[layer](h)
+        h_prev, c_prev = h, c
+        a = self.W[layer](x) + self.U[layer](h if h_mask is None else h * h_mask)
         if self.coupled:
             a_i, a_g, a_o = a.split(H, dim=1)
             i = torch.sigmoid(a_i + p[0] * c)
@@ -73,14 +81,25 @@ class LoopVariantLSTM(nn.Module):
         if self.clip:
             c = c.clamp(-self.clip, self.clip)
         h = torch.sigmoid(a_o + p[2] * c) * torch.tanh(c)
+        if z_h is not None:  # zoneout: z = 1 keeps the previous value
+            h = z_h * h_prev + (1 - z_h) * h
+        if z_c is not None:
+            c = z_c * c_prev + (1 - z_c) * c
         return h, c
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, T, I] -> [B, T, H]
+    def forward(self, x: torch.Tensor, masks: dict | None = None) -> torch.Tensor:  # x: [B, T, I] -> [B, T, H]
+        B, T = x.shape[:2]
+        if masks is None:  # {"h_mask_l0": [B, H], "zoneout_h_l0": [T*B, H] time-major rows, ...}
+            masks = (self.draw_masks(B, T * B) if self.draw_masks and self.training else None) or {}
         for layer in range(len(self.W)):
-            h = c = x.new_zeros(x.shape[0], self.H)
+            h = c = x.new_zeros(B, self.H)
+            h_mask = masks.get(f"h_mask_l{layer}")
+            z_h, z_c = (masks[k].view(T, B, -1) if k in masks else None
+                        for k in (f"zoneout_h_l{layer}", f"zoneout_c_l{layer}"))
             outputs = []
-            for t in range(x.shape[1]):
-                h, c = self.step(layer, x[:, t], h, c)
+            for t in range(T):
+                h, c = self.step(layer, x[:, t], h, c, h_mask, z_h[t] if z_h is not None else None,
+                                 z_c[t] if z_c is not None else None)
                 outputs.append(h)
             x = torch.stack(outputs, dim=1)
         return x
@@ -91,7 +110,9 @@ def check_loop_against_the_oracle(name: str, variant: dict) -> None:
     T, B, I, H = 7, 3, 4, 5
     coupled = variant.get("coupled_gates", False)
     inputs, upstream = random_lstm_problem(np.random.default_rng(0), T, B, I, H, peephole=variant.get("peephole",
-                                           False), coupled_gates=coupled)
+                                           False), coupled_gates=coupled,
+                                           recurrent_dropout=variant.get("recurrent_dropout", 0.0),
+                                           zoneout=variant.get("zoneout_c", 0.0))
     inputs["h0"][:] = 0.0
     inputs["c0"][:] = 0.0
     source = lstmkit.LSTM(I, H, dtype=torch.float64, forget_bias=0.0, **variant)
@@ -104,7 +125,9 @@ def check_loop_against_the_oracle(name: str, variant: dict) -> None:
             source.weight_peephole_l0.copy_(torch.tensor(inputs["peephole"]))
     loop = LoopVariantLSTM(source)
     x = torch.tensor(inputs["x"]).transpose(0, 1).requires_grad_(True)
-    y = loop(x)
+    masks = {f"{name}_l0": torch.tensor(inputs[name]).reshape(-1, H) for name in ("h_mask", "zoneout_h", "zoneout_c")
+             if name in inputs}  # the oracle's masks, as the module's rows
+    y = loop(x, masks)
     (y * torch.tensor(upstream["dy"]).transpose(0, 1)).sum().backward()
     options = {"coupled_gates": coupled, "cell_clip": variant.get("cell_clip", 0.0)}
     y_ref, _, _, cache = lstm_forward(**inputs, **options)
@@ -123,7 +146,10 @@ def check_loop_against_the_oracle(name: str, variant: dict) -> None:
 
 def check_against_the_loop(name: str, ours: nn.Module, loop: nn.Module, x: torch.Tensor) -> None:
     xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    ya, yb = ours(xa)[0], loop(xb)
+    torch.manual_seed(1)  # one seed, the same masks (the module draws them after dispatch, which keeps the generator)
+    ya = ours(xa)[0]
+    torch.manual_seed(1)
+    yb = loop(xb)
     dy = torch.randn_like(yb)
     (ya * dy).sum().backward()
     (yb * dy).sum().backward()

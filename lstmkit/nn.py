@@ -30,8 +30,8 @@ handling as torch, so `load_state_dict` works in both directions. Additions:
                         gains (initially 1), row 1 the biases (initially 0). Runs on the torch backend only.
     recurrent_dropout=p variational dropout of the recurrent connection (Gal & Ghahramani 2016): in training, one
                         mask m per sequence, layer and direction, for every step: a_t = W x_t + U (h_{t-1} * m) + b,
-                        m in {0, 1/(1-p)}; none in eval (its expectation is h_{t-1}). On the torch backend (in
-                        training; eval runs the standard cell on any path).
+                        m in {0, 1/(1-p)}; none in eval (its expectation is h_{t-1}). On the C kernel, the op
+                        and the torch backend in training (eval runs the standard cell on any path).
     input_dropout=p     variational dropout of each layer's input (Gal & Ghahramani 2016; AWD-LSTM's locked
                         dropout): in training, one mask m per sequence and layer for every step, a_t = W (x_t * m)
                         + U h_{t-1} + b, m in {0, 1/(1-p)}; none in eval. One rate, or one per layer ([p_0, p_1,
@@ -46,7 +46,8 @@ handling as torch, so `load_state_dict` works in both directions. Additions:
     zoneout_h=p, zoneout_c=p  zoneout (Krueger et al. 2016) of h and of c, apart: with c~_t, h~_t the cell and output
                         of the equations above, c_t = z^c * c_{t-1} + (1 - z^c) * c~_t and h_t = z^h * h_{t-1} +
                         (1 - z^h) * h~_t; in training z ~ Bernoulli(p) per unit, step and sequence (torch's
-                        generator), in eval z = p, the expectation. Runs on the torch backend.
+                        generator), in eval z = p, the expectation. Runs on the C kernel, the op and the torch
+                        backend.
     forget_bias=[...]   one forget-gate bias shift per layer (with coupled gates the i-block is shifted by
                         -forget_bias, since f = 1 - i = sigma(-a_i))
   c_t = f_t * c_{t-1} + i_t * g_t (6.55) and h_t = o_t * tanh(c_t) (6.56) are unchanged. A variant runs on the

@@ -388,6 +388,11 @@ def test_mismatched_shapes_raise_before_reaching_c():
     with pytest.raises(ValueError, match="bias is"):
         lstm_cpu.forward(gates, [3] * 4, torch.zeros(3, 4), torch.zeros(3, 4), torch.randn(16, 4), None, False, False,
                          bias=torch.randn(4))
+    for name, wrong in (("h_mask", torch.ones(2, 4)), ("zoneout_h", torch.ones(12, 3)),
+                        ("zoneout_c", torch.ones(12, 4, dtype=torch.float64))):
+        with pytest.raises(ValueError, match=f"{name} is a"):
+            lstm_cpu.forward(gates, [3] * 4, torch.zeros(3, 4), torch.zeros(3, 4), torch.randn(16, 4), None, False,
+                             False, **{name: wrong})
 
 
 # --- the Embedding and a one-layer LSTM fused on the kernel (W x once per distinct word) --------------------

@@ -17,8 +17,8 @@ from lstmkit.reference import lstm_backward, lstm_forward, random_lstm_problem
 
 def op_layer(inputs, upstream, reverse=False):
     leaves = {k: torch.tensor(v, requires_grad=True) for k, v in inputs.items()}
-    y, hT, cT, _, _ = lstm_layer(leaves["x"], leaves["h0"], leaves["c0"], leaves["W"], leaves["U"], leaves["b"],
-                                 leaves.get("R"), reverse)
+    y, hT, cT, *_ = lstm_layer(leaves["x"], leaves["h0"], leaves["c0"], leaves["W"], leaves["U"], leaves["b"],
+                               leaves.get("R"), reverse)
     dy, dhT, dcT = (torch.tensor(upstream[k]) for k in ("dy", "dhT", "dcT"))
     ((y * dy).sum() + (hT * dhT).sum() + (cT * dcT).sum()).backward()
     return y, hT, cT, {GRAD_NAMES[k]: v.grad for k, v in leaves.items()}

@@ -21,18 +21,19 @@ from lstmkit.reference import check_bptt, lstm_backward, lstm_forward, random_ls
 from lstmkit.stream import LSTMStream
 
 GRAD_NAMES = {**GRAD_NAMES, "peephole": "dpeephole", "ln_x": "dln_x", "ln_h": "dln_h", "ln_c": "dln_c"}
-# (peephole, coupled_gates, cell_clip, layer_norm): each feature alone, then together. The C kernel and the op
-# compute the first four (FUSED); layer normalisation runs on the torch backend.
-# The fifth and sixth fields are the rates of the recurrent dropout (a fixed mask per sequence) and of zoneout
-# (Bernoulli masks on h and c at every step); both run on the torch backend only.
+# (peephole, coupled_gates, cell_clip, layer_norm, recurrent_dropout, zoneout): each feature alone, then together;
+# the last two are the rates of the recurrent dropout (a fixed mask per sequence) and of zoneout (Bernoulli masks on
+# h and c at every step). The C kernel and the op compute every feature but layer normalisation (FUSED), which runs
+# on the torch backend.
 VARIANTS = [(True, False, 0.0, False, 0.0, 0.0), (False, True, 0.0, False, 0.0, 0.0),
             (False, False, 0.7, False, 0.0, 0.0), (True, True, 0.9, False, 0.0, 0.0),
             (False, False, 0.0, True, 0.0, 0.0), (True, True, 0.9, True, 0.0, 0.0),
             (False, False, 0.0, False, 0.4, 0.0), (False, False, 0.0, False, 0.0, 0.4),
-            (True, True, 0.9, True, 0.4, 0.4)]
-VARIANT_IDS = ["peephole", "cifg", "clip", "all-fused", "layer_norm", "ln-all", "recurrent_dropout", "zoneout", "all"]
+            (True, True, 0.9, False, 0.4, 0.4), (True, True, 0.9, True, 0.4, 0.4)]
+VARIANT_IDS = ["peephole", "cifg", "clip", "cell-fused", "layer_norm", "ln-all", "recurrent_dropout", "zoneout",
+               "all-fused", "all"]
 ZONEOUT = ("zoneout_h", "zoneout_c")  # the masks [T, B, *] of the oracle's inputs
-FUSED = VARIANTS[:4]
+FUSED = [v for v in VARIANTS if not v[3]]
 LAYERS = {"torch": lstm_torch.lstm_layer, "cpu": lstm_cpu.lstm_layer, "op": lstm_op.layer}
 
 
@@ -101,9 +102,8 @@ def run_layer(layer_fn, inputs, upstream, options, batch_sizes, reverse):
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_every_path_computes_the_variants_as_the_oracle(path, variant, reverse):
     """float64, full-length batches, with and without a projection: outputs, states and every gradient."""
-    if path == "op" and (variant[3] or variant[4] or variant[5]):
-        pytest.skip("the op takes no layer normalisation, recurrent dropout or zoneout (lstm_op.SUPPORTS): dispatch "
-                    "runs them on 'torch'")
+    if path == "op" and variant[3]:
+        pytest.skip("the op takes no layer normalisation (lstm_op.SUPPORTS): dispatch runs it on 'torch'")
     for k, (T, B, I, H, P) in enumerate([(6, 3, 4, 5, None), (5, 2, 3, 6, 3), (1, 1, 2, 1 + variant[3], None)]):
         inputs, upstream, options = problem(100 * k + 7 * reverse + len(path), T, B, I, H, P, variant)
         flip = (lambda a: a[::-1].copy()) if reverse else (lambda a: a)
@@ -317,25 +317,40 @@ needs_kernel = pytest.mark.skipif(not lstm_cpu.available(), reason=f"C kernel no
 
 
 def float32_run(layer_fn, args: dict, options: dict, sizes, reverse: bool, upstream: tuple) -> tuple:
-    """One layer on float32 leaves; outputs and every gradient under the given upstream gradients."""
+    """One layer on float32 leaves; outputs and every gradient under the given upstream gradients. options: the
+    cell's other fields (coupled_gates, cell_clip, and the constant masks h_mask, zoneout_h, zoneout_c)."""
     leaves = {k: v.clone().requires_grad_(True) for k, v in args.items() if v is not None}
     cell = Cell(leaves["W"], leaves["U"], leaves.get("b"), leaves.get("R"), leaves.get("peephole"), **options)
+    if layer_fn is not lstm_torch.lstm_layer:  # a fused path that fell back to the torch backend would test nothing
+        assert lstm_cpu.supports(leaves["x"], cell), cell.features
     y, hT, cT = layer_fn(leaves["x"], sizes, leaves["h0"], leaves["c0"], cell, reverse=reverse)
     ((y * upstream[0]).sum() + (hT * upstream[1]).sum() + (cT * upstream[2]).sum()).backward()
     return (y, hT, cT), {GRAD_NAMES[k]: v.grad for k, v in leaves.items()}
 
 
+def zoneout_of(rng: random.Random, rate: float, rows: int, width: int, g: torch.Generator, other: bool):
+    """A zoneout of a layer's rows: a Bernoulli(rate) mask [rows, width] (training) or the rate (evaluation), or
+    None (then `other`, the other zoneout, is on)."""
+    kind = rng.choice(["mask", "rate"] + (["none"] if other else []))
+    if kind == "mask":
+        return (torch.rand(rows, width, generator=g) < rate).float()
+    return rate if kind == "rate" else None
+
+
 @needs_kernel
-@pytest.mark.parametrize("trial", range(12))
+@pytest.mark.parametrize("trial", range(4 * len(FUSED)))
 def test_the_fused_paths_compute_the_variants_as_the_torch_backend(trial):
     """The C kernel (packed rows) and the op (full length, its loops the C kernel's) against the torch backend,
-    float32: random shapes, lengths, directions, projections and features, every gradient."""
+    float32: random shapes, lengths, directions, projections and features (zoneout as masks, as rates or on one of
+    h and c only), every gradient."""
     from conftest import float32_tolerance
 
     rng = random.Random(trial)
-    peephole, coupled, clip, _, _, _ = FUSED[trial % len(FUSED)]
-    B, T, I, H = rng.randint(1, 24), rng.randint(1, 24), rng.randint(1, 12), rng.randint(1, 24)
-    P = rng.choice([None, rng.randint(1, H - 1)]) if H > 1 else None
+    peephole, coupled, clip, _, dropout, zoneout = FUSED[trial % len(FUSED)]
+    # each variant in turn: forward without a projection, reverse with one, forward with one, reverse without
+    reverse, projected = [(False, False), (True, True), (False, True), (True, False)][trial // len(FUSED)]
+    B, T, I, H = rng.randint(1, 24), rng.randint(1, 24), rng.randint(1, 12), rng.randint(1 + projected, 24)
+    P = rng.randint(1, H - 1) if projected else None
     full = trial % 3 == 0  # the op takes full-length batches only
     lengths = [T] * B if full else sorted([T] + [rng.randint(1, T) for _ in range(B - 1)], reverse=True)
     batch_sizes = [sum(1 for n in lengths if n > t) for t in range(T)]
@@ -349,7 +364,11 @@ def test_the_fused_paths_compute_the_variants_as_the_torch_backend(trial):
                 peephole=torch.randn(3, H, generator=g) * 0.5 if peephole else None)
     upstream = (torch.randn(N, Pout, generator=g), torch.randn(B, Pout, generator=g), torch.randn(B, H, generator=g))
     options = {"coupled_gates": coupled, "cell_clip": clip}
-    reverse = rng.random() < 0.5
+    if dropout:
+        options["h_mask"] = (torch.rand(B, Pout, generator=g) >= dropout) / (1.0 - dropout)
+    if zoneout:
+        options["zoneout_h"] = zoneout_of(rng, zoneout, N, Pout, g, other=True)
+        options["zoneout_c"] = zoneout_of(rng, zoneout, N, H, g, other=options["zoneout_h"] is not None)
     expected = float32_run(lstm_torch.lstm_layer, args, options, batch_sizes, reverse, upstream)
     fused = {"cpu": float32_run(lstm_cpu.lstm_layer, args, options, batch_sizes, reverse, upstream)}
     if full:
@@ -507,6 +526,52 @@ def test_zoneout_masks_in_training_and_its_expectation_in_eval():
     assert_close(h_n[0], finals[0][0], "eval h_n of layer 0")
     stream = LSTMStream(lstm, batch_size=B)
     assert_close(stream.steps(x), y, "streamed (eval) output")
+
+
+def test_dispatch_sends_recurrent_dropout_and_zoneout_to_the_fused_paths():
+    fused = "cpu" if lstm_cpu.available() else "torch"
+    for variant in ({"zoneout_h": 0.2}, {"zoneout_c": 0.3}, {"recurrent_dropout": 0.3, "zoneout_h": 0.1}):
+        lstm = LSTM(4, 8, **variant).train()
+        for packed in (False, True):
+            assert lstm.path_for(8, 10, packed, True) == fused, (variant, packed)
+        assert LSTM(4, 8, backend="op", **variant).train().path_for(8, 10, False, True) == "op"
+    with paths_pinned("vendor"):  # recurrent dropout is off in eval: the standard cell, torch's kernel again
+        assert LSTM(4, 8, recurrent_dropout=0.3).eval().path_for(8, 10, False, True) == "vendor"
+        assert LSTM(4, 8, zoneout_c=0.3).eval().path_for(8, 10, False, True) == fused  # eval: the expectation
+
+
+def test_a_masked_variant_compiles_and_exports_as_one_op_node_per_layer():
+    """recurrent dropout and zoneout through the op: torch.compile(fullgraph=True) of a training call (the masks
+    the module draws under a seed, the same as eager's), torch.export of the eval model (zoneout's rates), and
+    opcheck of the op's mask and rate arguments."""
+    torch.manual_seed(9)
+    model = LSTM(4, 6, 2, batch_first=True, recurrent_dropout=0.3, zoneout_h=0.2, zoneout_c=0.4, peephole=True,
+                 backend="op").train()
+    x, longer = torch.randn(3, 9, 4), torch.randn(3, 23, 4)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    torch.manual_seed(1)
+    y = compiled(x)[0]
+    y.square().sum().backward()
+    grad = model.weight_hh_l0.grad.clone()
+    model.zero_grad()
+    torch.manual_seed(1)
+    eager = model(x)[0]
+    eager.square().sum().backward()
+    assert_close(y, eager, "compiled training output (the seed's masks)", dtype=torch.float32)
+    assert_close(grad, model.weight_hh_l0.grad, "compiled dU", dtype=torch.float32)
+    model.eval()
+    exported = torch.export.export(model, (x,), dynamic_shapes=({1: torch.export.Dim("T", min=2, max=512)},))
+    nodes = [node.target for node in exported.graph.nodes if node.op == "call_function"]
+    assert nodes.count(torch.ops.lstmkit.lstm_layer.default) == 2
+    assert_close(exported.module()(longer)[0], model(longer)[0], "exported, another T", dtype=torch.float32)
+    T, B, I, H = 3, 2, 4, 5
+    for zoneout_h, rate_h, zoneout_c, rate_c in ((torch.rand(T * B, H).round(), 0.0, None, 0.3),
+                                                 (None, 0.2, torch.rand(T * B, H).round(), 0.0)):
+        args = (torch.randn(T, B, I, requires_grad=True), torch.randn(B, H, requires_grad=True),
+                torch.randn(B, H, requires_grad=True), torch.randn(4 * H, I, requires_grad=True),
+                torch.randn(4 * H, H, requires_grad=True), torch.randn(4 * H, requires_grad=True), None, True, None,
+                False, 0.0, torch.rand(B, H).round() * 2, zoneout_h, rate_h, zoneout_c, rate_c)
+        torch.library.opcheck(lstm_op.lstm_layer, args)
 
 
 def test_a_fused_variant_compiles_and_exports_as_one_op_node_per_layer():

@@ -1,8 +1,9 @@
 """The fused CPU LSTM layer (`backend="cpu"`): a small plain-C time loop (`csrc/lstm_cpu.c`) around MKL.
 
 Same signature as `lstm_torch.lstm_layer` (packed rows, reverse, projection, initial states, one `Cell`), for
-the standard cell and its variants (peepholes, coupled gates, cell clip: elementwise terms in the C row functions,
-`SUPPORTS`). What runs where:
+the standard cell and its variants (`SUPPORTS`: peepholes, coupled gates, cell clip and zoneout of c, elementwise
+terms in the C row functions; recurrent dropout and zoneout of h, terms of the C time loop on rows of h). What runs
+where:
   torch, before the loop  the input projection W x_t of every step: one GEMM (the loop adds b)
   C, per step             a_t += U h_{t-1} (one MKL GEMM on U packed once), then every gate, the cell and
                           h_t in one vectorised pass over the row; h_t = R h_t with a projection
@@ -158,10 +159,10 @@ def load_seconds() -> float:
     return float(_state["seconds"])  # type: ignore[arg-type]
 
 
-# The variant features (`Cell.features`) the C row functions compute; a cell with any other runs on lstm_torch.
+# The variant features (`Cell.features`) the C kernel computes; a cell with any other runs on lstm_torch.
 # Layer normalisation is not among them: its three row reductions per step would need the C rows' own mean and
 # variance passes and a backward with saved statistics; it runs on the torch backend.
-SUPPORTS: frozenset[str] = frozenset({"peephole", "coupled_gates", "cell_clip"})
+SUPPORTS: frozenset[str] = frozenset({"peephole", "coupled_gates", "cell_clip", "recurrent_dropout", "zoneout"})
 assert set(FEATURES) >= SUPPORTS
 
 
@@ -181,6 +182,29 @@ def supports(x: Tensor, cell: Cell) -> bool:
 
 def _ptr(t: Tensor | None) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr() if t is not None else None)
+
+
+def _masks(h_mask: Tensor | None, zoneout_h: Tensor | float | None, zoneout_c: Tensor | float | None,
+           rows: tuple[int, int, int, int]) -> tuple:
+    """The C arguments of recurrent dropout and zoneout (`Cell.h_mask`, `zoneout_h`, `zoneout_c`): (h_mask, zh mask,
+    zh rate, zc mask, zc rate, the tensors to hold), a zoneout given as a mask [N, *] (training) or a rate (eval).
+    rows: (B, N, P, H), for the shape checks that must come before any pointer reaches C."""
+    B, N, P, H = rows
+    expected = {"h_mask": (B, P), "zoneout_h": (N, P), "zoneout_c": (N, H)}
+    held, args = [], []
+    for name, value in (("h_mask", h_mask), ("zoneout_h", zoneout_h), ("zoneout_c", zoneout_c)):
+        if isinstance(value, Tensor):
+            if tuple(value.shape) != expected[name] or value.dtype != torch.float32 or value.device.type != "cpu":
+                raise ValueError(f"lstmkit C kernel: {name} is a {value.dtype} {tuple(value.shape)} on {value.device}, "
+                                 f"expected float32 {list(expected[name])} on the CPU")
+            value = value.detach().contiguous()
+            held.append(value)
+            args.append(_ptr(value))
+        else:
+            args.append(_ptr(None))
+        if name != "h_mask":
+            args.append(ctypes.c_float(0.0 if value is None or isinstance(value, Tensor) else float(value)))
+    return (*args, held)
 
 
 def _plan(batch_sizes: list[int]) -> tuple[Tensor, Tensor, int, Tensor]:
@@ -233,13 +257,16 @@ def _check(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Ten
 
 def forward(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Tensor, R: Tensor | None,
             reverse: bool, keep_for_backward: bool, keep_inputs: bool = True, bias: Tensor | None = None,
-            peephole: Tensor | None = None, coupled_gates: bool = False, cell_clip: float = 0.0
-            ) -> dict[str, Tensor]:
+            peephole: Tensor | None = None, coupled_gates: bool = False, cell_clip: float = 0.0,
+            h_mask: Tensor | None = None, zoneout_h: Tensor | float | None = None,
+            zoneout_c: Tensor | float | None = None) -> dict[str, Tensor]:
     """Run the time loop. gates: [N, GH] input projection W x, to which the loop adds `bias` [GH] (if any);
-    peephole [3, H], coupled_gates, cell_clip: the cell's variant features (`Cell`).
+    peephole [3, H], coupled_gates, cell_clip, h_mask [B, P], zoneout_h [N, P] | rate, zoneout_c [N, H] | rate: the
+    cell's variant features (`Cell`).
 
     Returns y [N, P], h_T, c_T and, with keep_for_backward, what BPTT needs: the activated gates (written
-    over `gates`), cells [N, H], h_prev [N, P] (each row's h_{t-1}) and, with a projection, m [N, H]
+    over `gates`), cells [N, H] (c~_t, before zoneout), with zoneout of c states [N, H] (c_t after it),
+    h_prev [N, P] (each row's h_{t-1}, times h_mask under recurrent dropout) and, with a projection, m [N, H]
     (o tanh c before it); h_prev and m only with keep_inputs (the op rebuilds them from y)."""
     lib = _load()
     assert lib is not None, "call supports() first"
@@ -250,9 +277,11 @@ def forward(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Te
         raise ValueError(f"lstmkit C kernel: bias is {tuple(bias.shape)}, expected [{gates.shape[1]}]")
     N, G = gates.shape
     H, P = G // blocks, h0.shape[1]
+    *variant, held = _masks(h_mask, zoneout_h, zoneout_c, (batch_sizes[0], N, P, H))
     sizes, offsets, threads, splits = _plan(batch_sizes)
     out = {
         "y": gates.new_empty(N, P), "cells": gates.new_empty(N, H) if keep_for_backward else None,
+        "states": gates.new_empty(N, H) if keep_for_backward and zoneout_c is not None else None,
         "h": h0.contiguous().clone(), "c": c0.contiguous().clone(),
         "h_prev": gates.new_empty(N, P) if keep_for_backward and keep_inputs else None,
         "m": gates.new_empty(N, H) if keep_for_backward and keep_inputs and R is not None else None,
@@ -263,8 +292,9 @@ def forward(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Te
     peephole = peephole.detach().contiguous() if peephole is not None else None
     status = lib.lk_forward(len(batch_sizes), H, P, int(reverse), _ptr(sizes), _ptr(offsets), threads, _ptr(splits),
                             _ptr(U), _ptr(R), _ptr(bias), int(coupled_gates), ctypes.c_float(cell_clip),
-                            _ptr(peephole), _ptr(gates), _ptr(out["cells"]), _ptr(out["y"]),
-                            _ptr(out["h_prev"]), _ptr(out["m"]), _ptr(out["h"]), _ptr(out["c"]))
+                            _ptr(peephole), *variant, _ptr(gates), _ptr(out["cells"]), _ptr(out["states"]),
+                            _ptr(out["y"]), _ptr(out["h_prev"]), _ptr(out["m"]), _ptr(out["h"]), _ptr(out["c"]))
+    del held  # the masks' contiguous copies, alive until here
     if status != 0:
         raise MemoryError("lstmkit's C kernel could not allocate its packed weights; use backend='torch'")
     return out
@@ -272,9 +302,11 @@ def forward(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Te
 
 def backward(dy: Tensor, dh_T: Tensor, dc_T: Tensor, batch_sizes: list[int], c0: Tensor, U: Tensor,
              R: Tensor | None, gates: Tensor, cells: Tensor, reverse: bool, peephole: Tensor | None = None,
-             coupled_gates: bool = False, cell_clip: float = 0.0) -> dict[str, Tensor]:
-    """BPTT's time loop: dz [N, GH] (pre-activation gradients), dh0, dc0, with R dh [N, P], and with peepholes
-    dpeephole [3, H]."""
+             coupled_gates: bool = False, cell_clip: float = 0.0, h_mask: Tensor | None = None,
+             zoneout_h: Tensor | float | None = None, zoneout_c: Tensor | float | None = None,
+             states: Tensor | None = None) -> dict[str, Tensor]:
+    """BPTT's time loop: dz [N, GH] (pre-activation gradients), dh0, dc0, with R dh [N, P] (dL/dh~_t, before
+    zoneout), and with peepholes dpeephole [3, H]. states: the forward's (with zoneout of c)."""
     lib = _load()
     assert lib is not None, "call supports() first"
     blocks = 3 if coupled_gates else 4
@@ -283,9 +315,13 @@ def backward(dy: Tensor, dh_T: Tensor, dc_T: Tensor, batch_sizes: list[int], c0:
             dc_T.shape != c0.shape):
         raise ValueError(f"lstmkit C kernel: cells {tuple(cells.shape)}, dy {tuple(dy.shape)} or dc_T "
                          f"{tuple(dc_T.shape)} do not fit gates {tuple(gates.shape)}")
+    if (zoneout_c is not None) != (states is not None) or (states is not None and states.shape != cells.shape):
+        raise ValueError("lstmkit C kernel: zoneout of c needs the forward's states [N, H], and only it")
     gates, cells = gates.contiguous(), cells.contiguous()
+    states = states.contiguous() if states is not None else None
     N, G = gates.shape
     H, P = G // blocks, dh_T.shape[1]
+    *variant, held = _masks(h_mask, zoneout_h, zoneout_c, (batch_sizes[0], N, P, H))
     sizes, offsets, threads, splits = _plan(batch_sizes)
     out = {
         "dz": gates.new_empty(N, G), "dh0": dh_T.contiguous().clone(), "dc0": dc_T.contiguous().clone(),
@@ -297,8 +333,10 @@ def backward(dy: Tensor, dh_T: Tensor, dc_T: Tensor, batch_sizes: list[int], c0:
     U, R, dy, c0 = U.contiguous(), R.contiguous() if R is not None else None, dy.contiguous(), c0.contiguous()
     status = lib.lk_backward(len(batch_sizes), H, P, int(reverse), _ptr(sizes), _ptr(offsets), threads,
                              _ptr(splits), _ptr(U), _ptr(R), int(coupled_gates), ctypes.c_float(cell_clip),
-                             _ptr(peephole), _ptr(per_thread), _ptr(gates), _ptr(cells), _ptr(c0),
-                             _ptr(dy), _ptr(out["dz"]), _ptr(out["dh"]), _ptr(out["dh0"]), _ptr(out["dc0"]))
+                             _ptr(peephole), *variant, _ptr(per_thread), _ptr(gates), _ptr(cells), _ptr(states),
+                             _ptr(c0), _ptr(dy), _ptr(out["dz"]), _ptr(out["dh"]), _ptr(out["dh0"]),
+                             _ptr(out["dc0"]))
+    del held
     if status != 0:
         raise MemoryError("lstmkit's C kernel could not allocate its packed weights; use backend='torch'")
     if per_thread is not None:
@@ -355,31 +393,32 @@ def gemm_choice(autocast: bool) -> str:
 class _FusedLayer(torch.autograd.Function):
     """One layer on the C kernel. x: [N, I] inputs, whose W x_t one GEMM computes; or, with `rows` (and W None),
     x is a table of input projections [K, GH] and step row n reads x[rows[n]] (see `embedded_lstm_layer`).
-    peephole, coupled, clip: the cell's variant features."""
+    peephole, coupled, clip, masks (h_mask, zoneout_h, zoneout_c): the cell's variant features."""
 
     @staticmethod
     def forward(ctx, x, h0, c0, W, U, b, R, peephole, batch_sizes, reverse, rows=None, gemm="mkl", coupled=False,
-                clip=0.0):
+                clip=0.0, masks=(None, None, None)):
         # Every step's W x_t in one GEMM, or gathered from the table; the loop adds b. `gates` is a new tensor
         # either way: the loop writes the activated gates over it. gemm: how the big GEMMs run (`gemm_nt`).
         gates = gemm_nt(x, W, gemm) if rows is None else x.index_select(0, rows)
         keep = any(ctx.needs_input_grad)  # forward runs under no_grad; this says whether backward will come
         out = forward(gates, batch_sizes, h0, c0, U, R, reverse, keep_for_backward=keep, bias=b, peephole=peephole,
-                      coupled_gates=coupled, cell_clip=clip)
-        ctx.save_for_backward(x, h0, c0, W, U, b, R, peephole, gates, out["cells"], out["h_prev"], out["m"], rows)
+                      coupled_gates=coupled, cell_clip=clip, h_mask=masks[0], zoneout_h=masks[1], zoneout_c=masks[2])
+        ctx.save_for_backward(x, h0, c0, W, U, b, R, peephole, gates, out["cells"], out["h_prev"], out["m"], rows,
+                              out["states"])
         ctx.batch_sizes, ctx.reverse, ctx.has_bias, ctx.gemm = batch_sizes, reverse, b is not None, gemm
-        ctx.coupled, ctx.clip = coupled, clip
+        ctx.coupled, ctx.clip, ctx.masks = coupled, clip, masks  # masks: constants, no gradient
         return out["y"], out["h"], out["c"]
 
     @staticmethod
     def backward(ctx, dy, dh_T, dc_T):
-        x, h0, c0, W, U, b, R, peephole, gates, cells, h_prev, m, rows = ctx.saved_tensors
+        x, h0, c0, W, U, b, R, peephole, gates, cells, h_prev, m, rows, states = ctx.saved_tensors
         if torch.is_grad_enabled():
             # create_graph=True (a gradient penalty, double backward): the C loop's gradients are not themselves
             # differentiable, so run the layer again on the portable path and differentiate that, with a graph.
             return _differentiable_backward(ctx, (x, h0, c0, W, U, b, R, peephole), rows, (dy, dh_T, dc_T))
         grads = backward(dy, dh_T, dc_T, ctx.batch_sizes, c0, U, R, gates, cells, ctx.reverse, peephole, ctx.coupled,
-                         ctx.clip)
+                         ctx.clip, *ctx.masks, states=states)
         dz, gemm = grads["dz"], ctx.gemm
         need = ctx.needs_input_grad
         if rows is None:
@@ -391,7 +430,7 @@ class _FusedLayer(torch.autograd.Function):
         db = dz.sum(0) if ctx.has_bias and need[5] else None
         dR = gemm_nt(grads["dh"].t(), m.t(), gemm) if R is not None and need[6] else None
         dp = grads["dpeephole"] if peephole is not None and need[7] else None
-        return dx, grads["dh0"], grads["dc0"], dW, dU, db, dR, dp, None, None, None, None, None, None
+        return dx, grads["dh0"], grads["dc0"], dW, dU, db, dR, dp, None, None, None, None, None, None, None
 
 
 def _differentiable_backward(ctx, inputs: tuple, rows: Tensor | None, upstream: tuple) -> tuple:
@@ -401,11 +440,13 @@ def _differentiable_backward(ctx, inputs: tuple, rows: Tensor | None, upstream: 
     with torch.enable_grad():
         if rows is not None:  # a table of projections: gather the steps' rows; W x is then x itself
             x, W = x.index_select(0, rows), torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
-        cell = Cell(W, U, b, R, peephole, ctx.coupled, ctx.clip)
+        h_mask, zoneout_h, zoneout_c = ctx.masks
+        cell = Cell(W, U, b, R, peephole, ctx.coupled, ctx.clip, h_mask=h_mask, zoneout_h=zoneout_h,
+                    zoneout_c=zoneout_c)
         outputs = lstm_torch.lstm_layer(x, ctx.batch_sizes, h0, c0, cell, reverse=ctx.reverse)
         grads = iter(torch.autograd.grad(outputs, wanted, upstream, create_graph=True, allow_unused=True))
     return (*(next(grads) if n and t is not None else None for t, n in zip(inputs, need, strict=True)),
-            None, None, None, None, None, None)
+            None, None, None, None, None, None, None)
 
 
 def _functorch_active() -> bool:
@@ -435,7 +476,8 @@ def lstm_layer(
     x, h0, c0 = (t.float().contiguous() for t in (x, h0, c0))
     with torch.autocast("cpu", enabled=False):
         y, h, c = _FusedLayer.apply(x, h0, c0, W, U, b, R, cell.peephole, list(batch_sizes), reverse, None, gemm,
-                                    cell.coupled_gates, float(cell.cell_clip))
+                                    cell.coupled_gates, float(cell.cell_clip),
+                                    (cell.h_mask, cell.zoneout_h, cell.zoneout_c))
     low = lstm_torch.autocast_dtype("cpu")
     if low is not None:  # what torch.nn.LSTM returns under autocast, whatever path computed it
         y, h, c = y.to(low), h.to(low), c.to(low)

@@ -14,7 +14,7 @@ and does the weight-gradient GEMMs (dW, dU, dR) and the input gradient once, aft
 
 Sequences are full length ([T, B, I], time-major); `lstmkit.LSTM` sends packed input to the portable backend.
 On the CPU in float32 both time loops are the C kernel's (`lstm_cpu`, for the features it lists in `SUPPORTS`:
-today all of `Cell`'s); elsewhere they are torch ops calling the torch backend's one copy of the equations
+today all of the op's); elsewhere they are torch ops calling the torch backend's one copy of the equations
 (`lstm_torch.cell_forward`, `cell_backward`).
 """
 
@@ -31,97 +31,139 @@ from lstmkit.ops.cell import Cell
 # The variant features the op computes (`Cell.features`). Layer normalisation is not among them: its backward would
 # need the normalised rows and statistics of three LNs per step saved or recomputed, a second BPTT beside the
 # torch backend's autograd; a layer-normalised LSTM runs on "torch" (and is unrolled when torch.compile traces it).
-SUPPORTS = frozenset({"peephole", "coupled_gates", "cell_clip"})
+SUPPORTS = frozenset({"peephole", "coupled_gates", "cell_clip", "recurrent_dropout", "zoneout"})
 
 
 def _flip(t: Tensor, reverse: bool) -> Tensor:
     return t.flip(0) if reverse else t
 
 
+def _zoneout(mask: Tensor | None, rate: float) -> Tensor | float | None:
+    """A `Cell`'s zoneout from the op's two arguments: the mask if given, else the rate (0: none)."""
+    return mask if mask is not None else (rate or None)
+
+
 def _cell(W: Tensor, U: Tensor, b: Tensor | None, R: Tensor | None, peephole: Tensor | None, coupled_gates: bool,
-          cell_clip: float) -> Cell:
-    return Cell(W, U, b, R, peephole, coupled_gates, cell_clip)
+          cell_clip: float, h_mask: Tensor | None = None, zoneout_h: Tensor | float | None = None,
+          zoneout_c: Tensor | float | None = None) -> Cell:
+    return Cell(W, U, b, R, peephole, coupled_gates, cell_clip, h_mask=h_mask, zoneout_h=zoneout_h,
+                zoneout_c=zoneout_c)
+
+
+def _steps(z: Tensor | float | None, T: int, B: int, reverse: bool) -> Tensor | float | None:
+    """A zoneout mask of the layer's rows [T*B, *] as [T, B, *] in processing order (a rate as it is)."""
+    return _flip(z.view(T, B, -1), reverse) if isinstance(z, Tensor) else z
 
 
 @torch.library.custom_op("lstmkit::lstm_layer", mutates_args=())
 def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, W: Tensor, U: Tensor, b: Tensor | None, R: Tensor | None,
-               reverse: bool, peephole: Tensor | None = None, coupled_gates: bool = False, cell_clip: float = 0.0
-               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+               reverse: bool, peephole: Tensor | None = None, coupled_gates: bool = False, cell_clip: float = 0.0,
+               h_mask: Tensor | None = None, zoneout_h: Tensor | None = None, zoneout_h_rate: float = 0.0,
+               zoneout_c: Tensor | None = None, zoneout_c_rate: float = 0.0
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """x [T, B, I], h0 [B, P], c0 [B, H], then the `Cell`'s fields: W [GH, I], U [GH, P], b [GH] (b_ih + b_hh)
-    or None, R [P, H] or None, peephole [3, H] or None, coupled_gates, cell_clip.
+    or None, R [P, H] or None, peephole [3, H] or None, coupled_gates, cell_clip, h_mask [B, P] or None, and each
+    zoneout as a mask of the layer's rows [T*B, *] (time-major, training) or a rate (evaluation; 0: none).
 
-    Returns y [T, B, P], h_T [B, P], c_T [B, H], and what the backward needs: the activated gates [T, B, GH]
-    and the cells [T, B, H], both in processing order (reversed in time when `reverse`)."""
+    Returns y [T, B, P], h_T [B, P], c_T [B, H], and what the backward needs: the activated gates [T, B, GH],
+    the cells c~_t [T, B, H] and with zoneout of c the states c_t [T, B, H] after it (else an empty tensor), all in
+    processing order (reversed in time when `reverse`)."""
     with torch.autocast(x.device.type, enabled=False):  # autocast reaches in here; `out=` GEMMs cannot mix dtypes
-        return _forward(x, h0, c0, _cell(W, U, b, R, peephole, coupled_gates, cell_clip), reverse)
+        cell = _cell(W, U, b, R, peephole, coupled_gates, cell_clip, h_mask, _zoneout(zoneout_h, zoneout_h_rate),
+                     _zoneout(zoneout_c, zoneout_c_rate))
+        return _forward(x, h0, c0, cell, reverse)
 
 
 def _forward(x: Tensor, h0: Tensor, c0: Tensor, cell: Cell, reverse: bool
-             ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+             ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     T, B, _ = x.shape
     H, G = c0.shape[1], cell.W.shape[0]
     W, U, b, R = cell.W, cell.U, cell.b, cell.R
     x = _flip(x, reverse)
+    z_h, z_c = _steps(cell.zoneout_h, T, B, reverse), _steps(cell.zoneout_c, T, B, reverse)
     if lstm_cpu.supports(x, cell):  # float32 on the CPU (autocast is off in here): the C kernel's loop
         xw = x.reshape(T * B, -1) @ W.t()
         out = lstm_cpu.forward(xw, [B] * T, h0, c0, U, R, reverse=False, keep_for_backward=True, keep_inputs=False,
                                bias=b, peephole=cell.peephole, coupled_gates=cell.coupled_gates,
-                               cell_clip=cell.cell_clip)
+                               cell_clip=cell.cell_clip, h_mask=cell.h_mask, zoneout_h=_rows(z_h), zoneout_c=_rows(z_c))
+        states = out["states"].view(T, B, H) if out["states"] is not None else xw.new_empty(0)
         return (_flip(out["y"].view(T, B, -1), reverse), out["h"], out["c"], xw.view(T, B, G),
-                out["cells"].view(T, B, H))
+                out["cells"].view(T, B, H), states)
     xw = (torch.addmm(b, x.reshape(T * B, -1), W.t()) if b is not None else x.reshape(T * B, -1) @ W.t())
     xw = xw.view(T, B, G)  # input projection of every step, one GEMM
     if _triton_runs(x, cell):  # CUDA: each step one Triton kernel, the gates the recurrent GEMM's epilogue
         from lstmkit.ops import lstm_triton
 
         y, h_T, c_T, gates, cells = lstm_triton.forward_loop(xw, h0, c0, U, R)
-        return _flip(y, reverse), h_T, c_T, gates, cells
+        return _flip(y, reverse), h_T, c_T, gates, cells, cells.new_empty(0)  # no zoneout: no separate states
     gates = torch.empty_like(xw)
     cells = torch.empty(T, B, H, dtype=x.dtype, device=x.device)
+    states = torch.empty_like(cells) if z_c is not None else cells.new_empty(0)
     y = torch.empty(T, B, h0.shape[1], dtype=x.dtype, device=x.device)
     h, c = h0, c0
     for t in range(T):
-        a = torch.addmm(xw[t], h, U.t())  # the gates' pre-activations, one GEMM
-        i, f, g, o, c, m = lstm_torch.cell_forward(a, c, cell)
+        a = lstm_torch.preactivation(xw[t], h, cell)  # the gates' pre-activations, one GEMM (U (h * m))
+        i, f, g, o, c_new, m = lstm_torch.cell_forward(a, c, cell)
         gates[t] = lstm_torch.activated_gates(i, f, g, o, cell)
-        cells[t] = c
-        h = m if R is None else torch.mm(m, R.t())  # then the projection, if any
+        cells[t] = c_new
+        h_new = m if R is None else torch.mm(m, R.t())  # then the projection, if any
+        h, c = lstm_torch.zone_out(h_new, h, _at(z_h, t)), lstm_torch.zone_out(c_new, c, _at(z_c, t))
+        if z_c is not None:
+            states[t] = c
         y[t] = h
-    return _flip(y, reverse), h.clone(), c.clone(), gates, cells
+    return _flip(y, reverse), h.clone(), c.clone(), gates, cells, states
+
+
+def _at(z: Tensor | float | None, t: int) -> Tensor | float | None:
+    return z[t] if isinstance(z, Tensor) else z
+
+
+def _rows(z: Tensor | float | None) -> Tensor | float | None:
+    """[T, B, *] steps as the C kernel's rows [T*B, *] (a rate as it is)."""
+    return z.reshape(-1, z.shape[-1]) if isinstance(z, Tensor) else z
 
 
 @lstm_layer.register_fake
-def _(x, h0, c0, W, U, b, R, reverse, peephole=None, coupled_gates=False, cell_clip=0.0):
+def _(x, h0, c0, W, U, b, R, reverse, peephole=None, coupled_gates=False, cell_clip=0.0, h_mask=None,
+      zoneout_h=None, zoneout_h_rate=0.0, zoneout_c=None, zoneout_c_rate=0.0):
     T, B, _ = x.shape
     H = c0.shape[1]
+    states = x.new_empty(T, B, H) if zoneout_c is not None or zoneout_c_rate else x.new_empty(0)
     return (x.new_empty(T, B, h0.shape[1]), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
-            x.new_empty(T, B, W.shape[0]), x.new_empty(T, B, H))
+            x.new_empty(T, B, W.shape[0]), x.new_empty(T, B, H), states)
 
 
 @torch.library.custom_op("lstmkit::lstm_layer_backward", mutates_args=())
 def lstm_layer_backward(dy: Tensor, dh_T: Tensor, dc_T: Tensor, x: Tensor, h0: Tensor, c0: Tensor, W: Tensor,
                         U: Tensor, R: Tensor | None, y: Tensor, gates: Tensor, cells: Tensor, reverse: bool,
                         has_bias: bool, peephole: Tensor | None = None, coupled_gates: bool = False,
-                        cell_clip: float = 0.0
+                        cell_clip: float = 0.0, h_mask: Tensor | None = None, zoneout_h: Tensor | None = None,
+                        zoneout_h_rate: float = 0.0, zoneout_c: Tensor | None = None, zoneout_c_rate: float = 0.0,
+                        states: Tensor | None = None
                         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """BPTT of `lstm_layer`: (dx, dh0, dc0, dW, dU, db, dR, dpeephole); db is empty without a bias, dR without R,
-    dpeephole without peepholes."""
+    dpeephole without peepholes. states: the forward's (with zoneout of c)."""
     with torch.autocast(x.device.type, enabled=False):
-        cell = _cell(W, U, None, R, peephole, coupled_gates, cell_clip)
-        return _backward_impl(dy, dh_T, dc_T, x, h0, c0, cell, y, gates, cells, reverse, has_bias)
+        cell = _cell(W, U, None, R, peephole, coupled_gates, cell_clip, h_mask, _zoneout(zoneout_h, zoneout_h_rate),
+                     _zoneout(zoneout_c, zoneout_c_rate))
+        return _backward_impl(dy, dh_T, dc_T, x, h0, c0, cell, y, gates, cells, states, reverse, has_bias)
 
 
 def _backward_impl(dy: Tensor, dh_T: Tensor, dc_T: Tensor, x: Tensor, h0: Tensor, c0: Tensor, cell: Cell, y: Tensor,
-                   gates: Tensor, cells: Tensor, reverse: bool, has_bias: bool
+                   gates: Tensor, cells: Tensor, states: Tensor | None, reverse: bool, has_bias: bool
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     T, B, _ = x.shape
     H, G, R = c0.shape[1], cell.W.shape[0], cell.R
     x, y, dy = _flip(x, reverse), _flip(y, reverse), _flip(dy, reverse)
+    z_h, z_c = _steps(cell.zoneout_h, T, B, reverse), _steps(cell.zoneout_c, T, B, reverse)
+    states = states if z_c is not None else None
     dp = None
     if lstm_cpu.supports(x, cell):  # float32 on the CPU, as in the forward: the C kernel's loop
         out = lstm_cpu.backward(dy.reshape(T * B, -1), dh_T, dc_T, [B] * T, c0, cell.U, R, gates.view(T * B, G),
                                 cells.view(T * B, H), reverse=False, peephole=cell.peephole,
-                                coupled_gates=cell.coupled_gates, cell_clip=cell.cell_clip)
+                                coupled_gates=cell.coupled_gates, cell_clip=cell.cell_clip, h_mask=cell.h_mask,
+                                zoneout_h=_rows(z_h), zoneout_c=_rows(z_c),
+                                states=states.view(T * B, H) if states is not None else None)
         dz, dh_next, dc_next, dp = out["dz"].view(T, B, G), out["dh0"], out["dc0"], out.get("dpeephole")
         dh_total = out["dh"].view(T, B, -1) if R is not None else None
     elif _triton_runs(x, cell):
@@ -129,7 +171,7 @@ def _backward_impl(dy: Tensor, dh_T: Tensor, dc_T: Tensor, x: Tensor, h0: Tensor
 
         dz, dh_total, dh_next, dc_next = lstm_triton.backward_loop(dy, dh_T, dc_T, c0, cell.U, R, gates, cells)
     else:
-        dz, dh_total, dh_next, dc_next, dp = _bptt_loop(dy, dh_T, dc_T, c0, cell, gates, cells)
+        dz, dh_total, dh_next, dc_next, dp = _bptt_loop(dy, dh_T, dc_T, c0, cell, gates, cells, states, (z_h, z_c))
     return _weight_gradients(dz, dh_total, dh_next, dc_next, dp, x, h0, cell, y, gates, cells, reverse, has_bias)
 
 
@@ -143,25 +185,39 @@ def _triton_runs(x: Tensor, cell: Cell) -> bool:
     return lstm_triton.runs(x, cell)
 
 
-def _bptt_loop(dy: Tensor, dh_T: Tensor, dc_T: Tensor, c0: Tensor, cell: Cell, gates: Tensor, cells: Tensor
-               ) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor | None]:
-    """BPTT's time loop in torch ops (any device and dtype): dz, dL/dh_t with a projection, dh0, dc0, dpeephole."""
+def _bptt_loop(dy: Tensor, dh_T: Tensor, dc_T: Tensor, c0: Tensor, cell: Cell, gates: Tensor, cells: Tensor,
+               states: Tensor | None, zoneout: tuple) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor | None]:
+    """BPTT's time loop in torch ops (any device and dtype): dz, dL/dh~_t with a projection, dh0, dc0, dpeephole.
+    states: c_t after zoneout of c (else None: cells); zoneout: (z^h, z^c) [T, B, *] in processing order, rates or
+    None."""
     T = gates.shape[0]
     U, R = cell.U, cell.R
+    z_h, z_c = zoneout
+    c_states = states if states is not None else cells
     dz = torch.empty_like(gates)  # gradients of the pre-activations, per step
-    dh_total = torch.empty_like(dy) if R is not None else None  # dL/dh_t (projected), for dR after the loop
+    dh_total = torch.empty_like(dy) if R is not None else None  # dL/dh~_t (projected), for dR after the loop
     dp = torch.zeros_like(cell.peephole) if cell.peephole is not None else None
     dh_next, dc_next = dh_T, dc_T
     for t in range(T - 1, -1, -1):
         dh = dy[t] + dh_next
+        zh, zc = _at(z_h, t), _at(z_c, t)
+        # zoneout: z dh, z dc reach h_{t-1}, c_{t-1} directly; (1 - z) of each reaches h~_t, c~_t
+        dh_kept, dh = (dh * zh, dh * (1 - zh)) if zh is not None else (None, dh)
+        dc_kept, dc_next = (dc_next * zc, dc_next * (1 - zc)) if zc is not None else (None, dc_next)
         if R is not None:
             dh_total[t] = dh
             dh = dh @ R  # back through the projection: [B, H]
-        c_prev = cells[t - 1] if t > 0 else c0
+        c_prev = c_states[t - 1] if t > 0 else c0
         dz[t], dc_next, dp_t = lstm_torch.cell_backward(dh, dc_next, gates[t], cells[t], c_prev, cell)
         if dp is not None:
             dp += dp_t
         dh_next = dz[t] @ U  # [B, P]
+        if cell.h_mask is not None:  # recurrent dropout: U saw h_{t-1} * m
+            dh_next = dh_next * cell.h_mask
+        if dc_kept is not None:
+            dc_next = dc_next + dc_kept
+        if dh_kept is not None:
+            dh_next = dh_next + dh_kept
     return dz, dh_total, dh_next, dc_next, dp
 
 
@@ -175,6 +231,8 @@ def _weight_gradients(dz: Tensor, dh_total: Tensor | None, dh0: Tensor, dc0: Ten
     dx = (dz_rows @ cell.W).view(T, B, -1)
     dW = dz_rows.t() @ x.reshape(T * B, -1)
     h_prev = torch.cat([h0[None], y[:-1]]).view(T * B, -1)  # h_{t-1} of every step
+    if cell.h_mask is not None:  # what U saw: h_{t-1} * m, the same m at every step
+        h_prev = (h_prev.view(T, B, -1) * cell.h_mask).view(T * B, -1)
     dU = dz_rows.t() @ h_prev
     db = dz_rows.sum(0) if has_bias else dz_rows.new_empty(0)
     if cell.R is not None:
@@ -188,7 +246,8 @@ def _weight_gradients(dz: Tensor, dh_total: Tensor | None, dh0: Tensor, dc0: Ten
 
 @lstm_layer_backward.register_fake
 def _(dy, dh_T, dc_T, x, h0, c0, W, U, R, y, gates, cells, reverse, has_bias, peephole=None, coupled_gates=False,
-      cell_clip=0.0):
+      cell_clip=0.0, h_mask=None, zoneout_h=None, zoneout_h_rate=0.0, zoneout_c=None, zoneout_c_rate=0.0,
+      states=None):
     db = W.new_empty(W.shape[0]) if has_bias else W.new_empty(0)
     dR = R.new_empty(R.shape) if R is not None else W.new_empty(0)
     dp = peephole.new_empty(peephole.shape) if peephole is not None else W.new_empty(0)
@@ -197,23 +256,26 @@ def _(dy, dh_T, dc_T, x, h0, c0, W, U, R, y, gates, cells, reverse, has_bias, pe
 
 
 def _setup_context(ctx, inputs, output):
-    x, h0, c0, W, U, b, R, reverse, peephole, coupled_gates, cell_clip = inputs
-    y, _, _, gates, cells = output
-    ctx.save_for_backward(x, h0, c0, W, U, R, y, gates, cells, peephole)
+    (x, h0, c0, W, U, b, R, reverse, peephole, coupled_gates, cell_clip, h_mask, zoneout_h, zoneout_h_rate,
+     zoneout_c, zoneout_c_rate) = inputs
+    y, _, _, gates, cells, states = output
+    ctx.save_for_backward(x, h0, c0, W, U, R, y, gates, cells, peephole, h_mask, zoneout_h, zoneout_c, states)
     ctx.reverse, ctx.has_bias, ctx.coupled_gates, ctx.cell_clip = reverse, b is not None, coupled_gates, cell_clip
+    ctx.rates = (zoneout_h_rate, zoneout_c_rate)
 
 
-def _backward(ctx, dy, dh_T, dc_T, _dgates, _dcells):
-    x, h0, c0, W, U, R, y, gates, cells, peephole = ctx.saved_tensors
+def _backward(ctx, dy, dh_T, dc_T, _dgates, _dcells, _dstates):
+    x, h0, c0, W, U, R, y, gates, cells, peephole, h_mask, zoneout_h, zoneout_c, states = ctx.saved_tensors
     zeros = torch.zeros_like
     dy = dy if dy is not None else zeros(y)
     dh_T = dh_T if dh_T is not None else zeros(h0)
     dc_T = dc_T if dc_T is not None else zeros(c0)
     dx, dh0, dc0, dW, dU, db, dR, dp = lstm_layer_backward(dy, dh_T, dc_T, x, h0, c0, W, U, R, y, gates, cells,
                                                            ctx.reverse, ctx.has_bias, peephole, ctx.coupled_gates,
-                                                           ctx.cell_clip)
+                                                           ctx.cell_clip, h_mask, zoneout_h, ctx.rates[0], zoneout_c,
+                                                           ctx.rates[1], states)
     return (dx, dh0, dc0, dW, dU, db if ctx.has_bias else None, dR if R is not None else None, None,
-            dp if peephole is not None else None, None, None)
+            dp if peephole is not None else None, None, None, None, None, None, None, None)
 
 
 torch.library.register_autograd("lstmkit::lstm_layer", _backward, setup_context=_setup_context)
@@ -229,6 +291,8 @@ def layer(x: Tensor, steps: tuple[int, int], h0: Tensor, c0: Tensor, cell: Cell,
                          "run this cell on backend='torch'")
     # bf16 input or states under autocast: the op computes in the weights' dtype (as "torch" does).
     x, h0, c0 = (t if t.dtype == cell.W.dtype else t.to(cell.W.dtype) for t in (x, h0, c0))
-    y, h_T, c_T, _, _ = lstm_layer(x.reshape(T, B, -1), h0, c0, cell.W, cell.U, cell.b, cell.R, reverse,
-                                   cell.peephole, cell.coupled_gates, float(cell.cell_clip))
+    zoneout = [(z, 0.0) if isinstance(z, Tensor) else (None, float(z or 0.0)) for z in (cell.zoneout_h, cell.zoneout_c)]
+    y, h_T, c_T, _, _, _ = lstm_layer(x.reshape(T, B, -1), h0, c0, cell.W, cell.U, cell.b, cell.R, reverse,
+                                      cell.peephole, cell.coupled_gates, float(cell.cell_clip), cell.h_mask,
+                                      *zoneout[0], *zoneout[1])
     return y.view(T * B, -1), h_T, c_T

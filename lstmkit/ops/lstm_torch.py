@@ -135,10 +135,14 @@ def lstm_step(xw_t: Tensor, h: Tensor, c: Tensor, cell: Cell, zoneout: tuple = (
     i, f, g, o, c_new, h_new = cell_forward(a, c, cell)
     if cell.R is not None:
         h_new = h_new @ cell.R.t()
-    z_h, z_c = zoneout  # z = 1: the unit keeps its previous value (Krueger et al. 2016)
-    h_new = h_new if z_h is None else torch.lerp(h_new, h, z_h)
-    c_new = c_new if z_c is None else torch.lerp(c_new, c, z_c)
-    return h_new, c_new, (i, f, g, o)
+    z_h, z_c = zoneout
+    return zone_out(h_new, h, z_h), zone_out(c_new, c, z_c), (i, f, g, o)
+
+
+def zone_out(new: Tensor, prev: Tensor, z: Tensor | float | None) -> Tensor:
+    """Zoneout (Krueger et al. 2016) of one step: z * prev + (1 - z) * new; z = 1 keeps the previous value, a mask
+    in training or the rate (its expectation) in evaluation; None: new."""
+    return new if z is None else torch.lerp(new, prev, z)
 
 
 def _zoneout_steps(z: Tensor | float | None, batch_sizes: list[int]) -> list:

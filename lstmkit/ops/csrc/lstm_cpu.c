@@ -12,7 +12,9 @@
  *   backward, per step:   dz_t from the saved gates and cells, then dh_{t-1} = U^T dz_t
  * Variants (lstmkit/ops/cell.py; equations in lstmkit/reference/lstm_numpy.py) run in the same passes, as
  * `forward_row_variant` / `backward_row_variant`: peepholes (p = [p_i | p_f | p_o]), the coupled input-forget
- * gate (three gate blocks i, g, o; f = 1 - i) and the cell clip; the standard cell keeps its own loops.
+ * gate (three gate blocks i, g, o; f = 1 - i), the cell clip and zoneout of c; the standard cell keeps its own
+ * loops. Recurrent dropout (h_{t-1} * m before U, and m on dh_{t-1}) and zoneout of h (h_t mixed with h_{t-1})
+ * are terms of the time loop around the GEMMs, so a cell with only those runs the standard rows.
  * The input projection W x_t of every step comes in precomputed (one big GEMM in torch; the loop adds b),
  * and the weight gradients (dW, dU, dR, db) are big GEMMs in torch after the loop.
  *
@@ -45,7 +47,7 @@ static pack_fn blas_pack;
 static compute_fn blas_compute;
 static set_threads_local_fn blas_set_threads_local;
 
-int lk_version(void) { return 2; }
+int lk_version(void) { return 3; }
 
 void lk_init(void *pack_get_size, void *pack, void *compute, void *set_threads_local) {
     blas_pack_get_size = (pack_get_size_fn)pack_get_size;
@@ -128,10 +130,15 @@ static inline void forward_row(int H, float *restrict a, const float *restrict b
 }
 
 /* The variants' row: as forward_row, with peepholes (peep = [p_i | p_f | p_o], or NULL), coupled gates (a holds
- * the blocks i, g, o; f = 1 - i, and nothing of f is written back) and a cell clip (clip > 0). */
+ * the blocks i, g, o; f = 1 - i, and nothing of f is written back), a cell clip (clip > 0) and zoneout of c
+ * (zc: the row's mask, 1 = keep c_{t-1}, or NULL and the rate zc_rate; both 0/NULL: off): the running state
+ * becomes c_t = c~_t + z (c_{t-1} - c~_t), while cell_out keeps c~_t (what tanh, o and the clip saw) and
+ * state_out (if not NULL) c_t, the c_{t-1} of the next step's backward. */
 static void forward_row_variant(int H, int coupled, float clip, float *restrict a, const float *restrict b,
-                                const float *restrict peep, float *restrict c, float *restrict cell_out,
+                                const float *restrict peep, const float *restrict zc, float zc_rate,
+                                float *restrict c, float *restrict cell_out, float *restrict state_out,
                                 float *restrict m, const int keep) {
+    const int zoneout = zc != NULL || zc_rate != 0.0f;
     const int G = coupled ? 3 : 4;
     float *restrict ai = a, *restrict af = a + H, *restrict ag = a + (G - 2) * H, *restrict ao = a + (G - 1) * H;
     const float *restrict bi = b, *restrict bf = b + H, *restrict bg = b + (G - 2) * H, *restrict bo = b + (G - 1) * H;
@@ -144,12 +151,15 @@ static void forward_row_variant(int H, int coupled, float clip, float *restrict 
         float cn = f * cp + i * g; /* 6.55 */
         if (clip > 0.0f) cn = cn > clip ? clip : (cn < -clip ? -clip : cn);
         float o = lk_sigmoid(ao[j] + bo[j] + po * cn);
+        float state = cn;
+        if (zoneout) state = cn + (zc ? zc[j] : zc_rate) * (cp - cn);
         if (keep) {
             ai[j] = i; ag[j] = g; ao[j] = o;
             if (!coupled) af[j] = f;
             cell_out[j] = cn;
+            if (state_out) state_out[j] = state;
         }
-        c[j] = cn;
+        c[j] = state;
         m[j] = o * lk_tanh(cn); /* 6.56 */
     }
 }
@@ -181,11 +191,14 @@ static void backward_row(int H, const float *restrict z, const float *restrict c
 }
 
 /* BPTT of forward_row_variant (the derivation of lstm_numpy.lstm_backward). dpeep: this thread's running sums
- * of the peephole gradients [3H] (NULL without peepholes). */
+ * of the peephole gradients [3H] (NULL without peepholes); zc, zc_rate: zoneout of c as in the forward, whose
+ * share z dc of the carried dL/dc_t goes to c_{t-1} directly and (1 - z) dc to c~_t. */
 static void backward_row_variant(int H, int coupled, float clip, const float *restrict z,
                                  const float *restrict cell, const float *restrict c_prev,
-                                 const float *restrict peep, const float *restrict dm, float *restrict dc,
-                                 float *restrict dz, float *restrict dpeep) {
+                                 const float *restrict peep, const float *restrict zc, float zc_rate,
+                                 const float *restrict dm, float *restrict dc, float *restrict dz,
+                                 float *restrict dpeep) {
+    const int zoneout = zc != NULL || zc_rate != 0.0f;
     const int G = coupled ? 3 : 4;
     const float *restrict zi = z, *restrict zf = z + H, *restrict zg = z + (G - 2) * H, *restrict zo = z + (G - 1) * H;
     float *restrict di = dz, *restrict df = dz + H, *restrict dg = dz + (G - 2) * H, *restrict dout = dz + (G - 1) * H;
@@ -194,9 +207,10 @@ static void backward_row_variant(int H, int coupled, float clip, const float *re
         float pi = peep ? peep[j] : 0.0f, pf = peep ? peep[H + j] : 0.0f, po = peep ? peep[2 * H + j] : 0.0f;
         float tc = lk_tanh(cell[j]);
         float dzo = dm[j] * tc * o * (1.0f - o);
-        float d = dc[j] + dm[j] * o * (1.0f - tc * tc) + dzo * po;
+        float zone = zoneout ? (zc ? zc[j] : zc_rate) : 0.0f;
+        float d = (1.0f - zone) * dc[j] + dm[j] * o * (1.0f - tc * tc) + dzo * po;
         if (clip > 0.0f && !(__builtin_fabsf(cell[j]) < clip)) d = 0.0f; /* the clip was active: no gradient */
-        float dprev = d * f;
+        float dprev = d * f + zone * dc[j];
         float dzi, dzf = 0.0f;
         if (coupled) {
             dzi = (d * g - d * cp) * i * (1.0f - i);
@@ -257,9 +271,17 @@ typedef struct {
     int coupled;                      /* 1: three gate blocks (i, g, o), f = 1 - i */
     float clip;                       /* > 0: the cell clip */
     const float *peep;                /* [3H] peepholes p_i, p_f, p_o, or NULL */
+    const float *h_mask;              /* [B, P] recurrent dropout: U (h_{t-1} * m) (row b: sequence b), or NULL */
+    const float *zh, *zc;             /* [N, P] / [N, H] zoneout masks of h and c (1 = keep), or NULL: then */
+    float zh_rate, zc_rate;           /* the rate at every unit (evaluation); 0 and NULL: no zoneout */
 } variant_t;
 
-static int is_standard(variant_t v) { return !v.coupled && v.clip <= 0.0f && !v.peep; }
+static int zones_h(variant_t v) { return v.zh != NULL || v.zh_rate != 0.0f; }
+static int zones_c(variant_t v) { return v.zc != NULL || v.zc_rate != 0.0f; }
+
+/* Whether the row functions are the standard cell's: the features of the pointwise pass are off (recurrent
+ * dropout and zoneout of h act in the time loop, on whole rows of h around the GEMMs). */
+static int is_standard(variant_t v) { return !v.coupled && v.clip <= 0.0f && !v.peep && !zones_c(v); }
 
 typedef struct {
     int T, H, P, reverse, r0, r1;
@@ -270,8 +292,9 @@ typedef struct {
     int status;                       /* 0, or -1 when the packed weights could not be allocated */
     float *gates;                     /* [N, 4H]: input projection W x in, activated gates out */
     float *cells;                     /* [N, H], or NULL: then the gates are not written back either */
+    float *states;                    /* [N, H] c_t after zoneout of c (training), or NULL */
     float *y;                         /* [N, P] */
-    float *h_prev;                    /* [N, P] h_{t-1} of each row (for dU), or NULL */
+    float *h_prev;                    /* [N, P] h_{t-1} (* m under recurrent dropout) of each row (for dU), or NULL */
     float *m_out;                     /* [N, H] o tanh(c) before the projection (for dR), or NULL */
     float *h, *c;                     /* [B, P], [B, H]: running state, h0/c0 in, final state out */
 } forward_job;
@@ -295,7 +318,10 @@ static void *forward_rows(void *arg) {
     float *U_packed = pack_b(TRANS, rows, G, P, job->U, P);                  /* B = U^T: P x 4H */
     float *R_packed = job->R ? pack_b(TRANS, rows, P, H, job->R, H) : NULL;  /* B = R^T: H x P */
     float *m_scratch = job->R && !job->m_out ? (float *)malloc(sizeof(float) * (size_t)rows * H) : NULL;
-    if (!U_packed || (job->R && !R_packed) || (job->R && !job->m_out && !m_scratch)) {
+    /* h_{t-1} * m for the GEMM when no h_prev buffer keeps it (inference) */
+    float *masked = v.h_mask && !job->h_prev ? (float *)malloc(sizeof(float) * (size_t)rows * P) : NULL;
+    if (!U_packed || (job->R && !R_packed) || (job->R && !job->m_out && !m_scratch) || (v.h_mask && !job->h_prev
+                                                                                         && !masked)) {
         job->status = -1;
         job->T = 0; /* skip the loop, free what was had */
     }
@@ -306,7 +332,12 @@ static void *forward_rows(void *arg) {
         int64_t row = job->offsets[t] + job->r0;
         float *a = job->gates + row * G;
         float *h_in = job->h + (int64_t)job->r0 * P;
-        if (job->h_prev) {
+        if (v.h_mask) { /* recurrent dropout: U sees h_{t-1} * m, and so does dU (through h_prev) */
+            float *dest = job->h_prev ? job->h_prev + row * P : masked;
+            const float *mask = v.h_mask + (int64_t)job->r0 * P;
+            for (int64_t k = 0; k < (int64_t)n * P; k++) dest[k] = h_in[k] * mask[k];
+            h_in = dest;
+        } else if (job->h_prev) {
             memcpy(job->h_prev + row * P, h_in, sizeof(float) * (size_t)n * P);
             h_in = job->h_prev + row * P;
         }
@@ -315,8 +346,10 @@ static void *forward_rows(void *arg) {
         for (int r = 0; r < n; r++) {
             float *c = job->c + (int64_t)(job->r0 + r) * H;
             if (!standard)
-                forward_row_variant(H, v.coupled, v.clip, a + (int64_t)r * G, job->bias, v.peep, c,
-                                    job->cells ? job->cells + (row + r) * H : NULL, m_rows + (int64_t)r * H,
+                forward_row_variant(H, v.coupled, v.clip, a + (int64_t)r * G, job->bias, v.peep,
+                                    v.zc ? v.zc + (row + r) * H : NULL, v.zc_rate, c,
+                                    job->cells ? job->cells + (row + r) * H : NULL,
+                                    job->states ? job->states + (row + r) * H : NULL, m_rows + (int64_t)r * H,
                                     job->cells != NULL);
             else if (job->cells) /* two copies of the loop, one per constant `keep` */
                 forward_row(H, a + (int64_t)r * G, job->bias, c, job->cells + (row + r) * H,
@@ -327,8 +360,14 @@ static void *forward_rows(void *arg) {
         if (R_packed) /* h_t = R m_t */
             blas_compute(ROW_MAJOR, NO_TRANS, PACKED, n, P, H, m_rows, H, R_packed, P, 0.0f,
                          job->y + row * P, P);
+        if (zones_h(v)) { /* zoneout of h: h_t = h~_t + z (h_{t-1} - h~_t), h_{t-1} the running state */
+            float *y = job->y + row * P;
+            const float *h_old = job->h + (int64_t)job->r0 * P, *z = v.zh ? v.zh + row * P : NULL;
+            for (int64_t k = 0; k < (int64_t)n * P; k++) y[k] += (z ? z[k] : v.zh_rate) * (h_old[k] - y[k]);
+        }
         memcpy(job->h + (int64_t)job->r0 * P, job->y + row * P, sizeof(float) * (size_t)n * P);
     }
+    free(masked);
     free(m_scratch);
     free(U_packed);
     free(R_packed);
@@ -345,6 +384,7 @@ typedef struct {
     float *dpeep;                     /* [3H] this thread's peephole gradient sums, or NULL */
     int status;
     const float *gates, *cells, *c0;
+    const float *states;              /* [N, H] c_t after zoneout of c (the forward's), or NULL: then cells */
     const float *dy;                  /* [N, P] */
     float *dz;                        /* [N, 4H] out */
     float *dh_out;                    /* [N, P] dL/dh_t of each row (for dR), or NULL without R */
@@ -362,7 +402,11 @@ static void *backward_rows(void *arg) {
     float *U_packed = pack_b(NO_TRANS, rows, P, G, job->U, P);                  /* B = U: 4H x P */
     float *R_packed = job->R ? pack_b(NO_TRANS, rows, H, P, job->R, H) : NULL;  /* B = R: P x H */
     float *dm_scratch = job->R ? (float *)malloc(sizeof(float) * (size_t)rows * H) : NULL;
-    if (!U_packed || (job->R && (!R_packed || !dm_scratch))) {
+    /* zoneout of h: dL/dh~_t = (1 - z) dh_t, while z dh_t goes to dh_{t-1} directly; recurrent dropout:
+     * U^T dz_t, masked, lands here first */
+    const int zone_h = zones_h(v);
+    float *dh_scratch = zone_h || v.h_mask ? (float *)malloc(sizeof(float) * (size_t)rows * P) : NULL;
+    if (!U_packed || (job->R && (!R_packed || !dm_scratch)) || ((zone_h || v.h_mask) && !dh_scratch)) {
         job->status = -1;
         job->T = 0;
     }
@@ -374,30 +418,53 @@ static void *backward_rows(void *arg) {
         float *dh = job->dh + (int64_t)job->r0 * P;
         const float *dy = job->dy + row * P;
         for (int64_t k = 0; k < (int64_t)n * P; k++) dh[k] += dy[k];
-        const float *dm = dh;
+        const float *dh_new = dh; /* dL/dh~_t: the gradient of the step's own output */
+        if (zone_h) {
+            const float *z = v.zh ? v.zh + row * P : NULL;
+            for (int64_t k = 0; k < (int64_t)n * P; k++) {
+                float zk = z ? z[k] : v.zh_rate;
+                dh_scratch[k] = (1.0f - zk) * dh[k];
+                dh[k] *= zk; /* kept for dh_{t-1} */
+            }
+            dh_new = dh_scratch;
+        }
+        const float *dm = dh_new;
         if (R_packed) { /* back through h_t = R m_t */
             float *dh_out = job->dh_out + row * P; /* for dR = sum_t dh_t m_t^T, a GEMM in torch: see flush_tiny */
-            for (int64_t k = 0; k < (int64_t)n * P; k++) dh_out[k] = flush_tiny(dh[k]);
-            blas_compute(ROW_MAJOR, NO_TRANS, PACKED, n, H, P, dh, P, R_packed, H, 0.0f, dm_scratch, H);
+            for (int64_t k = 0; k < (int64_t)n * P; k++) dh_out[k] = flush_tiny(dh_new[k]);
+            blas_compute(ROW_MAJOR, NO_TRANS, PACKED, n, H, P, dh_new, P, R_packed, H, 0.0f, dm_scratch, H);
             dm = dm_scratch;
         }
         /* c_{t-1}: the previous processed step's cell, or c0 for rows whose sequence starts here. */
         int t_prev = job->reverse ? t + 1 : t - 1;
         int prev_rows = s > 0 ? active_rows(job->batch_sizes, job->r0, job->r1, t_prev) : 0;
+        const float *c_states = job->states ? job->states : job->cells;
         for (int r = 0; r < n; r++) {
             int64_t b = job->r0 + r;
-            const float *c_prev = r < prev_rows ? job->cells + (job->offsets[t_prev] + b) * H : job->c0 + b * H;
+            const float *c_prev = r < prev_rows ? c_states + (job->offsets[t_prev] + b) * H : job->c0 + b * H;
             if (standard)
                 backward_row(H, job->gates + (row + r) * G, job->cells + (row + r) * H, c_prev, dm + (int64_t)r * H,
                              job->dc + b * H, job->dz + (row + r) * G);
             else
                 backward_row_variant(H, v.coupled, v.clip, job->gates + (row + r) * G, job->cells + (row + r) * H,
-                                     c_prev, v.peep, dm + (int64_t)r * H, job->dc + b * H, job->dz + (row + r) * G,
-                                     job->dpeep);
+                                     c_prev, v.peep, v.zc ? v.zc + (row + r) * H : NULL, v.zc_rate,
+                                     dm + (int64_t)r * H, job->dc + b * H, job->dz + (row + r) * G, job->dpeep);
         }
-        /* dh_{t-1} = U^T dz_t, as rows: dz [n, 4H] @ U [4H, P] */
-        blas_compute(ROW_MAJOR, NO_TRANS, PACKED, n, P, G, job->dz + row * G, G, U_packed, P, 0.0f, dh, P);
+        /* dh_{t-1} = U^T dz_t, as rows: dz [n, 4H] @ U [4H, P]; (U^T dz_t) * m under recurrent dropout; plus the
+         * z dh_t that zoneout kept in dh */
+        if (v.h_mask) {
+            blas_compute(ROW_MAJOR, NO_TRANS, PACKED, n, P, G, job->dz + row * G, G, U_packed, P, 0.0f, dh_scratch, P);
+            const float *mask = v.h_mask + (int64_t)job->r0 * P;
+            if (zone_h)
+                for (int64_t k = 0; k < (int64_t)n * P; k++) dh[k] += mask[k] * dh_scratch[k];
+            else
+                for (int64_t k = 0; k < (int64_t)n * P; k++) dh[k] = mask[k] * dh_scratch[k];
+        } else {
+            blas_compute(ROW_MAJOR, NO_TRANS, PACKED, n, P, G, job->dz + row * G, G, U_packed, P,
+                         zone_h ? 1.0f : 0.0f, dh, P);
+        }
     }
+    free(dh_scratch);
     free(dm_scratch);
     free(U_packed);
     free(R_packed);
@@ -417,38 +484,42 @@ static void run_jobs(void *(*work)(void *), char *jobs, size_t job_size, int nth
     for (int k = 0; k < nthreads; k++) work(jobs + k * job_size);
 }
 
-/* splits: nthreads + 1 row boundaries, 0 = splits[0] < ... < splits[nthreads] = B. coupled, clip, peep: the
- * variant (0, 0, NULL: the standard cell).
+/* splits: nthreads + 1 row boundaries, 0 = splits[0] < ... < splits[nthreads] = B. coupled, clip, peep, h_mask,
+ * zh, zh_rate, zc, zc_rate: the variant (variant_t; all 0 / NULL: the standard cell). states: [N, H] c_t after
+ * zoneout of c, written in training when zc or zc_rate is set (else NULL).
  * Returns 0, -1 when memory for the packed weights could not be had, -2 for a bad thread count. */
 int lk_forward(int T, int H, int P, int reverse, const int64_t *batch_sizes, const int64_t *offsets,
                int nthreads, const int64_t *splits, const float *U, const float *R, const float *bias,
-               int coupled, float clip, const float *peep,
-               float *gates, float *cells, float *y, float *h_prev, float *m_out, float *h, float *c) {
+               int coupled, float clip, const float *peep, const float *h_mask, const float *zh, float zh_rate,
+               const float *zc, float zc_rate, float *gates, float *cells, float *states, float *y, float *h_prev,
+               float *m_out, float *h, float *c) {
     if (nthreads < 1 || nthreads > MAX_THREADS) return -2;
     forward_job jobs[MAX_THREADS];
-    variant_t variant = {coupled, clip, peep};
+    variant_t variant = {coupled, clip, peep, h_mask, zh, zc, zh_rate, zc_rate};
     for (int k = 0; k < nthreads; k++)
         jobs[k] = (forward_job){T, H, P, reverse, (int)splits[k], (int)splits[k + 1], batch_sizes, offsets,
-                                U, R, bias, variant, 0, gates, cells, y, h_prev, m_out, h, c};
+                                U, R, bias, variant, 0, gates, cells, states, y, h_prev, m_out, h, c};
     run_jobs(forward_rows, (char *)jobs, sizeof(forward_job), nthreads);
     for (int k = 0; k < nthreads; k++)
         if (jobs[k].status) return jobs[k].status;
     return 0;
 }
 
-/* dpeep: [nthreads, 3H] zeros in, each thread's peephole gradient sums out (NULL without peepholes). */
+/* dpeep: [nthreads, 3H] zeros in, each thread's peephole gradient sums out (NULL without peepholes); the variant
+ * as lk_forward's; states: the forward's (NULL without zoneout of c). */
 int lk_backward(int T, int H, int P, int reverse, const int64_t *batch_sizes, const int64_t *offsets,
                 int nthreads, const int64_t *splits, const float *U, const float *R,
-                int coupled, float clip, const float *peep, float *dpeep, const float *gates,
-                const float *cells, const float *c0, const float *dy, float *dz, float *dh_out, float *dh,
+                int coupled, float clip, const float *peep, const float *h_mask, const float *zh, float zh_rate,
+                const float *zc, float zc_rate, float *dpeep, const float *gates, const float *cells,
+                const float *states, const float *c0, const float *dy, float *dz, float *dh_out, float *dh,
                 float *dc) {
     if (nthreads < 1 || nthreads > MAX_THREADS) return -2;
     backward_job jobs[MAX_THREADS];
-    variant_t variant = {coupled, clip, peep};
+    variant_t variant = {coupled, clip, peep, h_mask, zh, zc, zh_rate, zc_rate};
     for (int k = 0; k < nthreads; k++)
         jobs[k] = (backward_job){T, H, P, reverse, (int)splits[k], (int)splits[k + 1], batch_sizes, offsets,
                                  U, R, variant, dpeep ? dpeep + (int64_t)k * 3 * H : NULL, 0, gates, cells, c0,
-                                 dy, dz, dh_out, dh, dc};
+                                 states, dy, dz, dh_out, dh, dc};
     run_jobs(backward_rows, (char *)jobs, sizeof(backward_job), nthreads);
     for (int k = 0; k < nthreads; k++)
         if (jobs[k].status) return jobs[k].status;
