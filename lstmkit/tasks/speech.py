@@ -9,8 +9,8 @@ layout; `data.label_from = "folder"`) or by group 1 of `data.label_pattern` sear
 Every recording is resampled to data.sample_rate, optionally trimmed of its leading and trailing silence
 (data.trim_db) and pre-emphasised (data.preemphasis), in audio.FeatureExtractor, which every path uses. Its frames
 (see lstmkit/data/audio.py) are normalised per file (data.normalize = "file") or with the training part's mean and
-deviation ("train", saved in the run as audio_features.json). The raw frames of every file are cached in the run (feature_cache.safetensors) and reused when
-a run resumes and its files have not changed.
+deviation ("train", saved in the run as audio_features.json). The raw frames of every file are cached in the run
+(feature_cache.safetensors) and reused when a run resumes and its files have not changed.
 
 Training may perturb each example's frames: speed (data.stretch), vocal-tract length (data.warp: the mel axis
 scaled; or data.vtlp: the filter bank warped, a cached copy of every file's frames per warp factor, one drawn per
