@@ -182,6 +182,10 @@ class FeatureSpec:
     hop_ms: float = 10.0
     fmin: float = 0.0
     fmax: float = 0.0  # 0: half the sample rate
+    # > 0: the leading and trailing windows more than trim_db below the loudest one are cut before the STFT (the
+    # silence a recording is padded with varies from one recorder to the next); 0: off.
+    trim_db: float = 0.0
+    preemphasis: float = 0.0  # y[n] = x[n] - a x[n-1] before the STFT (a in [0, 1); 0: off): lifts the high bands
 
     @property
     def win_length(self) -> int:
@@ -215,6 +219,10 @@ class FeatureSpec:
         if not 0 < self.hop_ms <= self.win_ms <= 1000:
             raise ConfigError(f"data.hop_ms and data.win_ms must satisfy 0 < hop_ms <= win_ms <= 1000; got "
                               f"{self.hop_ms:g}, {self.win_ms:g}")
+        if not 0 <= self.trim_db <= 200:
+            raise ConfigError(f"data.trim_db must be 0 (off) to 200 dB below the loudest window; got {self.trim_db:g}")
+        if not 0 <= self.preemphasis < 1:
+            raise ConfigError(f"data.preemphasis must be in [0, 1) (0: off; 0.97 is usual); got {self.preemphasis:g}")
         if self.n_fft // 2 + 1 < self.n_mels:
             raise ConfigError(f"data.n_mels={self.n_mels} is more than the {self.n_fft // 2 + 1} frequency bins of a "
                               f"{self.win_ms:g} ms window; lower it or widen data.win_ms")
@@ -233,10 +241,25 @@ def mel_to_hz(mel: np.ndarray) -> np.ndarray:
     return np.where(mel < 15.0, mel * 200.0 / 3.0, 1000.0 * np.exp(log_step * (mel - 15.0)))
 
 
-def mel_filter_bank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+VTLP_KNEE = 0.8  # of the Nyquist frequency: where VTLP's warp bends so that the band's top stays where it is
+
+
+def vtlp_warped(hz: np.ndarray, alpha: float, nyquist: float) -> np.ndarray:
+    """Vocal-tract length perturbation's warp of the frequency axis (Jaitly and Hinton, 2013): f -> alpha f up to
+    a knee, then the straight line to (nyquist, nyquist), so the warped axis still ends at the Nyquist frequency."""
+    knee = VTLP_KNEE * nyquist * min(alpha, 1.0) / alpha
+    upper = nyquist - (nyquist - alpha * knee) * (nyquist - hz) / (nyquist - knee)
+    return np.where(hz <= knee, alpha * hz, upper)
+
+
+def mel_filter_bank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float,
+                    alpha: float = 1.0) -> np.ndarray:
     """[M, n_fft/2 + 1] triangular filters at centres equally spaced in mels, each scaled to unit area
-    (2 / its width in Hz), so a filter's output does not grow with its bandwidth."""
+    (2 / its width in Hz), so a filter's output does not grow with its bandwidth. alpha != 1: each STFT bin is
+    read at its VTLP-warped frequency (a filter centred at c Hz then hears about c / alpha Hz)."""
     bins = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
+    if alpha != 1.0:
+        bins = vtlp_warped(bins, alpha, sample_rate / 2)
     edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
     lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     rising = (bins[None, :] - lower) / (centre - lower)
@@ -276,13 +299,41 @@ def one_thread() -> Iterator[None]:
 class FeatureExtractor:
     """FeatureSpec's frames of a waveform; the filter bank and window are built once."""
 
-    def __init__(self, spec: FeatureSpec) -> None:
+    def __init__(self, spec: FeatureSpec, alpha: float = 1.0) -> None:
+        """alpha: the VTLP warp factor of the filter bank (1: none; training's perturbed copies use others)."""
         spec.check()
         self.spec = spec
         fmax = spec.fmax or spec.sample_rate / 2
-        self.mel = torch.from_numpy(mel_filter_bank(spec.sample_rate, spec.n_fft, spec.n_mels, spec.fmin, fmax)).float()
+        bank = mel_filter_bank(spec.sample_rate, spec.n_fft, spec.n_mels, spec.fmin, fmax, alpha)
+        self.mel = torch.from_numpy(bank).float()
         self.dct = torch.from_numpy(dct_matrix(spec.n_mfcc, spec.n_mels)).float()
         self.window = torch.hann_window(spec.win_length, periodic=True)
+
+    def trimmed(self, waveform: np.ndarray | Tensor) -> Tensor:
+        """[N] -> [N'] the samples from the first to the last window of win_length (every hop) whose power is within
+        spec.trim_db of the loudest window's; unchanged when trim_db is 0 or the recording is one window long."""
+        x = torch.as_tensor(waveform, dtype=torch.float32)
+        spec = self.spec
+        if not spec.trim_db or len(x) <= spec.win_length:
+            return x
+        power = x.unfold(0, spec.win_length, spec.hop_length).square().mean(dim=1)
+        decibels = 10.0 * torch.log10(power.clamp(min=AMIN))
+        loud = torch.nonzero(decibels >= decibels.max() - spec.trim_db).flatten()
+        first, last = int(loud[0]), int(loud[-1])
+        return x[first * spec.hop_length:last * spec.hop_length + spec.win_length]
+
+    def prepared(self, waveform: np.ndarray | Tensor) -> Tensor:
+        """[N] samples -> what the STFT reads: trimmed (spec.trim_db), then pre-emphasised (spec.preemphasis)."""
+        x = self.trimmed(waveform)
+        a = self.spec.preemphasis
+        if a:
+            x = torch.cat([x[:1], x[1:] - a * x[:-1]])
+        return x
+
+    def spectrogram(self, waveform: np.ndarray | Tensor) -> Tensor:
+        """[N] samples -> [M, T] the mel power in dB of the prepared samples: the frames' picture (inspect)."""
+        with one_thread():
+            return self.mel_db(self.prepared(waveform))
 
     def mel_db(self, waveform: Tensor) -> Tensor:
         """[N] -> [M, T] mel power in dB, T = 1 + N // hop (frames centred on every hop, zero-padded ends)."""
@@ -295,7 +346,7 @@ class FeatureExtractor:
     def __call__(self, waveform: np.ndarray | Tensor) -> Tensor:
         """[N] samples -> [T, size] frames (not yet normalised)."""
         with one_thread():
-            return self._frames(torch.as_tensor(waveform, dtype=torch.float32))
+            return self._frames(self.prepared(waveform))
 
     def _frames(self, x: Tensor) -> Tensor:
         base = self.mel_db(x)

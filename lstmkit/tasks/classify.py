@@ -132,9 +132,12 @@ class ClassifierTask(Task):
         share = item[rank::world]
         counted = len(share)
         share = share or item[:1]
-        examples, labels = self.train_examples, self.train_labels
-        inputs, lengths = collate([self.augmented(examples[i]) for i in share])
-        return inputs, lengths, torch.tensor([labels[i] for i in share]), counted
+        inputs, lengths = collate([self.training_example(i) for i in share])
+        return inputs, lengths, torch.tensor([self.train_labels[i] for i in share]), counted
+
+    def training_example(self, index: int) -> Tensor:
+        """Train example `index` as this step's batch sees it (augmented)."""
+        return self.augmented(self.train_examples[index])
 
     def augmented(self, example: Tensor) -> Tensor:
         """A training example as this step's batch sees it: itself, unless a task augments it (speech)."""

@@ -6,13 +6,15 @@ layout; `data.label_from = "folder"`) or by group 1 of `data.label_pattern` sear
 * test: DIR/testing_list.txt (Speech Commands' file), and the files whose path below DIR matches data.test_match;
 * validation: DIR/validation_list.txt, and data.valid_match; when neither names any, a stratified, seeded
   data.valid_size of what is left.
-Every recording is resampled to data.sample_rate. Its frames (see lstmkit/data/audio.py) are normalised per file
-(data.normalize = "file") or with the training part's mean and deviation ("train", saved in the run as
-audio_features.json). The raw frames of every file are cached in the run (feature_cache.safetensors) and reused when
-a run resumes and its files have not changed.
+Every recording is resampled to data.sample_rate, optionally trimmed of its leading and trailing silence
+(data.trim_db) and pre-emphasised (data.preemphasis), in audio.FeatureExtractor, which every path uses. Its frames
+(see lstmkit/data/audio.py) are normalised per file (data.normalize = "file") or with the training part's mean and
+deviation ("train", saved in the run as audio_features.json). The raw frames of every file are cached in the run
+(feature_cache.safetensors) and reused when a run resumes and its files have not changed.
 
 Training may perturb each example's frames: speed (data.stretch), vocal-tract length (data.warp: the mel axis
-scaled), and SpecAugment's masks (data.time_masks masks of at most data.time_mask_frames frames, data.freq_masks of
+scaled; or data.vtlp: the filter bank warped, a cached copy of every file's frames per warp factor, one drawn per
+example), and SpecAugment's masks (data.time_masks masks of at most data.time_mask_frames frames, data.freq_masks of
 at most data.freq_mask_bands bands); all are drawn from torch's generator, which a checkpoint saves.
 """
 
@@ -60,6 +62,8 @@ class SpeechDataConfig:
     hop_ms: float = 10.0
     fmin: float = 0.0
     fmax: float = 0.0  # 0: sample_rate / 2
+    trim_db: float = 0.0  # > 0: leading and trailing windows this many dB below the loudest are cut; 0: off
+    preemphasis: float = 0.0  # y[n] = x[n] - a x[n-1] before the STFT; 0: off
     normalize: Literal["file", "train", "none"] = "file"
     # > 0: every recording's frames resampled in time to this many (after normalisation), so a slow speaker and
     # a fast one give sequences of one length; 0: frames every hop_ms, as many as the recording has.
@@ -69,6 +73,11 @@ class SpeechDataConfig:
     # frequency axis), then SpecAugment's masks.
     stretch: float = 0.0
     warp: float = 0.0
+    # > 0: vocal-tract length perturbation by the filter bank (logmel and MFCC alike): every recording's frames
+    # are also computed with the mel filters warped by vtlp_steps factors evenly spaced in 1 ± vtlp (VTLP's warp
+    # of the frequency axis), and each training example reads one of those copies, drawn per example.
+    vtlp: float = 0.0
+    vtlp_steps: int = 5
     time_masks: int = 0
     time_mask_frames: int = 10
     freq_masks: int = 0
@@ -79,7 +88,8 @@ class SpeechDataConfig:
 def feature_spec(data: SpeechDataConfig) -> audio.FeatureSpec:
     return audio.FeatureSpec(sample_rate=data.sample_rate, kind=data.features, n_mels=data.n_mels,
                              n_mfcc=data.n_mfcc, deltas=data.deltas, win_ms=data.win_ms, hop_ms=data.hop_ms,
-                             fmin=data.fmin, fmax=data.fmax)
+                             fmin=data.fmin, fmax=data.fmax, trim_db=data.trim_db,
+                             preemphasis=data.preemphasis)
 
 
 class SpeechTask(ClassifierTask):
@@ -101,12 +111,17 @@ class SpeechTask(ClassifierTask):
             raise ConfigError(f"data.stretch and data.warp must be in [0, 1); got {data.stretch}, {data.warp}")
         if data.warp and data.features != "logmel":
             raise ConfigError("data.warp scales the mel axis, which MFCCs no longer have; use data.features=logmel")
+        if not 0 <= data.vtlp < 0.5:
+            raise ConfigError(f"data.vtlp must be in [0, 0.5) (0: off; 0.1 warps by 0.9 to 1.1); got {data.vtlp}")
+        if data.vtlp and not 2 <= data.vtlp_steps <= 21:
+            raise ConfigError(f"data.vtlp_steps must be 2 to 21 warp factors; got {data.vtlp_steps}")
         if data.fixed_frames < 0:
             raise ConfigError(f"data.fixed_frames must be 0 (off) or more; got {data.fixed_frames}")
         if data.max_seconds <= 0:
             raise ConfigError(f"data.max_seconds must be above 0; got {data.max_seconds}")
         self.stats: audio.FeatureStats | None = None
         self._frames: list[Tensor] | None = None  # normalised frames of self.files
+        self._warped: list[list[Tensor]] = []  # data.vtlp: normalised frames of self.files per warp factor
         self._parts: dict[str, tuple[list[Tensor], list[int]]] = {}  # (examples, labels) of each part, built once
         if run_dir is not None:  # inference: the run directory alone; the data is read only if asked
             self.label_names, self.data_labels = self.load_labels(run_dir)
@@ -169,19 +184,33 @@ class SpeechTask(ClassifierTask):
                              f"{len(self.parts['train']):,} train, {len(self.parts['valid']):,} validation, "
                              f"{len(self.parts['test']):,} test")
 
-    def _raw_frames(self) -> list[Tensor]:
-        """Un-normalised frames of every file, from the run's cache when its files and features are unchanged."""
-        stamps = [[str(p), *self._stamp(p)] for p in self.files]
-        key = {"spec": asdict(self.spec), "files": stamps}
+    def vtlp_factors(self) -> list[float]:
+        """The warp factors of data.vtlp (none when it is 0)."""
+        data = self.config.data
+        if not data.vtlp:
+            return []
+        return [round(float(a), 6) for a in np.linspace(1 - data.vtlp, 1 + data.vtlp, data.vtlp_steps)]
+
+    def _raw_frames(self) -> list[list[Tensor]]:
+        """Un-normalised frames of every file: [the frames] and, with data.vtlp, a copy per warp factor after
+        them; from the run's cache when its files and features are unchanged."""
+        factors = self.vtlp_factors()
+        key = {"spec": asdict(self.spec), "files": [[str(p), *self._stamp(p)] for p in self.files]}
+        if factors:
+            key["vtlp"] = factors
         cache = self.cache_dir / CACHE_FILE if self.cache_dir is not None else None
         if cache is not None and cache.is_file():
             try:
                 tensors, metadata = runs.load_tensors(cache)
                 if metadata.get("key") == key:
-                    return list(torch.split(tensors["frames"], tensors["lengths"].tolist()))
+                    lengths = tensors["lengths"].tolist()
+                    return [list(torch.split(tensors[name], lengths)) for name in sorted(tensors)
+                            if name.startswith("frames")]
             except (LstmkitError, KeyError, RuntimeError):
                 pass  # a damaged or stale cache is rebuilt
-        frames, bad = [], []
+        warped = [audio.FeatureExtractor(self.spec, alpha) for alpha in factors]
+        copies: list[list[Tensor]] = [[] for _ in range(1 + len(factors))]
+        bad = []
         for i, path in enumerate(self.files):
             try:
                 waveform = audio.load_waveform(path, self.spec.sample_rate, self.config.data.max_seconds)
@@ -191,15 +220,16 @@ class SpeechTask(ClassifierTask):
                 bad.append(i)
                 self.skipped.append(str(error))
                 continue
-            frames.append(self.extractor(waveform))
+            for copy, extractor in zip(copies, [self.extractor, *warped], strict=True):
+                copy.append(extractor(waveform))
         if bad:  # the frames already line up with the files kept; the cache is keyed by those
             self._drop(bad)
-            key = {"spec": asdict(self.spec), "files": [[str(p), *self._stamp(p)] for p in self.files]}
+            key["files"] = [[str(p), *self._stamp(p)] for p in self.files]
         if cache is not None:
-            lengths = torch.tensor([len(f) for f in frames], dtype=torch.long)
-            runs.save_tensors(cache, {"frames": torch.cat(frames), "lengths": lengths},
-                              {"format": "lstmkit.feature_cache", "key": key})
-        return frames
+            tensors = {f"frames{k:02d}": torch.cat(copy) for k, copy in enumerate(copies)}
+            tensors["lengths"] = torch.tensor([len(f) for f in copies[0]], dtype=torch.long)
+            runs.save_tensors(cache, tensors, {"format": "lstmkit.feature_cache", "key": key})
+        return copies
 
     @staticmethod
     def _stamp(path: Path) -> list[int]:
@@ -222,7 +252,7 @@ class SpeechTask(ClassifierTask):
         if self._frames is None:
             if self.files is None:
                 self._discover()
-            raw = self._raw_frames()
+            raw, *warped = self._raw_frames()
             if self.skipped:
                 for line in self.skipped:
                     print(f"skipped {line}", file=sys.stderr)
@@ -230,6 +260,7 @@ class SpeechTask(ClassifierTask):
             if self.config.data.normalize == "train" and self.stats is None:
                 self.stats = audio.FeatureStats.of([raw[i] for i in self.parts["train"]])
             self._frames = [self.normalised(f) for f in raw]
+            self._warped = [[self.normalised(f) for f in copy] for copy in warped]
         return self._frames
 
     def normalised(self, frames: Tensor) -> Tensor:
@@ -281,8 +312,16 @@ class SpeechTask(ClassifierTask):
         self.frames()  # the features (and any skipped files) before the plan indexes them
         return super().train_plan(epoch)
 
+    def training_example(self, index: int) -> Tensor:
+        """Train example `index` as this step sees it: with data.vtlp, one warped copy drawn per example; then
+        the frame perturbations and masks. Every draw is from torch's generator, which checkpoints save."""
+        if self._warped:
+            copy = self._warped[int(torch.randint(0, len(self._warped), ()))]
+            return self.augmented(copy[self.parts["train"][index]])
+        return self.augmented(self.train_examples[index])
+
     def augmented(self, example: Tensor) -> Tensor:
-        return self.masked(self.perturbed(example))  # drawn from torch's generator, which checkpoints save
+        return self.masked(self.perturbed(example))
 
     def perturbed(self, frames: Tensor) -> Tensor:
         data = self.config.data
@@ -387,10 +426,10 @@ class SpeechTask(ClassifierTask):
                     entry[name] = getattr(gates, field)[:, 0].float().numpy()  # [T, H]
                 layers.append(entry)
         seconds = len(waveform) / self.spec.sample_rate
-        spectrogram = self.in_time(self.extractor.mel_db(torch.as_tensor(waveform)).t())  # [T, M] dB, the frames' T
+        spectrogram = self.in_time(self.extractor.spectrogram(waveform).t())  # [T, M] dB, the frames' T
         hop = self.spec.hop_length / self.spec.sample_rate
-        if self.config.data.fixed_frames:
-            hop = seconds / len(spectrogram)
+        if self.config.data.fixed_frames:  # the frames span what is left after trimming (data.trim_db)
+            hop = len(self.extractor.trimmed(waveform)) / self.spec.sample_rate / len(spectrogram)
         return {"file": Path(path).name, "seconds": seconds, "hop_seconds": hop, "spectrogram": spectrogram.numpy(),
                 "layers": layers, "prediction": self.labelled(probabilities),
                 "shown_member": f"member 1 of {len(members)}" if members is not None else None}

@@ -1,0 +1,152 @@
+"""The speech task's waveform preparation and filter-bank VTLP: silence trimming, pre-emphasis, the VTLP warp of
+the mel filters and the warped copies training draws from (resume bit-identical with them), on generated audio."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import batches_drawn
+from test_speech import make_recordings, speech_config, tone, write_wav
+
+from lstmkit.data import audio
+from lstmkit.errors import ConfigError
+from lstmkit.tasks import get_task
+from lstmkit.tasks.speech import CACHE_FILE, SpeechTask
+from lstmkit.train import config_for_resume, train_and_evaluate
+
+
+def padded_tone(lead: float, spoken: float, trail: float, rate: int = 8000) -> tuple[np.ndarray, int, int]:
+    """A 500 Hz tone between stretches of faint noise: (samples, first and one-past-last sample of the tone)."""
+    rng = np.random.default_rng(0)
+    parts = [1e-4 * rng.standard_normal(round(lead * rate)), tone(500, spoken, rate),
+             1e-4 * rng.standard_normal(round(trail * rate))]
+    start = len(parts[0])
+    return np.concatenate(parts).astype(np.float32), start, start + len(parts[1])
+
+
+def test_trimming_cuts_the_silence_around_the_sound_and_nothing_of_it():
+    samples, start, stop = padded_tone(0.3, 0.4, 0.2)
+    spec = audio.FeatureSpec(8000, trim_db=40)
+    trimmed = audio.FeatureExtractor(spec).trimmed(samples)
+    win, hop = spec.win_length, spec.hop_length
+    # the first kept window is the first one that overlaps the tone enough to be within 40 dB of it, so the cut
+    # lies within one window of the tone's edges, and never inside it by more than the window's overlap
+    first = next(k * hop for k in range(len(samples) // hop)
+                 if np.array_equal(samples[k * hop:k * hop + len(trimmed)], trimmed.numpy()))
+    assert start - win <= first <= start
+    assert stop <= first + len(trimmed) <= stop + win
+    assert len(trimmed) % hop == win % hop  # whole windows every hop
+    untouched = audio.FeatureExtractor(audio.FeatureSpec(8000)).trimmed(samples)
+    assert torch.equal(untouched, torch.from_numpy(samples))  # off by default
+
+
+def test_trimmed_features_do_not_depend_on_the_padding():
+    spec = audio.FeatureSpec(8000, kind="mfcc", deltas=1, trim_db=40)
+    extractor = audio.FeatureExtractor(spec)
+    short, long = padded_tone(0.05, 0.4, 0.05)[0], padded_tone(0.5, 0.4, 0.3)[0]
+    assert abs(len(extractor(short)) - len(extractor(long))) <= 3  # the tone's frames, not the padding's
+    assert len(audio.FeatureExtractor(audio.FeatureSpec(8000, kind="mfcc"))(long)) > len(extractor(long)) + 50
+
+
+def test_the_inspected_spectrogram_is_of_the_samples_the_model_reads(tmp_path):
+    data = make_recordings(tmp_path / "d", per_class=2)
+    task = get_task("speech")(speech_config(data, "data.trim_db=20", "data.preemphasis=0.97"))
+    recording = write_wav(tmp_path / "padded.wav", padded_tone(0.3, 0.4, 0.2)[0], 8000, "FLOAT")
+    waveform = audio.load_waveform(recording, 8000, 30)
+    assert len(task.extractor.trimmed(waveform)) < 0.5 * len(waveform)  # the faint noise around the tone is cut
+    trace = task.trace_recording(task.build_model(), recording)
+    frames = task.recording_frames(recording)[1]
+    assert trace["spectrogram"].shape[0] == len(frames) == trace["layers"][0]["cell"].shape[0]
+    expected = task.extractor.mel_db(task.extractor.prepared(waveform)).t()
+    assert torch.equal(torch.from_numpy(trace["spectrogram"]), expected)
+
+
+def test_preemphasis_is_the_first_order_difference():
+    x = np.random.default_rng(2).standard_normal(1000).astype(np.float32)
+    extractor = audio.FeatureExtractor(audio.FeatureSpec(8000, preemphasis=0.97))
+    expected = np.concatenate([x[:1], x[1:] - 0.97 * x[:-1]])
+    np.testing.assert_allclose(extractor.prepared(x).numpy(), expected, rtol=0, atol=1e-6)
+    low, high = tone(200, 0.5, 8000), tone(3000, 0.5, 8000)
+    # |1 - a e^{-iw}|: the 3 kHz tone gains ~11 dB over the 200 Hz one (a = 0.97)
+    gain = [float(extractor.prepared(t).square().mean() / torch.tensor(t).square().mean()) for t in (low, high)]
+    expected_gain = [abs(1 - 0.97 * np.exp(-2j * np.pi * f / 8000)) ** 2 for f in (200, 3000)]
+    np.testing.assert_allclose(gain, expected_gain, rtol=0.02)
+
+
+@pytest.mark.parametrize("alpha", [0.8, 0.93, 1.0, 1.1, 1.25])
+def test_vtlp_warp_is_linear_below_its_knee_and_keeps_the_band_ends(alpha):
+    nyquist = 4000.0
+    hz = np.linspace(0, nyquist, 801)
+    warped = audio.vtlp_warped(hz, alpha, nyquist)
+    knee = audio.VTLP_KNEE * nyquist * min(alpha, 1) / alpha
+    below = hz <= knee
+    np.testing.assert_allclose(warped[below], alpha * hz[below], rtol=1e-12)
+    assert warped[0] == 0 and math.isclose(warped[-1], nyquist)
+    assert np.all(np.diff(warped) > 0) and warped.max() <= nyquist + 1e-9  # one-to-one onto [0, nyquist]
+
+
+@pytest.mark.parametrize("alpha", [0.85, 1.15])
+def test_a_warped_filter_bank_hears_a_tone_at_the_band_of_alpha_times_its_frequency(alpha):
+    spec = audio.FeatureSpec(8000, n_mels=40)
+    sound = tone(1200, 0.3, 8000)
+    centres = audio.mel_to_hz(np.linspace(audio.hz_to_mel(0.0), audio.hz_to_mel(4000.0), 42))[1:-1]
+    plain = audio.FeatureExtractor(spec).mel_db(torch.from_numpy(sound)).mean(dim=1)
+    warped = audio.FeatureExtractor(spec, alpha).mel_db(torch.from_numpy(sound)).mean(dim=1)
+    assert abs(centres[int(plain.argmax())] - 1200) < 60
+    assert abs(centres[int(warped.argmax())] - 1200 * alpha) < 70  # 1.2 kHz is heard at 1.02 or 1.38 kHz
+
+
+def test_vtlp_copies_are_drawn_per_training_example_and_never_evaluated(tmp_path):
+    data = make_recordings(tmp_path / "d", per_class=3)
+    task = get_task("speech")(speech_config(data, "data.vtlp=0.2", "data.vtlp_steps=3"))
+    assert task.vtlp_factors() == [0.8, 1.0, 1.2]
+    frames = task.frames()
+    assert len(task._warped) == 3 and all(len(copy) == len(frames) for copy in task._warped)
+    file = task.files[task.parts["train"][0]]
+    waveform = audio.load_waveform(file, 8000, 30)
+    for alpha, copy in zip([0.8, 1.0, 1.2], task._warped, strict=True):
+        expected = task.normalised(audio.FeatureExtractor(task.spec, alpha)(waveform))
+        assert torch.equal(copy[task.parts["train"][0]], expected)
+    assert torch.equal(task._warped[1][0], frames[0])  # alpha 1 is the unwarped frames
+    assert not torch.equal(task._warped[0][0], frames[0])
+    torch.manual_seed(0)
+    seen = {tuple(task.training_example(0).flatten()[:5].tolist()) for _ in range(30)}
+    assert len(seen) == 3  # each of the three copies drawn
+    assert task.valid_examples[0] is frames[task.parts["valid"][0]]  # evaluation reads the unwarped frames
+
+
+def test_vtlp_training_resumes_bit_identically_from_its_cache(tmp_path, monkeypatch):
+    from test_train import assert_bit_identical, final_weights
+
+    data = make_recordings(tmp_path / "d", per_class=6)
+    extra = ["train.epochs=3", "data.vtlp=0.15", "data.vtlp_steps=4", "data.time_masks=1", "data.trim_db=50",
+             "data.preemphasis=0.9", "model.dropout=0.2"]
+    train_and_evaluate(speech_config(data, *extra), tmp_path / "full", quiet=True)
+    train_and_evaluate(speech_config(data, *extra, "train.epochs=1"), tmp_path / "split", quiet=True)
+    assert (tmp_path / "split" / CACHE_FILE).is_file()
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the resumed run read a recording again instead of its feature cache")
+
+    monkeypatch.setattr(audio, "load_waveform", no_reading)
+    with batches_drawn(SpeechTask) as drawn:
+        train_and_evaluate(config_for_resume(tmp_path / "split", epochs=3), tmp_path / "split", resume=True,
+                           quiet=True)
+    assert drawn
+    assert_bit_identical(final_weights(tmp_path / "full"), final_weights(tmp_path / "split"))
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("data.trim_db=-3", "data.trim_db must be 0"),
+    ("data.preemphasis=1.0", "data.preemphasis must be in [0, 1)"),
+    ("data.vtlp=0.6", "data.vtlp must be in [0, 0.5)"),
+    ("data.vtlp_steps=1", "data.vtlp_steps must be 2 to 21"),
+])
+def test_bad_preparation_and_vtlp_settings_are_one_line_errors(tmp_path, setting, message):
+    data = make_recordings(tmp_path / "d", per_class=2)
+    extra = [setting] if "steps" not in setting else ["data.vtlp=0.1", setting]
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        get_task("speech")(speech_config(data, *extra))
