@@ -100,6 +100,8 @@ def main() -> None:
             ours = copy.deepcopy(model)  # lstmkit.LSTM, backend="auto"
             baseline_lstm = model.lstm.to_torch()  # the baseline: the same weights in torch.nn.LSTM
             baseline_lstm.num_directions = model.lstm.num_directions  # what SequenceClassifier's pooling reads
+            # SequenceClassifier feeds ids through lstmkit.LSTM.embedded (embedding + layer); nn.LSTM has none
+            baseline_lstm.embedded = lambda embedding, ids, lstm=baseline_lstm: lstm(embedding(ids))
             model.lstm = baseline_lstm
             size = f"{fp32.stat().st_size / 2**20:.1f} MB fp32, {int8.stat().st_size / 2**20:.1f} MB int8"
             for threads in [int(t) for t in args.threads.split(",")]:
