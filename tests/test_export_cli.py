@@ -154,8 +154,9 @@ def test_a_variant_keras_and_pt2_cannot_express_is_refused_in_one_line(tmp_path,
     run = make_run(tmp_path, "sentiment", ["model.embedding_dim=4", "model.hidden_size=5", variant],
                    write_reviews(tmp_path / "reviews.jsonl"))[0]
     for form, name in (("pt2", "m.pt2"), ("keras", "m.keras")):
+        hint = ("--format onnx",) if feature != "layer_norm" else ()  # ONNX holds layer_norm back too
         one_line_error(invoke("export", run, "--format", form, "--out", tmp_path / name), feature, "standard LSTM",
-                       "--format onnx")
+                       *hint)
         assert not (tmp_path / name).exists()
 
 

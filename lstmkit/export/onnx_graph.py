@@ -22,8 +22,8 @@ its step: called with T = 1 and the state it returned, it streams token by token
 Variants: peepholes go to the operator's `P` input (blocks i, o, f; ONNX's order), coupled gates to its
 `input_forget=1` (f = 1 - i; the f blocks of W, R, B written as zeros, since they are unused). What the operator
 cannot express (`proj_size`, `cell_clip`: the operator's `clip` bounds the gates' pre-activations, not c_t;
-`layer_norm`; `zoneout` at evaluation) is written out as a Scan over time instead (`lstmkit.export.onnx_scan`),
-the whole LSTM then, not layer by layer, so one model has one form.
+`zoneout` at evaluation) is written out as a Scan over time instead (`lstmkit.export.onnx_scan`), the whole LSTM
+then, not layer by layer, so one model has one form. `layer_norm` is refused by name (see ONNX_FEATURES).
 The run's small files (config.json, vocab.json, labels.json, ...) travel in the model's metadata_props, so
 `lstmkit evaluate FILE.onnx` needs nothing else.
 """
@@ -36,14 +36,13 @@ import numpy as np
 import torch
 
 from lstmkit.errors import ConfigError
-from lstmkit.export import LSTMSpec, lstm_spec, open_for_export, require, written_atomically
+from lstmkit.export import ONNX_FEATURES, LSTMSpec, lstm_spec, open_for_export, require, written_atomically
 from lstmkit.export.onnx_scan import scan_layer
 
 OPSET = 17
 TORCH_TO_ONNX_GATES = [0, 3, 1, 2]  # ONNX block k is torch block TORCH_TO_ONNX_GATES[k]: i, o, f, c <- i, f, g, o
 COUPLED_TO_ONNX_GATES = [0, 2, None, 1]  # i, o, f, c <- i, g, o of a coupled LSTM; f: zeros (input_forget)
 PEEPHOLE_TO_ONNX = [0, 2, 1]  # P's blocks i, o, f <- our (p_i, p_f, p_o)
-ONNX_FEATURES = ("peephole", "coupled_gates", "cell_clip", "layer_norm", "zoneout")  # everything at evaluation
 OPERATOR_FEATURES = ("peephole", "coupled_gates")  # what the LSTM operator itself computes
 METADATA_PREFIX = "lstmkit.file/"  # + a run file's name: its text
 MAX_METADATA_FILE = 32 * 2**20  # a run's JSON files are small; a vocabulary of a million words is about 16 MB
