@@ -172,7 +172,8 @@ def assert_matches_lstmkit(got, model, inputs, name: str) -> None:
             expected = model(*inputs)
     finally:
         hook.remove()
-    terms = (captured[0].abs() @ model.head.weight.abs().T + model.head.bias.abs()).max()
+    with torch.no_grad():
+        terms = (captured[0].abs() @ model.head.weight.abs().T + model.head.bias.abs()).max()
     assert_close(got, expected, name, tolerance=1e-5 * max(1.0, float(terms / expected.abs().max())))
 
 
