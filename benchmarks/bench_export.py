@@ -4,12 +4,14 @@ model in PyTorch with torch.nn.LSTM, at batch 1 and batch 32, timed in the same 
 Models (random weights of the shape; speed does not depend on the values):
   imdb: the seed classifier, Embedding(10000, 128) -> LSTM(64) -> Dense(1), reviews of T=200 tokens
   ptb:  the ptb_word language model, Embedding(10000, 200) -> 2 x LSTM(200) -> Linear(10000), windows of T=35
+  imdb_proj: imdb with LSTM(64, proj_size=32), which ONNX gets as a Scan over time (lstmkit.export.onnx_scan),
+        not the fused LSTM operator (--models imdb_proj; not in the default set)
 "lstmkit (auto)" is the same model with lstmkit.LSTM (backend="auto", its measured choice of path).
 Each contender is first checked against PyTorch (fp32: relative error <= 1e-5; int8: reported), then timed:
 each contender timed in turn (one warm-up call first), median time per call, `--threads` for every runtime. Ratios are
 nn.LSTM time / contender time (> 1: faster than nn.LSTM).
 
-Run: python benchmarks/bench_export.py [--threads 1,2] [--seconds 1.5]
+Run: python benchmarks/bench_export.py [--threads 1,2] [--seconds 1.5] [--models imdb,ptb,imdb_proj]
 """
 
 from __future__ import annotations
@@ -49,8 +51,9 @@ def cpu_model() -> str:
 def build(name: str):
     """(task name, PyTorch model with torch.nn.LSTM, a call of it on batch B)."""
     torch.manual_seed(0)
-    if name == "imdb":
-        model = SequenceClassifier(num_classes=2, hidden_size=64, vocab_size=10000, embedding_dim=128).eval()
+    if name in ("imdb", "imdb_proj"):
+        model = SequenceClassifier(num_classes=2, hidden_size=64, vocab_size=10000, embedding_dim=128,
+                                   proj_size=32 if name == "imdb_proj" else 0).eval()
         return "sentiment", model, 200
     model = LanguageModel(10000, LMModelConfig(embedding_dim=200, hidden_size=200, num_layers=2, tie_weights=True))
     return "lm", model.eval(), 35
@@ -82,11 +85,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--seconds", type=float, default=1.5, help="timing per contender and shape")
+    parser.add_argument("--models", default="imdb,ptb", help="imdb, ptb, imdb_proj (comma-separated)")
     args = parser.parse_args()
     print(f"CPU: {cpu_model()}; torch {torch.__version__}; onnxruntime "
           f"{__import__('onnxruntime').__version__}; {time.strftime('%Y-%m-%d')}")
     with tempfile.TemporaryDirectory() as scratch:
-        for name in ("imdb", "ptb"):
+        for name in args.models.split(","):
             task, model, T = build(name)
             config_files = {"config.json": "{}"}
             proto = model_proto(_Task(task), model, config_files)
@@ -96,6 +100,8 @@ def main() -> None:
             ours = copy.deepcopy(model)  # lstmkit.LSTM, backend="auto"
             baseline_lstm = model.lstm.to_torch()  # the baseline: the same weights in torch.nn.LSTM
             baseline_lstm.num_directions = model.lstm.num_directions  # what SequenceClassifier's pooling reads
+            # SequenceClassifier feeds ids through lstmkit.LSTM.embedded (embedding + layer); nn.LSTM has none
+            baseline_lstm.embedded = lambda embedding, ids, lstm=baseline_lstm: lstm(embedding(ids))
             model.lstm = baseline_lstm
             size = f"{fp32.stat().st_size / 2**20:.1f} MB fp32, {int8.stat().st_size / 2**20:.1f} MB int8"
             for threads in [int(t) for t in args.threads.split(",")]:

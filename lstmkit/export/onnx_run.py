@@ -25,14 +25,17 @@ from lstmkit.export.onnx_graph import METADATA_PREFIX
 
 def quantize_int8(proto, out: Path) -> None:
     """onnxruntime's dynamic quantiser: LSTM -> DynamicQuantizeLSTM (int8 W and R per output channel), MatMul with
-    constant weights -> MatMulInteger, the embedding's Gather -> int8 table; activations quantised at run time."""
+    constant weights -> MatMulInteger (in a Scan's body too), the embedding's Gather -> int8 table; activations
+    quantised at run time."""
     onnx = require("onnx")
     quantization = require("onnxruntime.quantization", "onnxruntime")
     with tempfile.TemporaryDirectory(prefix="lstmkit-int8-") as scratch:
         source = Path(scratch) / "fp32.onnx"
         onnx.save_model(proto, str(source))
         with _quiet_root_logger():
-            quantization.quantize_dynamic(source, out, weight_type=quantization.QuantType.QInt8)
+            # EnableSubgraph: the MatMuls of a Scan's body (U h, R m: the LSTM written out, onnx_scan) too
+            quantization.quantize_dynamic(source, out, weight_type=quantization.QuantType.QInt8,
+                                          extra_options={"EnableSubgraph": True})
     quantized = onnx.load(str(out))
     # The quantiser keeps the graph's metadata only in some versions; the run files must travel either way.
     kept = {p.key for p in quantized.metadata_props}
@@ -93,14 +96,15 @@ class OnnxClassifier(_OnnxModule):
 class OnnxLanguageModel(_OnnxModule):
     def __init__(self, sess) -> None:
         super().__init__(sess)
-        shape = {i.name: i.shape for i in sess.get_inputs()}["h0"]
-        self.num_layers, self.hidden_size = int(shape[0]), int(shape[2])
+        shapes = {i.name: i.shape for i in sess.get_inputs()}
+        self.num_layers, self.state_size = int(shapes["h0"][0]), int(shapes["h0"][2])  # P: proj_size or H
+        self.hidden_size = int(shapes["c0"][2])
 
     def forward(self, ids: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """ids [T, B] -> (logits [T, B, V], (h_n, c_n)), as lstmkit's LanguageModel."""
         if state is None:
-            zeros = torch.zeros(self.num_layers, ids.shape[1], self.hidden_size)
-            state = (zeros, zeros)
+            state = (torch.zeros(self.num_layers, ids.shape[1], self.state_size),
+                     torch.zeros(self.num_layers, ids.shape[1], self.hidden_size))
         logits, h_n, c_n = self.session.run(["logits", "h_n", "c_n"], {
             "tokens": ids.cpu().numpy().astype(np.int64), "h0": state[0].cpu().float().numpy(),
             "c0": state[1].cpu().float().numpy()})
