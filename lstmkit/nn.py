@@ -87,22 +87,13 @@ def _check_forget_bias(value: object) -> float:
     return float(value)
 
 
-def _check_forget_biases(value: object, num_layers: int) -> tuple[float, ...]:
-    """forget_bias: one number for every layer, or a sequence of num_layers numbers."""
+def _per_layer(name: str, value: object, num_layers: int, check, what: str) -> tuple[float, ...]:
+    """One checked value for every layer: a single `what`, or a sequence of num_layers of them."""
     if isinstance(value, Sequence) and not isinstance(value, str):
         if len(value) != num_layers:
-            raise ValueError(f"forget_bias needs one number per layer ({num_layers}), got {len(value)}: {list(value)}")
-        return tuple(_check_forget_bias(v) for v in value)
-    return (_check_forget_bias(value),) * num_layers
-
-
-def _check_rates(name: str, value: object, num_layers: int) -> tuple[float, ...]:
-    """A rate for every layer: one number, or a sequence of num_layers numbers."""
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        if len(value) != num_layers:
-            raise ValueError(f"{name} needs one rate per layer ({num_layers}), got {len(value)}: {list(value)}")
-        return tuple(_check_rate(name, v) for v in value)
-    return (_check_rate(name, value),) * num_layers
+            raise ValueError(f"{name} needs one {what} per layer ({num_layers}), got {len(value)}: {list(value)}")
+        return tuple(check(v) for v in value)
+    return (check(value),) * num_layers
 
 
 def _check_rate(name: str, value: object) -> float:
@@ -225,7 +216,8 @@ class LSTM(nn.Module):
         if layer_norm and self.hidden_size < 2:
             raise ValueError("layer_norm needs hidden_size >= 2: the normalisation of one unit is a constant")
         self.recurrent_dropout = _check_rate("recurrent_dropout", recurrent_dropout)
-        self.input_dropouts = _check_rates("input_dropout", input_dropout, self.num_layers)
+        self.input_dropouts = _per_layer("input_dropout", input_dropout, self.num_layers,
+                                         lambda rate: _check_rate("input_dropout", rate), "rate")
         # one number where all layers share it, else the per-layer tuple (as forget_bias)
         self.input_dropout = self.input_dropouts[0] if len(set(self.input_dropouts)) == 1 else self.input_dropouts
         self.weight_drop = _check_rate("weight_drop", weight_drop)
@@ -250,7 +242,7 @@ class LSTM(nn.Module):
         self.batch_first = bool(batch_first)
         self.dropout = float(dropout)
         self.bidirectional = bool(bidirectional)
-        self.forget_biases = _check_forget_biases(forget_bias, self.num_layers)
+        self.forget_biases = _per_layer("forget_bias", forget_bias, self.num_layers, _check_forget_bias, "number")
         # one number where all layers share it (as torch-style code reads it), else the per-layer tuple
         self.forget_bias = self.forget_biases[0] if len(set(self.forget_biases)) == 1 else self.forget_biases
         self.backend = ops.check_backend(backend)
