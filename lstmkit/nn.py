@@ -96,6 +96,12 @@ def _per_layer(name: str, value: object, num_layers: int, check, what: str) -> t
     return (check(value),) * num_layers
 
 
+def dropout_mask(like: Tensor, shape: tuple[int, ...], p: float) -> Tensor:
+    """An inverted-dropout mask of `shape` in `like`'s dtype and device, from torch's generator (so a seed, and a
+    resumed run, repeat it): 0 with probability p, else 1/(1-p)."""
+    return torch.bernoulli(like.new_full(shape, 1.0 - p)) / (1.0 - p)
+
+
 def _check_rate(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be a probability in [0, 1) (0 turns it off), got {value!r}")
@@ -375,7 +381,8 @@ class LSTM(nn.Module):
     def cell(self, layer: int, direction: int = 0, masks: dict | None = None) -> Cell:
         """The `Cell` the layer functions take for one layer and direction: its weights, b = b_ih + b_hh (one bias;
         the two only mirror nn.LSTM's parameters) or None without biases, and the variant features. masks: this
-        call's dropout (`_draw_masks`): U with its weight drop, and the recurrent dropout's h mask."""
+        call's dropout (`_draw_masks`): U with its weight drop, the recurrent dropout's h mask and zoneout's masks
+        (else its rates, in eval)."""
         W, U, b_ih, b_hh, R, peephole, ln_ih, ln_hh, ln_c = self._named_weights(layer, direction)
         suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
         masks = masks or {}
@@ -396,9 +403,9 @@ class LSTM(nn.Module):
         masks = {}
         for layer in range(self.num_layers):
             if self.input_dropouts[layer]:
-                p, width = self.input_dropouts[layer], getattr(self, f"weight_ih_l{layer}").shape[1]
-                keep = torch.bernoulli(self.weight_ih_l0.new_full((batch, width), 1.0 - p))
-                masks[f"input_mask_l{layer}"] = keep / (1.0 - p)
+                width = getattr(self, f"weight_ih_l{layer}").shape[1]
+                masks[f"input_mask_l{layer}"] = dropout_mask(self.weight_ih_l0, (batch, width),
+                                                             self.input_dropouts[layer])
             for direction in range(self.num_directions):
                 suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
                 U = getattr(self, f"weight_hh{suffix}")
@@ -406,8 +413,7 @@ class LSTM(nn.Module):
                     keep = torch.bernoulli(torch.full_like(U, 1.0 - self.weight_drop))
                     masks[f"weight_hh{suffix}"] = U * keep / (1.0 - self.weight_drop)
                 if self.recurrent_dropout:
-                    keep = torch.bernoulli(U.new_full((batch, U.shape[1]), 1.0 - self.recurrent_dropout))
-                    masks[f"h_mask{suffix}"] = keep / (1.0 - self.recurrent_dropout)
+                    masks[f"h_mask{suffix}"] = dropout_mask(U, (batch, U.shape[1]), self.recurrent_dropout)
                 for name, width in (("zoneout_h", U.shape[1]), ("zoneout_c", self.hidden_size)):
                     if getattr(self, name):
                         masks[f"{name}{suffix}"] = torch.bernoulli(U.new_full((rows, width), getattr(self, name)))

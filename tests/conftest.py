@@ -14,8 +14,9 @@ import torch
 # One cache for the whole session and the processes its tests start (a killed run and its resume meet the same
 # choices), apart from the user's ~/.cache/lstmkit. An LSTMKIT_CACHE set by the caller is kept.
 os.environ.setdefault("LSTMKIT_CACHE", tempfile.mkdtemp(prefix="lstmkit-test-cache-"))
-# Where no CUDA GPU is, Triton's kernels (lstmkit.ops.lstm_triton) run in its interpreter on CPU tensors (test_triton);
-# triton reads this when it is first imported, which may be inside any test (torch.compile imports it).
+# Where no CUDA GPU is, Triton's kernels (lstmkit.ops.lstm_triton) are decorated for its interpreter, so test_triton
+# can run them on CPU tensors (nothing else sends CPU tensors there); triton reads this when it is first imported,
+# which may be inside any test (torch.compile imports it).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

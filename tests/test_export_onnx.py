@@ -11,7 +11,7 @@ from export_runs import invoke, make_run, one_line_error, write_reviews, write_s
 onnx = pytest.importorskip("onnx", reason="the export extra is not installed: pip install 'lstmkit[export]'")
 ort = pytest.importorskip("onnxruntime", reason="the export extra is not installed: pip install 'lstmkit[export]'")
 
-from lstmkit.export import export_run, onnx_scan  # noqa: E402
+from lstmkit.export import export_run  # noqa: E402
 from lstmkit.export.onnx_run import open_onnx  # noqa: E402
 from lstmkit.tasks.classify import collate  # noqa: E402
 
@@ -271,19 +271,13 @@ def test_language_model_variants_match_whole_and_streamed(tmp_path, overrides):
 
 
 def test_layer_norm_is_refused_by_name_and_nothing_is_written(tmp_path):
-    """layer_norm's Scan is held back (onnx_graph.ONNX_FEATURES): one line naming it, no file left."""
+    """layer_norm's Scan is held back (lstmkit.export.ONNX_FEATURES): one line naming it, no file left."""
     data = write_reviews(tmp_path / "reviews.jsonl")
     run, _, _ = make_run(tmp_path, "sentiment", ["model.embedding_dim=4", "model.lstm.hidden_size=5",
                                                  "model.lstm.layer_norm=true"], data)
     one_line_error(invoke("export", run, "--format", "onnx", "--out", tmp_path / "m.onnx"), "layer_norm",
                    "cannot express")
     assert not list(tmp_path.glob("*.onnx*")), "nothing may be left behind"
-
-
-def test_the_scan_layer_norm_epsilon_is_lstmkits():
-    from lstmkit.ops.cell import LAYER_NORM_EPS
-
-    assert onnx_scan.LAYER_NORM_EPS == LAYER_NORM_EPS
 
 
 def test_an_unknown_parameter_is_refused_in_one_line(tmp_path):

@@ -26,8 +26,10 @@ DEVICE = "cpu" if lstm_triton.INTERPRETED else "cuda"
 
 @pytest.fixture
 def through_triton(monkeypatch):
-    """The op runs its Triton loops (on CPU tensors: the C kernel's loops out of the way); calls are counted."""
+    """The op runs its Triton loops (on CPU tensors under the interpreter too: the C kernel's loops out of the way);
+    calls are counted."""
     monkeypatch.setattr(lstm_cpu, "supports", lambda *args: False)
+    monkeypatch.setattr(lstm_op, "_triton_runs", lambda x, cell: cell.standard)
     triton_loops = lstm_triton
     calls = []
     forward = triton_loops.forward_loop
@@ -91,10 +93,11 @@ def test_the_triton_loops_equal_the_torch_backend_in_float32(through_triton, see
         assert_close(a, b, f"op (Triton) vs torch, output {k} of {options}", tolerance=tolerance)
 
 
-def test_the_triton_loops_run_only_the_standard_cell_on_cuda_or_the_interpreter():
+def test_the_triton_loops_run_only_the_standard_cell_on_cuda():
     from lstmkit.ops.cell import Cell
 
     W, U, x = (torch.zeros(shape, device=DEVICE) for shape in ((8, 3), (8, 2), (4, 3)))
-    assert lstm_triton.runs(x, Cell(W, U, None))
+    assert lstm_triton.runs(x, Cell(W, U, None)) == (DEVICE == "cuda")  # CPU tensors: the op's own loops
     assert not lstm_triton.runs(x, Cell(W, U, None, cell_clip=1.0))  # a variant: the op's torch loops
     assert not lstm_triton.runs(x, Cell(W, U, None, peephole=torch.zeros(3, 2, device=DEVICE)))
+    assert not lstm_op._triton_runs(torch.zeros(4, 3), Cell(torch.zeros(8, 3), torch.zeros(8, 2), None))

@@ -9,9 +9,10 @@ The weights are read through torch.nn.LSTM's parameter names (`weight_ih_l{k}[_r
 lstmkit.LSTM's variants add their public parameters (`weight_peephole_...`, `layer_norm_{ih,hh,c}_...`) and
 attributes (`variant_features`, `coupled_gates`, `cell_clip`, `zoneout_h`, `zoneout_c`). A format takes the
 variant features it lists (`lstm_spec(lstm, expressible)`); any other, and any parameter outside those names, is
-refused by name rather than silently dropped. Training-only features (weight_drop, recurrent_dropout, the dropout
-between layers) are the identity at evaluation and export as the LSTM without them; forget_bias is only the initial
-value of a bias, exported as the bias it became.
+refused by name rather than silently dropped. Training-only features (weight_drop, recurrent_dropout, input_dropout,
+the dropout between layers, and a language model's locked and embedding dropout) are the identity at evaluation
+and export as the LSTM without them; forget_bias is only the initial value of a bias, exported as the bias it
+became.
 
 The optional libraries (the `export` extra: onnx, onnxruntime, keras, h5py) are imported only here, when used.
 """

@@ -2,8 +2,8 @@
 
 The operator's h is o * tanh(c) with no projection, its `clip` bounds the gates' pre-activations (not c_t, which is
 what lstmkit's cell_clip bounds), and it has no layer normalisation and no zoneout. A layer with any of these
-(`proj_size`, `cell_clip`, `zoneout`; `layer_norm` is written here too but not offered yet: `onnx_graph.ONNX_FEATURES`
-says why) becomes, per direction:
+(`proj_size`, `cell_clip`, `zoneout`; `layer_norm` is written here too but not offered yet:
+`lstmkit.export.ONNX_FEATURES` says why) becomes, per direction:
 
     xw = W x + b                          one MatMul over all steps, [T, B, GH] (LN(W x; ln_ih) + b with layer_norm)
     Scan over t (reversed for the reverse direction), state (h, c), one step:
@@ -30,8 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from lstmkit.export import LayerWeights, LSTMSpec
-
-LAYER_NORM_EPS = 1e-5  # lstmkit.ops.cell.LAYER_NORM_EPS; a test holds them equal
+from lstmkit.ops.cell import LAYER_NORM_EPS
 
 
 def f32(t) -> np.ndarray:

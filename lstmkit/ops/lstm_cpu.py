@@ -196,7 +196,8 @@ def _masks(h_mask: Tensor | None, zoneout_h: Tensor | float | None, zoneout_c: T
         if isinstance(value, Tensor):
             if tuple(value.shape) != expected[name] or value.dtype != torch.float32 or value.device.type != "cpu":
                 raise ValueError(f"lstmkit C kernel: {name} is a {value.dtype} {tuple(value.shape)} on {value.device}, "
-                                 f"expected float32 {list(expected[name])} on the CPU")
+                                 f"expected float32 {list(expected[name])} on the CPU; pass the masks "
+                                 "lstmkit.LSTM draws for the call (or run the cell on backend='torch')")
             value = value.detach().contiguous()
             held.append(value)
             args.append(_ptr(value))
@@ -296,7 +297,8 @@ def forward(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Te
                             _ptr(out["y"]), _ptr(out["h_prev"]), _ptr(out["m"]), _ptr(out["h"]), _ptr(out["c"]))
     del held  # the masks' contiguous copies, alive until here
     if status != 0:
-        raise MemoryError("lstmkit's C kernel could not allocate its packed weights; use backend='torch'")
+        raise MemoryError("lstmkit's C kernel could not allocate its buffers (packed weights, masked states); "
+                          "use backend='torch'")
     return out
 
 
@@ -316,7 +318,8 @@ def backward(dy: Tensor, dh_T: Tensor, dc_T: Tensor, batch_sizes: list[int], c0:
         raise ValueError(f"lstmkit C kernel: cells {tuple(cells.shape)}, dy {tuple(dy.shape)} or dc_T "
                          f"{tuple(dc_T.shape)} do not fit gates {tuple(gates.shape)}")
     if (zoneout_c is not None) != (states is not None) or (states is not None and states.shape != cells.shape):
-        raise ValueError("lstmkit C kernel: zoneout of c needs the forward's states [N, H], and only it")
+        raise ValueError("lstmkit C kernel: zoneout of c needs the forward's states [N, H], and only it does; pass "
+                         "the states the forward returned with its zoneout_c mask or rate")
     gates, cells = gates.contiguous(), cells.contiguous()
     states = states.contiguous() if states is not None else None
     N, G = gates.shape
@@ -338,7 +341,8 @@ def backward(dy: Tensor, dh_T: Tensor, dc_T: Tensor, batch_sizes: list[int], c0:
                              _ptr(out["dc0"]))
     del held
     if status != 0:
-        raise MemoryError("lstmkit's C kernel could not allocate its packed weights; use backend='torch'")
+        raise MemoryError("lstmkit's C kernel could not allocate its buffers (packed weights, masked states); "
+                          "use backend='torch'")
     if per_thread is not None:
         out["dpeephole"] = per_thread.sum(0)
     return out

@@ -14,13 +14,12 @@ and does the weight-gradient GEMMs (dW, dU, dR) and the input gradient once, aft
 
 Sequences are full length ([T, B, I], time-major); `lstmkit.LSTM` sends packed input to the portable backend.
 On the CPU in float32 both time loops are the C kernel's (`lstm_cpu`, for the features it lists in `SUPPORTS`:
-today all of the op's); elsewhere they are torch ops calling the torch backend's one copy of the equations
+today all of the op's); on CUDA, for the standard cell and with triton installed, they are Triton kernels
+(`lstm_triton`); elsewhere they are torch ops calling the torch backend's one copy of the equations
 (`lstm_torch.cell_forward`, `cell_backward`).
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 from torch import Tensor
@@ -176,9 +175,9 @@ def _backward_impl(dy: Tensor, dh_T: Tensor, dc_T: Tensor, x: Tensor, h0: Tensor
 
 
 def _triton_runs(x: Tensor, cell: Cell) -> bool:
-    """Whether the Triton loops (`lstm_triton`) run this layer: the standard cell on CUDA, or on the CPU under
-    Triton's interpreter (the tests). Imported only then: triton reads TRITON_INTERPRET when it is imported."""
-    if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+    """Whether the Triton loops (`lstm_triton`) run this layer: the standard cell on CUDA. Imported only for CUDA
+    tensors (triton is optional and slow to import)."""
+    if x.device.type != "cuda":
         return False
     from lstmkit.ops import lstm_triton
 

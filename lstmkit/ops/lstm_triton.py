@@ -8,8 +8,9 @@ input projection W x of every step is one GEMM before the loop, and dW, dU, db, 
 
 Triton compiles these at first use with nothing but the `triton` wheel. Without a GPU they run in Triton's
 interpreter (TRITON_INTERPRET=1, set before triton is imported), which is how the tests check them on the CPU
-against the torch backend. What runs here: the standard cell, full-length batches, any dtype the weights have
-(fp32 accumulation), projections (h_t = R m_t, a GEMM per step). Variants take the op's torch loops.
+against the torch backend, with the op routed here for that test alone. What runs here: the standard cell,
+full-length batches, any dtype the weights have (fp32 accumulation), projections (h_t = R m_t, a GEMM per step).
+Variants take the op's torch loops.
 """
 
 from __future__ import annotations
@@ -38,11 +39,9 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def runs(x: Tensor, cell) -> bool:
-    """Whether these kernels run a layer: triton present, the standard cell, and CUDA tensors (or CPU tensors
-    under the interpreter, as the tests use them)."""
-    if triton is None or not cell.standard:
-        return False
-    return x.device.type == "cuda" or (INTERPRETED and x.device.type == "cpu")
+    """Whether these kernels run a layer: triton present, the standard cell, CUDA tensors. (tests/test_triton.py
+    sends CPU tensors here under the interpreter itself; nothing else does, so the op's torch loops stay tested.)"""
+    return triton is not None and cell.standard and x.device.type == "cuda"
 
 
 if triton is not None:

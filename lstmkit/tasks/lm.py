@@ -34,6 +34,7 @@ from lstmkit.data.text import (
 from lstmkit.data.vocab import Vocab
 from lstmkit.errors import ConfigError, DataError
 from lstmkit.lstm_config import LSTMConfig
+from lstmkit.nn import dropout_mask
 from lstmkit.tasks import Task
 
 VOCAB_FILE = "vocab.json"
@@ -47,7 +48,7 @@ class LMModelConfig:
     dropout: float = 0.2  # on the embeddings, between layers and before the output layer
     locked_dropout: bool = False  # that dropout with one mask per window and column for all its steps (variational
     # dropout, Gal & Ghahramani 2016; AWD-LSTM's locked dropout); between layers as the LSTM's input_dropout
-    embedding_dropout: float = 0.0  # drop whole words: each row of the embedding with this probability, for a window
+    embedding_dropout: float = 0.0  # drop whole words: each row of the embedding with this probability, for a batch
     # (Gal & Ghahramani 2016; AWD-LSTM's dropoute); the tied output layer keeps every row
     tie_weights: bool = False  # share the embedding with the output layer (needs embedding_dim == h's size)
     init_range: float = 0.0  # > 0: embedding and output weights uniform in ±init_range, output bias 0 (Zaremba et
@@ -100,14 +101,12 @@ class LanguageModel(nn.Module):
     def forward(self, ids: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         weight = self.embedding.weight
         if self.training and self.embedding_dropout:  # whole words: one Bernoulli draw per vocabulary row
-            keep = torch.bernoulli(weight.new_full((weight.shape[0], 1), 1.0 - self.embedding_dropout))
-            weight = weight * keep / (1.0 - self.embedding_dropout)
+            weight = weight * dropout_mask(weight, (weight.shape[0], 1), self.embedding_dropout)
         embedded = F.embedding(ids, weight)
         if self.locked_dropout:  # the LSTM drops its inputs (input_dropout); its output: one mask per column
             output, state = self.lstm(embedded, state)  # [L, B, H]
             if self.training and self.drop.p:
-                keep = torch.bernoulli(output.new_full(output.shape[1:], 1.0 - self.drop.p))
-                output = output * keep / (1.0 - self.drop.p)
+                output = output * dropout_mask(output, output.shape[1:], self.drop.p)
             return self.head(output), state
         output, state = self.lstm(self.drop(embedded), state)
         return self.head(self.drop(output)), state

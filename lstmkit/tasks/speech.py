@@ -208,7 +208,8 @@ class SpeechTask(ClassifierTask):
                             if name.startswith("frames")]
             except (LstmkitError, KeyError, RuntimeError):
                 pass  # a damaged or stale cache is rebuilt
-        warped = [audio.FeatureExtractor(self.spec, alpha) for alpha in factors]
+        # factor 1 (the middle of an odd vtlp_steps) is the plain filter bank: its copy is the unwarped frames
+        warped = [audio.FeatureExtractor(self.spec, alpha) if alpha != 1.0 else None for alpha in factors]
         copies: list[list[Tensor]] = [[] for _ in range(1 + len(factors))]
         bad = []
         for i, path in enumerate(self.files):
@@ -220,8 +221,10 @@ class SpeechTask(ClassifierTask):
                 bad.append(i)
                 self.skipped.append(str(error))
                 continue
-            for copy, extractor in zip(copies, [self.extractor, *warped], strict=True):
-                copy.append(extractor(waveform))
+            plain = self.extractor(waveform)
+            copies[0].append(plain)
+            for copy, extractor in zip(copies[1:], warped, strict=True):
+                copy.append(extractor(waveform) if extractor is not None else plain)
         if bad:  # the frames already line up with the files kept; the cache is keyed by those
             self._drop(bad)
             key["files"] = [[str(p), *self._stamp(p)] for p in self.files]
