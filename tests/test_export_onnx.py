@@ -84,18 +84,24 @@ def test_language_model_matches_whole_and_streamed_step_by_step(tmp_path, num_la
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, len(task.vocab), (17, 3), generator=generator)
     state = tuple(torch.randn(num_layers, 3, size, generator=generator) for _ in range(2))
+    assert_language_model_matches(model, session_model, ids, state, "")
+
+
+def assert_language_model_matches(model, session_model, ids, state, name: str) -> None:
+    """The exported LM against lstmkit's from a given state: whole, and as its step (one token at a time, the state
+    carried), which must give the same logits and final state."""
     with torch.no_grad():
         logits, (h_n, c_n) = model(ids, state)
     got, (got_h, got_c) = session_model(ids, state)
-    assert_close(got, logits, "logits")
+    assert_close(got, logits, f"logits {name}")
     assert_close(got_h, h_n, "h_n")
     assert_close(got_c, c_n, "c_n")
-    # The graph is also the step: one token at a time, the state carried, gives the same logits and state
     streamed, carried = [], state
     for t in range(ids.shape[0]):
         step_logits, carried = session_model(ids[t:t + 1], carried)
         streamed.append(step_logits)
-    assert_close(torch.cat(streamed), logits, "streamed logits")
+    assert_close(torch.cat(streamed), logits, f"streamed logits {name}")
+    assert_close(carried[0], h_n, "streamed h_n")
     assert_close(carried[1], c_n, "streamed c_n")
 
 
@@ -252,18 +258,7 @@ def test_language_model_variants_match_whole_and_streamed(tmp_path, overrides):
     ids = torch.randint(0, len(task.vocab), (13, 3), generator=generator)
     state = (torch.randn(num_layers, 3, width, generator=generator), torch.randn(num_layers, 3, hidden,
                                                                                  generator=generator))
-    with torch.no_grad():
-        logits, (h_n, c_n) = model(ids, state)
-    got, (got_h, got_c) = session_model(ids, state)
-    assert_close(got, logits, f"logits {overrides}")
-    assert_close(got_h, h_n, "h_n")
-    assert_close(got_c, c_n, "c_n")
-    streamed, carried = [], state
-    for t in range(ids.shape[0]):
-        step_logits, carried = session_model(ids[t:t + 1], carried)
-        streamed.append(step_logits)
-    assert_close(torch.cat(streamed), logits, "streamed logits")
-    assert_close(carried[0], h_n, "streamed h_n")
+    assert_language_model_matches(model, session_model, ids, state, str(overrides))
     # no state given: zeros of each shape (h: proj_size wide)
     with torch.no_grad():
         fresh = model(ids)[0]

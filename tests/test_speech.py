@@ -257,12 +257,16 @@ def test_trains_to_high_accuracy_and_saves_its_normalisation(trained):
     assert saved["mean"] == task.stats.mean.tolist() and saved["std"] == task.stats.std.tolist()
 
 
-def test_resume_is_bit_identical_and_reads_the_feature_cache(tmp_path, monkeypatch):
+@pytest.mark.parametrize("drawn_options", [
+    ["data.time_masks=2", "data.freq_masks=1", "data.stretch=0.2", "data.warp=0.1"],
+    ["data.vtlp=0.15", "data.vtlp_steps=4", "data.time_masks=1", "data.trim_db=50", "data.preemphasis=0.9"],
+], ids=["augmentations", "vtlp-trim-preemphasis"])
+def test_resume_is_bit_identical_and_reads_the_feature_cache(tmp_path, monkeypatch, drawn_options):
     from test_train import assert_bit_identical, final_weights
 
     data = make_recordings(tmp_path / "d", per_class=6)
-    extra = ["train.epochs=3", "data.time_masks=2", "data.freq_masks=1", "data.stretch=0.2", "data.warp=0.1",
-             "model.dropout=0.2"]  # random draws, which a resumed run must continue exactly
+    # random draws (VTLP's copy per example among them), which a resumed run must continue exactly
+    extra = ["train.epochs=3", *drawn_options, "model.dropout=0.2"]
     train_and_evaluate(speech_config(data, *extra), tmp_path / "full", quiet=True)
     train_and_evaluate(speech_config(data, *extra, "train.epochs=1"), tmp_path / "split", quiet=True)
     assert (tmp_path / "split" / CACHE_FILE).is_file()

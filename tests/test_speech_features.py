@@ -1,5 +1,5 @@
 """The speech task's waveform preparation and filter-bank VTLP: silence trimming, pre-emphasis, the VTLP warp of
-the mel filters and the warped copies training draws from (resume bit-identical with them), on generated audio."""
+the mel filters and the warped copies training draws from (their resume: test_speech.py), on generated audio."""
 
 from __future__ import annotations
 
@@ -8,14 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import batches_drawn
 from test_speech import make_recordings, speech_config, tone, write_wav
 
 from lstmkit.data import audio
 from lstmkit.errors import ConfigError
 from lstmkit.tasks import get_task
-from lstmkit.tasks.speech import CACHE_FILE, SpeechTask
-from lstmkit.train import config_for_resume, train_and_evaluate
 
 
 def padded_tone(lead: float, spoken: float, trail: float, rate: int = 8000) -> tuple[np.ndarray, int, int]:
@@ -116,27 +113,6 @@ def test_vtlp_copies_are_drawn_per_training_example_and_never_evaluated(tmp_path
     seen = {tuple(task.training_example(0).flatten()[:5].tolist()) for _ in range(30)}
     assert len(seen) == 3  # each of the three copies drawn
     assert task.valid_examples[0] is frames[task.parts["valid"][0]]  # evaluation reads the unwarped frames
-
-
-def test_vtlp_training_resumes_bit_identically_from_its_cache(tmp_path, monkeypatch):
-    from test_train import assert_bit_identical, final_weights
-
-    data = make_recordings(tmp_path / "d", per_class=6)
-    extra = ["train.epochs=3", "data.vtlp=0.15", "data.vtlp_steps=4", "data.time_masks=1", "data.trim_db=50",
-             "data.preemphasis=0.9", "model.dropout=0.2"]
-    train_and_evaluate(speech_config(data, *extra), tmp_path / "full", quiet=True)
-    train_and_evaluate(speech_config(data, *extra, "train.epochs=1"), tmp_path / "split", quiet=True)
-    assert (tmp_path / "split" / CACHE_FILE).is_file()
-
-    def no_reading(*args, **kwargs):
-        raise AssertionError("the resumed run read a recording again instead of its feature cache")
-
-    monkeypatch.setattr(audio, "load_waveform", no_reading)
-    with batches_drawn(SpeechTask) as drawn:
-        train_and_evaluate(config_for_resume(tmp_path / "split", epochs=3), tmp_path / "split", resume=True,
-                           quiet=True)
-    assert drawn
-    assert_bit_identical(final_weights(tmp_path / "full"), final_weights(tmp_path / "split"))
 
 
 @pytest.mark.parametrize(("setting", "message"), [
