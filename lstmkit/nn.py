@@ -68,6 +68,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from lstmkit import ops
 from lstmkit.ops import lstm_cpu, lstm_torch, lstm_vendor
+from lstmkit.ops.cell import LAYER_NORM_EPS as LAYER_NORM_EPS  # layer_norm's epsilon, for the exporters
 from lstmkit.ops.cell import Cell, features_of
 
 GATE_ORDER = ("i", "f", "g", "o")  # PyTorch's order of the four row blocks of weight_ih / weight_hh / biases

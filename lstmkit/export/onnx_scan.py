@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from lstmkit.export import LayerWeights, LSTMSpec
-from lstmkit.ops.cell import LAYER_NORM_EPS
+from lstmkit.nn import LAYER_NORM_EPS  # the epsilon of lstmkit.LSTM(layer_norm=True)
 
 
 def f32(t) -> np.ndarray:
