@@ -136,12 +136,8 @@ class ClassifierTask(Task):
         return inputs, lengths, torch.tensor([self.train_labels[i] for i in share]), counted
 
     def training_example(self, index: int) -> Tensor:
-        """Train example `index` as this step's batch sees it (augmented)."""
-        return self.augmented(self.train_examples[index])
-
-    def augmented(self, example: Tensor) -> Tensor:
-        """A training example as this step's batch sees it: itself, unless a task augments it (speech)."""
-        return example
+        """Train example `index` as this step's batch sees it: itself, unless a task augments it (speech)."""
+        return self.train_examples[index]
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, Tensor, int]) -> tuple[Tensor, int]:
         inputs, lengths, labels, counted = batch

@@ -324,6 +324,7 @@ class SpeechTask(ClassifierTask):
         return self.augmented(self.train_examples[index])
 
     def augmented(self, example: Tensor) -> Tensor:
+        """A training example's frames perturbed, then masked."""
         return self.masked(self.perturbed(example))
 
     def perturbed(self, frames: Tensor) -> Tensor:
