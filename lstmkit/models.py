@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lstmkit.lstm_config import LSTMConfig
+from lstmkit.nn import shift_forget_bias
 
 POOLINGS = ("last", "mean", "max", "max_mean")
 
@@ -115,10 +116,7 @@ class SequenceClassifier(nn.Module):
                 if b_ih is not None:
                     b_ih.zero_()
                     b_hh.zero_()
-                    if self.lstm.coupled_gates:  # f = 1 - i: the forget gate's 1 is i's -1
-                        b_ih[:H] = -1.0
-                    else:
-                        b_ih[H:2 * H] = 1.0
+                    shift_forget_bias(b_ih, H, self.lstm.coupled_gates, 1.0)  # Keras' unit_forget_bias
         nn.init.xavier_uniform_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 

@@ -97,6 +97,15 @@ def _per_layer(name: str, value: object, num_layers: int, check, what: str) -> t
     return (check(value),) * num_layers
 
 
+def shift_forget_bias(b_ih: Tensor, H: int, coupled_gates: bool, shift: float) -> None:
+    """Shift a layer-direction's forget-gate bias by `shift`, in place: f's block of b_ih, or with coupled gates
+    (f = 1 - i = sigma(-a_i)) i's block by -shift, so f starts near sigma(shift) either way."""
+    if coupled_gates:
+        b_ih[:H] -= shift
+    else:
+        b_ih[H:2 * H] += shift
+
+
 def dropout_mask(like: Tensor, shape: tuple[int, ...], p: float) -> Tensor:
     """An inverted-dropout mask of `shape` in `like`'s dtype and device, from torch's generator (so a seed, and a
     resumed run, repeat it): 0 with probability p, else 1/(1-p)."""
@@ -360,11 +369,7 @@ class LSTM(nn.Module):
                 for layer in range(self.num_layers):
                     shift = self.forget_biases[layer]
                     for direction in range(self.num_directions):
-                        b_ih = self.layer_weights(layer, direction)[2]
-                        if self.coupled_gates:  # f = 1 - i = sigma(-a_i): f starts near sigma(shift)
-                            b_ih[:H] -= shift
-                        else:
-                            b_ih[H:2 * H] += shift
+                        shift_forget_bias(self.layer_weights(layer, direction)[2], H, self.coupled_gates, shift)
 
     def layer_weights(self, layer: int, direction: int = 0) -> tuple[Tensor | None, ...]:
         """(W, U, b_ih, b_hh, R) of one layer and direction; absent ones are None (see `cell` for the rest)."""
@@ -835,9 +840,8 @@ class LSTMCell(nn.Module):
                     raise ValueError(f"{name} must have shape {expect}, got {tuple(t.shape)}")
             if not is_batched:
                 h0, c0 = h0.unsqueeze(0), c0.unsqueeze(0)
-        b = self.bias_ih + self.bias_hh if self.bias else None
-        xw = torch.addmm(b, x, self.weight_ih.t()) if b is not None else x @ self.weight_ih.t()
-        h1, c1, _ = ops.step_function(self.backend)(xw, h0, c0, Cell(self.weight_ih, self.weight_hh, b))
+        cell = Cell(self.weight_ih, self.weight_hh, self.bias_ih + self.bias_hh if self.bias else None)
+        h1, c1, _ = ops.step_function(self.backend)(lstm_torch.input_projection(x, cell), h0, c0, cell)
         if not is_batched:
             return h1.squeeze(0), c1.squeeze(0)
         return h1, c1

@@ -235,7 +235,6 @@ def lstm_backward(
         ds = dc * (np.abs(cache.s[t]) < clip) if clip else dc
         di, df, dg = ds * g, ds * c_prev, ds * i
         dc = ds * f + dc_kept
-        blocks = []
         if coupled:
             di = di - df
         else:
