@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -32,20 +30,13 @@ import torch
 from lstmkit.export.onnx_graph import model_proto
 from lstmkit.export.onnx_run import OnnxClassifier, OnnxLanguageModel, quantize_int8, session
 from lstmkit.models import SequenceClassifier
+from lstmkit.ops import tune
 from lstmkit.tasks.lm import LanguageModel, LMModelConfig
 
 
 class _Task:  # what model_proto reads of a task
     def __init__(self, name: str) -> None:
         self.name = name
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def build(name: str):
@@ -87,7 +78,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.5, help="timing per contender and shape")
     parser.add_argument("--models", default="imdb,ptb", help="imdb, ptb, imdb_proj (comma-separated)")
     args = parser.parse_args()
-    print(f"CPU: {cpu_model()}; torch {torch.__version__}; onnxruntime "
+    print(f"CPU: {tune.cpu_description()[0]}; torch {torch.__version__}; onnxruntime "
           f"{__import__('onnxruntime').__version__}; {time.strftime('%Y-%m-%d')}")
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.models.split(","):

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import onnx
 import onnxruntime as ort
-from bench_export import _Task, build, cpu_model, inputs_for
+from bench_export import _Task, build, inputs_for
 
 from lstmkit.export.onnx_graph import model_proto
 from lstmkit.export.onnx_run import quantize_int8
+from lstmkit.ops import tune
 
 
 def main() -> None:
@@ -25,7 +26,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--calls", type=int, default=30)
     args = parser.parse_args()
-    print(f"CPU: {cpu_model()}; onnxruntime {ort.__version__}; 1 thread; batch {args.batch}")
+    print(f"CPU: {tune.cpu_description()[0]}; onnxruntime {ort.__version__}; 1 thread; batch {args.batch}")
     task, model, T = build("imdb")
     proto = model_proto(_Task(task), model, {"config.json": "{}"})
     tokens, lengths = inputs_for(task, T, args.batch)

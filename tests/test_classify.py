@@ -228,9 +228,7 @@ def test_two_processes_match_one_on_uneven_batches_with_the_commands_data(tmp_pa
     of 3 and 2, and a last batch of 1 that leaves one process without an example. DDP's plain average of the two
     processes' mean losses weighs the examples unequally (and the repeated example twice); SGD shows it. The data
     comes from --data alone, so workers that did not receive it could not reproduce the single process."""
-    import os
-    import subprocess
-    import sys
+    from test_train import cli
 
     data = write_reviews(tmp_path / "reviews.jsonl", n=41, seed=2)
     common = ["train", "sentiment", "--data", str(data), "--quiet", "--epochs", "2",
@@ -239,8 +237,7 @@ def test_two_processes_match_one_on_uneven_batches_with_the_commands_data(tmp_pa
               "--set", "train.eval_every=2"]
     curves = {}
     for name, extra in [("one", []), ("two", ["--nproc", "2"])]:
-        done = subprocess.run([sys.executable, "-m", "lstmkit", *common, "--out", str(tmp_path / name), *extra],
-                              capture_output=True, text=True, timeout=300, env={**os.environ})
+        done = cli(*common, "--out", str(tmp_path / name), *extra)
         assert done.returncode == 0, done.stderr
         metrics = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         assert {m["processes"] for m in metrics} == {len(extra) and 2 or 1}

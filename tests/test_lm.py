@@ -154,8 +154,7 @@ def test_two_processes_carry_their_columns_state_through_a_resume(tmp_path):
     """--nproc 2: each process carries the hidden state of its own columns from window to window. Two processes
     match one; a run stopped mid-epoch by its time budget saves the state of every column (not process 0's alone,
     which the other process would then resume from), and its resume ends bit-identical to an uninterrupted run."""
-    import subprocess
-    import sys
+    from test_train import cli
 
     text = write_text(tmp_path / "verse.txt", repeats=200)
     common = ["train", "lm", "--data", str(text), "--quiet", "--epochs", "1", "--set", "data.bptt=16",
@@ -164,8 +163,7 @@ def test_two_processes_carry_their_columns_state_through_a_resume(tmp_path):
               "--set", "train.eval_every=25"]
 
     def train(name: str, *extra: str) -> Path:
-        done = subprocess.run([sys.executable, "-m", "lstmkit", *common, "--out", str(tmp_path / name), *extra],
-                              capture_output=True, text=True, timeout=300, env={**os.environ})
+        done = cli(*common, "--out", str(tmp_path / name), *extra)
         assert done.returncode == 0, done.stderr
         return tmp_path / name
 
@@ -178,11 +176,11 @@ def test_two_processes_carry_their_columns_state_through_a_resume(tmp_path):
 
     cut = train("cut", "--nproc", "2", "--minutes", "0.002")  # 0.12 s of training: stops after a few steps
     tensors, header = runs.load_tensors(cut / runs.CHECKPOINT_FILE)
-    steps = runs.load_tensors(two / runs.CHECKPOINT_FILE)[1]["position"]["step"]
+    full, full_header = runs.load_tensors(two / runs.CHECKPOINT_FILE)
+    steps = full_header["position"]["step"]
     assert 0 < header["position"]["batch"] < steps, header["position"]  # mid-epoch
     assert tensors["task.h"].shape == (1, 8, 32)  # every column of the global batch of 8
     train("cut", "--nproc", "2", "--minutes", "60", "--resume")
-    full, _ = runs.load_tensors(two / runs.CHECKPOINT_FILE)
     resumed, resumed_header = runs.load_tensors(cut / runs.CHECKPOINT_FILE)
     assert resumed_header["position"]["step"] == steps
     differing = [k for k in full if k.startswith("model.") and not torch.equal(full[k], resumed[k])]

@@ -15,24 +15,30 @@ from lstmkit.ops.lstm_op import lstm_layer
 from lstmkit.reference import lstm_backward, lstm_forward, random_lstm_problem
 
 
-def op_layer(inputs, upstream, reverse=False):
-    leaves = {k: torch.tensor(v, requires_grad=True) for k, v in inputs.items()}
+def op_layer(inputs, upstream, reverse=False, device="cpu"):
+    """The op on the oracle's problem, its tensors on `device`: y, h_T, c_T and every gradient, back on the CPU."""
+    leaves = {k: torch.tensor(v, device=device, requires_grad=True) for k, v in inputs.items()}
     y, hT, cT, *_ = lstm_layer(leaves["x"], leaves["h0"], leaves["c0"], leaves["W"], leaves["U"], leaves["b"],
                                leaves.get("R"), reverse)
-    dy, dhT, dcT = (torch.tensor(upstream[k]) for k in ("dy", "dhT", "dcT"))
+    dy, dhT, dcT = (torch.tensor(upstream[k], device=device) for k in ("dy", "dhT", "dcT"))
     ((y * dy).sum() + (hT * dhT).sum() + (cT * dcT).sum()).backward()
-    return y, hT, cT, {GRAD_NAMES[k]: v.grad for k, v in leaves.items()}
+    return y.cpu(), hT.cpu(), cT.cpu(), {GRAD_NAMES[k]: v.grad.cpu() for k, v in leaves.items()}
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}-B{}-I{}-H{}-P{}".format(*s))
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_the_op_matches_the_oracle(shape, reverse):
+    assert_the_op_matches_the_oracle(shape, reverse)
+
+
+def assert_the_op_matches_the_oracle(shape, reverse, device="cpu"):
+    """The op's outputs and every gradient against the NumPy oracle (float64), its tensors on `device`."""
     T, B, I, H, P = shape
     inputs, upstream = random_lstm_problem(np.random.default_rng(sum(shape[:4]) + reverse), T, B, I, H, P)
     flip = (lambda a: a[::-1].copy()) if reverse else (lambda a: a)
     y_ref, hT_ref, cT_ref, cache = lstm_forward(**dict(inputs, x=flip(inputs["x"])))
     grads_ref = lstm_backward(flip(upstream["dy"]), upstream["dhT"], upstream["dcT"], cache)
-    y, hT, cT, grads = op_layer(inputs, upstream, reverse)
+    y, hT, cT, grads = op_layer(inputs, upstream, reverse, device)
     assert_close(y, flip(y_ref), "y")
     assert_close(hT, hT_ref, "h_T")
     assert_close(cT, cT_ref, "c_T")

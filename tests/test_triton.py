@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
 import pytest
 import torch
 from conftest import assert_close, float32_tolerance
-from test_ops import GRAD_NAMES
+from test_op import assert_the_op_matches_the_oracle
 
 from lstmkit.ops import lstm_cpu, lstm_op
-from lstmkit.reference import lstm_backward, lstm_forward, random_lstm_problem
 
 pytest.importorskip("triton", reason="triton is not installed (pip install triton): its kernels are not checked")
 
@@ -46,23 +44,8 @@ SHAPES = [(1, 1, 1, 1, None), (3, 17, 4, 33, None), (4, 5, 3, 6, 2), (2, 3, 40, 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}-B{}-I{}-H{}-P{}".format(*s))
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_the_triton_loops_match_the_oracle_in_float64(through_triton, shape, reverse):
-    T, B, I, H, P = shape
-    inputs, upstream = random_lstm_problem(np.random.default_rng(sum(shape[:4]) + reverse), T, B, I, H, P)
-    flip = (lambda a: a[::-1].copy()) if reverse else (lambda a: a)
-    y_ref, hT_ref, cT_ref, cache = lstm_forward(**dict(inputs, x=flip(inputs["x"])))
-    grads_ref = lstm_backward(flip(upstream["dy"]), upstream["dhT"], upstream["dcT"], cache)
-    leaves = {k: torch.tensor(v, device=DEVICE, requires_grad=True) for k, v in inputs.items()}
-    y, hT, cT, *_ = lstm_op.lstm_layer(leaves["x"], leaves["h0"], leaves["c0"], leaves["W"], leaves["U"],
-                                         leaves["b"], leaves.get("R"), reverse)
-    dy, dhT, dcT = (torch.tensor(upstream[k], device=DEVICE) for k in ("dy", "dhT", "dcT"))
-    ((y * dy).sum() + (hT * dhT).sum() + (cT * dcT).sum()).backward()
+    assert_the_op_matches_the_oracle(shape, reverse, DEVICE)
     assert through_triton == ["forward", "backward"]
-    assert_close(y.cpu(), flip(y_ref), "y")
-    assert_close(hT.cpu(), hT_ref, "h_T")
-    assert_close(cT.cpu(), cT_ref, "c_T")
-    for key, leaf in leaves.items():
-        name = GRAD_NAMES[key]
-        assert_close(leaf.grad.cpu(), flip(grads_ref[name]) if name == "dx" else grads_ref[name], name)
 
 
 @pytest.mark.parametrize("seed", range(4))
