@@ -103,7 +103,7 @@ def _forward(x: Tensor, h0: Tensor, c0: Tensor, cell: Cell, reverse: bool
     for t in range(T):
         a = lstm_torch.preactivation(xw[t], h, cell)  # the gates' pre-activations, one GEMM (U (h * m))
         i, f, g, o, c_new, m = lstm_torch.cell_forward(a, c, cell)
-        gates[t] = lstm_torch.activated_gates(i, f, g, o, cell)
+        lstm_torch.activated_gates(i, f, g, o, cell, out=gates[t])
         cells[t] = c_new
         h_new = m if R is None else torch.mm(m, R.t())  # then the projection, if any
         h, c = lstm_torch.zone_out(h_new, h, _at(z_h, t)), lstm_torch.zone_out(c_new, c, _at(z_c, t))

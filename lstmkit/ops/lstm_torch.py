@@ -79,9 +79,10 @@ def cell_forward(a: Tensor, c_prev: Tensor, cell: Cell) -> tuple[Tensor, Tensor,
     return i, f, g, o, c, m
 
 
-def activated_gates(i: Tensor, f: Tensor, g: Tensor, o: Tensor, cell: Cell) -> Tensor:
-    """The activated gates in the weights' row order [n, GH] (i, g, o with coupled gates: f = 1 - i is implied)."""
-    return torch.cat([i, g, o] if cell.coupled_gates else [i, f, g, o], dim=1)
+def activated_gates(i: Tensor, f: Tensor, g: Tensor, o: Tensor, cell: Cell, out: Tensor | None = None) -> Tensor:
+    """The activated gates in the weights' row order [n, GH] (i, g, o with coupled gates: f = 1 - i is implied),
+    written into `out` when given (the op's per-step buffer: no copy of a fresh tensor)."""
+    return torch.cat([i, g, o] if cell.coupled_gates else [i, f, g, o], dim=1, out=out)
 
 
 def cell_backward(dm: Tensor, dc: Tensor, gates: Tensor, c: Tensor, c_prev: Tensor, cell: Cell
