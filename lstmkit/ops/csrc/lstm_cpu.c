@@ -47,7 +47,7 @@ static pack_fn blas_pack;
 static compute_fn blas_compute;
 static set_threads_local_fn blas_set_threads_local;
 
-int lk_version(void) { return 3; }
+int lk_version(void) { return 4; }
 
 void lk_init(void *pack_get_size, void *pack, void *compute, void *set_threads_local) {
     blas_pack_get_size = (pack_get_size_fn)pack_get_size;
@@ -58,10 +58,13 @@ void lk_init(void *pack_get_size, void *pack, void *compute, void *set_threads_l
 
 /* ---- pointwise math, written so that gcc vectorises the loops that inline it ---- */
 
+/* Inlined whatever gcc's size budget says: a loop calling one of these stays scalar. */
+#define LK_ALWAYS_INLINE static inline __attribute__((always_inline))
+
 /* e^x for x in [-87, 87] (clamped, so that 1 + e^x stays in lk_recip's range), relative error ~1e-7:
  * x = n ln2 + r, |r| <= ln2/2, e^r by its Taylor series to r^7 (next term < 1e-8 relative), 2^n built in the
  * exponent bits. NaN stays NaN. */
-static inline float lk_exp(float x) {
+LK_ALWAYS_INLINE float lk_exp(float x) {
     x = x < -87.0f ? -87.0f : x;
     x = x > 87.0f ? 87.0f : x;
     float n = __builtin_rintf(x * 1.44269504088896341f);
@@ -83,7 +86,7 @@ static inline float lk_exp(float x) {
 /* 1/a for a in [1, 2^126] by Newton's iteration r <- r (2 - a r) from the classic bit-trick estimate (12%
  * error; three iterations square it down to ~1e-7). Vectorised it costs a third of a division, which is the
  * slowest instruction of the pass (five per element), and it keeps NaN a NaN without -ffast-math. */
-static inline float lk_recip(float a) {
+LK_ALWAYS_INLINE float lk_recip(float a) {
     union { int32_t i; float f; } r;
     r.f = a;
     r.i = 0x7EF311C3 - r.i;
@@ -94,10 +97,10 @@ static inline float lk_recip(float a) {
     return x;
 }
 
-static inline float lk_sigmoid(float x) { return lk_recip(1.0f + lk_exp(-x)); }
+LK_ALWAYS_INLINE float lk_sigmoid(float x) { return lk_recip(1.0f + lk_exp(-x)); }
 
 /* tanh from e^{-2|x|}; below |x| = 1/16 its odd series (to x^7), where 1 - e^{-2|x|} would cancel. */
-static inline float lk_tanh(float x) {
+LK_ALWAYS_INLINE float lk_tanh(float x) {
     float ax = __builtin_fabsf(x);
     float e = lk_exp(-2.0f * ax);
     float t = (1.0f - e) * lk_recip(1.0f + e);
@@ -129,38 +132,68 @@ static inline void forward_row(int H, float *restrict a, const float *restrict b
     }
 }
 
-/* The variants' row: as forward_row, with peepholes (peep = [p_i | p_f | p_o], or NULL), coupled gates (a holds
- * the blocks i, g, o; f = 1 - i, and nothing of f is written back), a cell clip (clip > 0) and zoneout of c
- * (zc: the row's mask, 1 = keep c_{t-1}, or NULL and the rate zc_rate; both 0/NULL: off): the running state
- * becomes c_t = c~_t + z (c_{t-1} - c~_t), while cell_out keeps c~_t (what tanh, o and the clip saw) and
- * state_out (if not NULL) c_t, the c_{t-1} of the next step's backward. */
-static void forward_row_variant(int H, int coupled, float clip, float *restrict a, const float *restrict b,
-                                const float *restrict peep, const float *restrict zc, float zc_rate,
-                                float *restrict c, float *restrict cell_out, float *restrict state_out,
-                                float *restrict m, const int keep) {
-    const int zoneout = zc != NULL || zc_rate != 0.0f;
+/* The variants' row: as forward_row, with peepholes (peep = [p_i | p_f | p_o]), coupled gates (a holds the
+ * blocks i, g, o; f = 1 - i, and nothing of f is written back), a cell clip (clip > 0) and zoneout of c (zone:
+ * zc is the row's mask, 1 = keep c_{t-1}, or in evaluation a row of the rate; zone 0: off): the running state
+ * becomes c_t = c~_t + z (c_{t-1} - c~_t), while cell_out keeps c~_t (what tanh, o and the clip saw) and, with
+ * keep, state_out c_t, the c_{t-1} of the next step's backward.
+ * coupled, peephole, zone and keep are compile-time constants in every copy `forward_row_variant` calls: with
+ * them known, each copy is a branch-free loop that gcc vectorises like forward_row; one loop testing them at
+ * run time stayed scalar and made a peephole train step 1.6x the standard cell's (config b, Xeon). */
+LK_ALWAYS_INLINE void forward_row_variant_body(
+    int H, const int coupled, const int peephole, const int zone, const int keep, float clip, float *restrict a,
+    const float *restrict b, const float *restrict peep, const float *restrict zc,
+    float *restrict c, float *restrict cell_out, float *restrict state_out, float *restrict m) {
     const int G = coupled ? 3 : 4;
+    const float limit = clip > 0.0f ? clip : INFINITY; /* the clip as a select, never a branch */
     float *restrict ai = a, *restrict af = a + H, *restrict ag = a + (G - 2) * H, *restrict ao = a + (G - 1) * H;
     const float *restrict bi = b, *restrict bf = b + H, *restrict bg = b + (G - 2) * H, *restrict bo = b + (G - 1) * H;
     for (int j = 0; j < H; j++) {
         float cp = c[j];
-        float pi = peep ? peep[j] : 0.0f, pf = peep ? peep[H + j] : 0.0f, po = peep ? peep[2 * H + j] : 0.0f;
-        float i = lk_sigmoid(ai[j] + bi[j] + pi * cp);
-        float f = coupled ? 1.0f - i : lk_sigmoid(af[j] + bf[j] + pf * cp);
+        float zi = ai[j] + bi[j], zf = coupled ? 0.0f : af[j] + bf[j], zo = ao[j] + bo[j];
+        if (peephole) { zi += peep[j] * cp; zf += peep[H + j] * cp; }
+        float i = lk_sigmoid(zi);
+        float f = coupled ? 1.0f - i : lk_sigmoid(zf);
         float g = lk_tanh(ag[j] + bg[j]);
         float cn = f * cp + i * g; /* 6.55 */
-        if (clip > 0.0f) cn = cn > clip ? clip : (cn < -clip ? -clip : cn);
-        float o = lk_sigmoid(ao[j] + bo[j] + po * cn);
+        cn = __builtin_fabsf(cn) > limit ? __builtin_copysignf(limit, cn) : cn;
+        if (peephole) zo += peep[2 * H + j] * cn;
+        float o = lk_sigmoid(zo);
         float state = cn;
-        if (zoneout) state = cn + (zc ? zc[j] : zc_rate) * (cp - cn);
+        if (zone) state = cn + zc[j] * (cp - cn);
         if (keep) {
             ai[j] = i; ag[j] = g; ao[j] = o;
             if (!coupled) af[j] = f;
             cell_out[j] = cn;
-            if (state_out) state_out[j] = state;
+            if (zone) state_out[j] = state;
         }
         c[j] = state;
         m[j] = o * lk_tanh(cn); /* 6.56 */
+    }
+}
+
+/* The index of a copy of the variant rows: coupled, peephole, zone and keep, each 0 or 1. */
+#define LK_VARIANT(coupled, peephole, zone, keep) ((((coupled) * 2 + (peephole)) * 2 + (zone)) * 2 + (keep))
+/* X(coupled, peephole, zone, keep) once for each of the 16 copies. */
+#define LK_FOR_ZONES(X, co, pe, ke) X(co, pe, 0, ke) X(co, pe, 1, ke)
+#define LK_FOR_KEEPS(X, co, pe) LK_FOR_ZONES(X, co, pe, 0) LK_FOR_ZONES(X, co, pe, 1)
+#define LK_FOR_VARIANTS(X) LK_FOR_KEEPS(X, 0, 0) LK_FOR_KEEPS(X, 0, 1) LK_FOR_KEEPS(X, 1, 0) LK_FOR_KEEPS(X, 1, 1)
+/* The 8 copies with keep = 0 (the backward's, which keeps nothing). */
+#define LK_FOR_KEEPS_0(X) LK_FOR_ZONES(X, 0, 0, 0) LK_FOR_ZONES(X, 0, 1, 0) LK_FOR_ZONES(X, 1, 0, 0) LK_FOR_ZONES(X, 1, 1, 0)
+
+/* zc: the row's zoneout mask of c (or the rate's row, `zoneout_row`), NULL: no zoneout; peep NULL: no
+ * peepholes; state_out must be given when keep and zoneout of c are. */
+static void forward_row_variant(int H, int coupled, float clip, float *restrict a, const float *restrict b,
+                                const float *restrict peep, const float *restrict zc,
+                                float *restrict c, float *restrict cell_out, float *restrict state_out,
+                                float *restrict m, const int keep) {
+    switch (LK_VARIANT(coupled != 0, peep != NULL, zc != NULL, keep != 0)) {
+#define LK_FORWARD_COPY(co, pe, zo, ke)                                                                           \
+    case LK_VARIANT(co, pe, zo, ke):                                                                              \
+        forward_row_variant_body(H, co, pe, zo, ke, clip, a, b, peep, zc, c, cell_out, state_out, m);             \
+        return;
+        LK_FOR_VARIANTS(LK_FORWARD_COPY)
+#undef LK_FORWARD_COPY
     }
 }
 
@@ -191,26 +224,29 @@ static void backward_row(int H, const float *restrict z, const float *restrict c
 }
 
 /* BPTT of forward_row_variant (the derivation of lstm_numpy.lstm_backward). dpeep: this thread's running sums
- * of the peephole gradients [3H] (NULL without peepholes); zc, zc_rate: zoneout of c as in the forward, whose
- * share z dc of the carried dL/dc_t goes to c_{t-1} directly and (1 - z) dc to c~_t. */
-static void backward_row_variant(int H, int coupled, float clip, const float *restrict z,
-                                 const float *restrict cell, const float *restrict c_prev,
-                                 const float *restrict peep, const float *restrict zc, float zc_rate,
-                                 const float *restrict dm, float *restrict dc, float *restrict dz,
-                                 float *restrict dpeep) {
-    const int zoneout = zc != NULL || zc_rate != 0.0f;
+ * of the peephole gradients [3H] (given with peepholes); zc: zoneout of c as in the forward, whose
+ * share z dc of the carried dL/dc_t goes to c_{t-1} directly and (1 - z) dc to c~_t. One branch-free copy per
+ * coupled, peephole and zone, as in the forward. */
+LK_ALWAYS_INLINE void backward_row_variant_body(
+    int H, const int coupled, const int peephole, const int zone, float clip, const float *restrict z,
+    const float *restrict cell, const float *restrict c_prev, const float *restrict peep,
+    const float *restrict zc, const float *restrict dm, float *restrict dc, float *restrict dz,
+    float *restrict dpeep) {
     const int G = coupled ? 3 : 4;
+    const int clipping = clip > 0.0f;
     const float *restrict zi = z, *restrict zf = z + H, *restrict zg = z + (G - 2) * H, *restrict zo = z + (G - 1) * H;
     float *restrict di = dz, *restrict df = dz + H, *restrict dg = dz + (G - 2) * H, *restrict dout = dz + (G - 1) * H;
     for (int j = 0; j < H; j++) {
         float i = zi[j], f = coupled ? 1.0f - zi[j] : zf[j], g = zg[j], o = zo[j], cp = c_prev[j];
-        float pi = peep ? peep[j] : 0.0f, pf = peep ? peep[H + j] : 0.0f, po = peep ? peep[2 * H + j] : 0.0f;
         float tc = lk_tanh(cell[j]);
         float dzo = dm[j] * tc * o * (1.0f - o);
-        float zone = zoneout ? (zc ? zc[j] : zc_rate) : 0.0f;
-        float d = (1.0f - zone) * dc[j] + dm[j] * o * (1.0f - tc * tc) + dzo * po;
-        if (clip > 0.0f && !(__builtin_fabsf(cell[j]) < clip)) d = 0.0f; /* the clip was active: no gradient */
-        float dprev = d * f + zone * dc[j];
+        float zone_keep = zone ? zc[j] : 0.0f;
+        float d = dm[j] * o * (1.0f - tc * tc);
+        if (zone) d += (1.0f - zone_keep) * dc[j]; else d += dc[j];
+        if (peephole) d += dzo * peep[2 * H + j];
+        d = clipping && !(__builtin_fabsf(cell[j]) < clip) ? 0.0f : d; /* the clip was active: no gradient */
+        float dprev = d * f;
+        if (zone) dprev += zone_keep * dc[j];
         float dzi, dzf = 0.0f;
         if (coupled) {
             dzi = (d * g - d * cp) * i * (1.0f - i);
@@ -218,18 +254,33 @@ static void backward_row_variant(int H, int coupled, float clip, const float *re
             dzi = d * g * i * (1.0f - i);
             dzf = d * cp * f * (1.0f - f);
             df[j] = flush_tiny(dzf);
-            dprev += dzf * pf;
+            if (peephole) dprev += dzf * peep[H + j];
         }
-        dprev += dzi * pi;
+        if (peephole) dprev += dzi * peep[j];
         di[j] = flush_tiny(dzi);
         dg[j] = flush_tiny(d * i * (1.0f - g * g));
         dout[j] = flush_tiny(dzo);
-        if (dpeep) {
+        if (peephole) {
             dpeep[j] += dzi * cp;
             dpeep[H + j] += dzf * cp;
             dpeep[2 * H + j] += dzo * cell[j];
         }
         dc[j] = dprev;
+    }
+}
+
+static void backward_row_variant(int H, int coupled, float clip, const float *restrict z,
+                                 const float *restrict cell, const float *restrict c_prev,
+                                 const float *restrict peep, const float *restrict zc,
+                                 const float *restrict dm, float *restrict dc, float *restrict dz,
+                                 float *restrict dpeep) {
+    switch (LK_VARIANT(coupled != 0, peep != NULL && dpeep != NULL, zc != NULL, 0)) {
+#define LK_BACKWARD_COPY(co, pe, zo, ke)                                                                          \
+    case LK_VARIANT(co, pe, zo, ke):                                                                              \
+        backward_row_variant_body(H, co, pe, zo, clip, z, cell, c_prev, peep, zc, dm, dc, dz, dpeep);            \
+        return;
+        LK_FOR_KEEPS_0(LK_BACKWARD_COPY)
+#undef LK_BACKWARD_COPY
     }
 }
 
@@ -283,6 +334,21 @@ static int zones_c(variant_t v) { return v.zc != NULL || v.zc_rate != 0.0f; }
  * dropout and zoneout of h act in the time loop, on whole rows of h around the GEMMs). */
 static int is_standard(variant_t v) { return !v.coupled && v.clip <= 0.0f && !v.peep && !zones_c(v); }
 
+/* The row of zoneout of c that the variant rows read: row r's mask, or (evaluation) `rate_row`, H copies of the
+ * rate; NULL without zoneout of c. */
+static const float *zoneout_row(variant_t v, const float *rate_row, int64_t r, int H) {
+    return v.zc ? v.zc + r * H : rate_row;
+}
+
+/* H copies of zoneout of c's rate, where it is a rate (evaluation); NULL otherwise, or *failed = 1 without memory. */
+static float *rate_row_of(variant_t v, int H, int *failed) {
+    if (v.zc || v.zc_rate == 0.0f) return NULL;
+    float *row = (float *)malloc(sizeof(float) * (size_t)H);
+    if (!row) { *failed = 1; return NULL; }
+    for (int j = 0; j < H; j++) row[j] = v.zc_rate;
+    return row;
+}
+
 typedef struct {
     int T, H, P, reverse, r0, r1;
     const int64_t *batch_sizes, *offsets;
@@ -320,8 +386,10 @@ static void *forward_rows(void *arg) {
     float *m_scratch = job->R && !job->m_out ? (float *)malloc(sizeof(float) * (size_t)rows * H) : NULL;
     /* h_{t-1} * m for the GEMM when no h_prev buffer keeps it (inference) */
     float *masked = v.h_mask && !job->h_prev ? (float *)malloc(sizeof(float) * (size_t)rows * P) : NULL;
-    if (!U_packed || (job->R && !R_packed) || (job->R && !job->m_out && !m_scratch) || (v.h_mask && !job->h_prev
-                                                                                         && !masked)) {
+    int no_memory = 0;
+    float *zc_rate_row = rate_row_of(v, H, &no_memory);
+    if (no_memory || !U_packed || (job->R && !R_packed) || (job->R && !job->m_out && !m_scratch)
+        || (v.h_mask && !job->h_prev && !masked)) {
         job->status = -1;
         job->T = 0; /* skip the loop, free what was had */
     }
@@ -347,7 +415,7 @@ static void *forward_rows(void *arg) {
             float *c = job->c + (int64_t)(job->r0 + r) * H;
             if (!standard)
                 forward_row_variant(H, v.coupled, v.clip, a + (int64_t)r * G, job->bias, v.peep,
-                                    v.zc ? v.zc + (row + r) * H : NULL, v.zc_rate, c,
+                                    zoneout_row(v, zc_rate_row, row + r, H), c,
                                     job->cells ? job->cells + (row + r) * H : NULL,
                                     job->states ? job->states + (row + r) * H : NULL, m_rows + (int64_t)r * H,
                                     job->cells != NULL);
@@ -368,6 +436,7 @@ static void *forward_rows(void *arg) {
         memcpy(job->h + (int64_t)job->r0 * P, job->y + row * P, sizeof(float) * (size_t)n * P);
     }
     free(masked);
+    free(zc_rate_row);
     free(m_scratch);
     free(U_packed);
     free(R_packed);
@@ -406,7 +475,9 @@ static void *backward_rows(void *arg) {
      * U^T dz_t, masked, lands here first */
     const int zone_h = zones_h(v);
     float *dh_scratch = zone_h || v.h_mask ? (float *)malloc(sizeof(float) * (size_t)rows * P) : NULL;
-    if (!U_packed || (job->R && (!R_packed || !dm_scratch)) || ((zone_h || v.h_mask) && !dh_scratch)) {
+    int no_memory = 0;
+    float *zc_rate_row = rate_row_of(v, H, &no_memory);
+    if (no_memory || !U_packed || (job->R && (!R_packed || !dm_scratch)) || ((zone_h || v.h_mask) && !dh_scratch)) {
         job->status = -1;
         job->T = 0;
     }
@@ -447,7 +518,7 @@ static void *backward_rows(void *arg) {
                              job->dc + b * H, job->dz + (row + r) * G);
             else
                 backward_row_variant(H, v.coupled, v.clip, job->gates + (row + r) * G, job->cells + (row + r) * H,
-                                     c_prev, v.peep, v.zc ? v.zc + (row + r) * H : NULL, v.zc_rate,
+                                     c_prev, v.peep, zoneout_row(v, zc_rate_row, row + r, H),
                                      dm + (int64_t)r * H, job->dc + b * H, job->dz + (row + r) * G, job->dpeep);
         }
         /* dh_{t-1} = U^T dz_t, as rows: dz [n, 4H] @ U [4H, P]; (U^T dz_t) * m under recurrent dropout; plus the
@@ -465,6 +536,7 @@ static void *backward_rows(void *arg) {
         }
     }
     free(dh_scratch);
+    free(zc_rate_row);
     free(dm_scratch);
     free(U_packed);
     free(R_packed);
