@@ -29,6 +29,7 @@ import torch
 
 from lstmkit.export.onnx_graph import model_proto
 from lstmkit.export.onnx_run import OnnxClassifier, OnnxLanguageModel, quantize_int8, session
+from lstmkit.lstm_config import LSTMConfig
 from lstmkit.models import SequenceClassifier
 from lstmkit.ops import tune
 from lstmkit.tasks.lm import LanguageModel, LMModelConfig
@@ -46,7 +47,8 @@ def build(name: str):
         model = SequenceClassifier(num_classes=2, hidden_size=64, vocab_size=10000, embedding_dim=128,
                                    proj_size=32 if name == "imdb_proj" else 0).eval()
         return "sentiment", model, 200
-    model = LanguageModel(10000, LMModelConfig(embedding_dim=200, hidden_size=200, num_layers=2, tie_weights=True))
+    model = LanguageModel(10000, LMModelConfig(embedding_dim=200, lstm=LSTMConfig(hidden_size=200, num_layers=2),
+                                                tie_weights=True))
     return "lm", model.eval(), 35
 
 

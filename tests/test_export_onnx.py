@@ -317,3 +317,25 @@ def test_int8_of_a_scan_quantises_its_matmuls_and_stays_near_fp32(tmp_path):
     assert_close(open_onnx(tmp_path / "fp32.onnx")[1](inputs, lengths), expected, "fp32 logits")
     assert_close(got, expected, "int8 logits", tolerance=5e-2)
     assert not torch.equal(got, expected), "int8 computed nothing in int8"
+
+
+def test_the_export_benchmark_runs_every_model_it_names(capsys, monkeypatch):
+    """benchmarks/bench_export.py builds each of its models through the library's API and checks every contender
+    against PyTorch before timing it: run it for a moment on every model, so that an API change cannot leave it
+    broken (its PTB model once passed LMModelConfig a field that had moved into `lstm`)."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_export.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--threads", "1", "--seconds", "0.001",
+                                      "--models", "imdb,ptb,imdb_proj"])
+    threads = torch.get_num_threads()
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    for model in ("imdb T=200 B=1", "imdb T=200 B=32", "ptb T=35 B=1", "ptb T=35 B=32", "imdb_proj T=200 B=32"):
+        assert model in printed, f"no timing of {model}:\n{printed}"
+    assert printed.count("onnxruntime int8") == 6
