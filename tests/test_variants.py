@@ -14,7 +14,7 @@ from conftest import assert_close, paths_pinned
 from test_ops import GRAD_NAMES
 
 import lstmkit
-from lstmkit.nn import LSTM
+from lstmkit.nn import LSTM, dropout_mask
 from lstmkit.ops import lstm_cpu, lstm_op, lstm_torch
 from lstmkit.ops.cell import Cell
 from lstmkit.reference import check_bptt, lstm_backward, lstm_forward, random_lstm_problem
@@ -480,7 +480,7 @@ def test_input_dropout_is_one_mask_per_sequence_on_every_path_and_off_in_eval(pa
         torch.manual_seed(4)
         vendor = first_only(x.float())[0]
         torch.manual_seed(4)
-        mask = torch.bernoulli(torch.full((B, I), 0.5)) / 0.5
+        mask = dropout_mask(x.float(), (B, I), 0.5)  # the module's draw, repeated
         assert_close(vendor, plain(x.float() * mask)[0], "vendor: layer 0's input dropout", dtype=torch.float32)
     dropped.eval()
     plain = LSTM(I, H, 2, dtype=torch.float64, backend="torch").eval()
