@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import assert_close
 
+from lstmkit import ops
 from lstmkit.ops import (
     BACKENDS,
     CallKind,
@@ -166,3 +167,19 @@ def test_rule_without_measurement():
     assert rule(_call(packed=True), training=True) == ("cpu" if kernel else "torch")  # nor packed input
     assert rule(_call(device="cuda", packed=True), training=True) == "vendor"
     assert rule(_call(device="cuda"), training=False) == "torch"
+
+
+@pytest.mark.parametrize("bf16_hardware", [False, True])
+def test_rule_under_bf16_autocast_follows_the_hardware(monkeypatch, bf16_hardware):
+    """Under bf16 autocast the rule sends calls to oneDNN's bf16 LSTM where the CPU has BF16 or AMX instructions,
+    except the train steps of small layers (H <= 64), which the kernel won on every CPU measured; without them, to
+    the kernel (oneDNN's bf16 is slower than fp32 there)."""
+    if not lstm_cpu.available():
+        pytest.skip("the C kernel is not available here: the rule never names it")
+    monkeypatch.setattr(ops, "_has_bf16_hardware", lambda: bf16_hardware)
+    wide = dict(autocast="bfloat16", hidden_size=256, input_size=256)
+    assert rule(_call(**wide), training=True) == ("vendor" if bf16_hardware else "cpu")
+    assert rule(_call(**wide, train=False), training=False) == ("vendor" if bf16_hardware else "cpu")
+    assert rule(_call(autocast="bfloat16"), training=True) == "cpu"  # H=64, a train step of 32 sequences
+    assert rule(_call(autocast="bfloat16", train=False), training=False) == ("vendor" if bf16_hardware else "cpu")
+    assert rule(_call(autocast="bfloat16", batch=4), training=True) == ("vendor" if bf16_hardware else "cpu")

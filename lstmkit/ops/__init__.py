@@ -90,9 +90,14 @@ def rule(call: CallKind, training: bool) -> str:
         if call.packed or call.proj_size:
             return "cpu"
         if call.autocast:
-            # oneDNN's bf16 LSTM: 4x its fp32 speed on a Zen 5 with AVX512_BF16 (configs b, c), slower than fp32
-            # on a Xeon without AMX or AVX512_BF16, where the kernel (in fp32) was 1.3-2.9x faster.
-            return "vendor" if _has_bf16_hardware() else "cpu"
+            # oneDNN's bf16 LSTM: 4x its fp32 speed on a Zen 5 with AVX512_BF16 and 3.3x on a Xeon with AMX
+            # (configs b, c), slower than fp32 on a Xeon without either, where the kernel was 1.3-2.9x faster. At
+            # H=64 (config a) the kernel's train step beat it on all three CPUs (1.5-1.7x nn.LSTM); H=128 and the
+            # sizes between 64 and 256 are unmeasured.
+            if not _has_bf16_hardware():
+                return "cpu"
+            small = call.train and call.hidden_size <= 64 and call.batch >= 2 * lstm_cpu.MIN_ROWS_PER_THREAD
+            return "cpu" if small else "vendor"
         # Train steps of 8 sequences or more: the kernel 1.1-2.1x on the Xeon; below 8, and fp32 inference of a
         # plain batch, oneDNN.
         return "cpu" if call.train and call.batch >= 2 * lstm_cpu.MIN_ROWS_PER_THREAD else "vendor"
