@@ -99,6 +99,37 @@ def test_pt2_reloads_and_matches_at_every_length_and_batch(tmp_path):
             assert_close(program(inputs, lengths), expected, f"pt2 logits, bidirectional={bidirectional}, {rows}")
 
 
+@pytest.mark.parametrize("variant", [["model.lstm.peephole=true", "model.lstm.cell_clip=0.7"],
+                                     ["model.lstm.coupled_gates=true", "model.lstm.zoneout_h=0.2",
+                                      "model.lstm.zoneout_c=0.4"]])
+def test_pt2_of_the_variants_the_op_computes_matches_the_model(tmp_path, variant):
+    """Peepholes, coupled gates, the cell clip and zoneout (its expectation, in eval) go into the program through
+    the op: a bidirectional, projected classifier and a language model with its state."""
+    data = write_reviews(tmp_path / "reviews.jsonl")
+    run, task, model = make_run(tmp_path, "sentiment", [
+        "model.embedding_dim=6", "model.hidden_size=8", "model.num_layers=2", "model.proj_size=5",
+        "model.bidirectional=true", "model.pooling=mean", *variant], data, name="classifier", scale=2)
+    assert model.lstm.variant_features, "the run must hold the variant"
+    assert invoke("export", run, "--format", "pt2", "--out", tmp_path / "c.pt2").exit_code == 0
+    program = torch.export.load(str(tmp_path / "c.pt2")).module()
+    for rows in ([1], [5, 1, 9, 3]):
+        inputs, lengths = collate([torch.randint(2, len(task.vocab), (n,)) for n in rows])
+        with torch.no_grad():
+            expected = model(inputs, lengths)
+        assert_close(program(inputs, lengths), expected, f"pt2 logits of {variant}, {rows}")
+    text = write_text(tmp_path / "text.txt")
+    run, task, model = make_run(tmp_path, "lm", ["model.embedding_dim=8", "model.hidden_size=10",
+                                                 "model.num_layers=2", *variant], text, name="lm", scale=2)
+    assert invoke("export", run, "--format", "pt2", "--out", tmp_path / "lm.pt2").exit_code == 0
+    program = torch.export.load(str(tmp_path / "lm.pt2")).module()
+    ids, h0, c0 = torch.randint(0, len(task.vocab), (13, 3)), torch.randn(2, 3, 10), torch.randn(2, 3, 10)
+    with torch.no_grad():
+        logits, (h_n, c_n) = model(ids, (h0, c0))
+    got, got_h, got_c = program(ids, h0, c0)
+    assert_close(got, logits, f"pt2 LM logits of {variant}")
+    assert_close(got_c, c_n, f"pt2 LM c_n of {variant}")
+
+
 def test_pt2_language_model_with_its_state(tmp_path):
     text = write_text(tmp_path / "text.txt")
     run, task, model = make_run(tmp_path, "lm", ["model.embedding_dim=8", "model.hidden_size=10",
@@ -150,10 +181,11 @@ def test_export_of_a_missing_or_half_written_run_is_one_line(small_run, tmp_path
 def test_a_variant_keras_and_pt2_cannot_express_is_refused_in_one_line(tmp_path, variant, feature):
     """Coupled gates, the cell clip and zoneout bring no parameters of their own: a name check alone would write a
     standard LSTM (or fail deep inside on 3 gate blocks) for a model that computes something else. (ONNX takes
-    every variant: tests/test_export_onnx.py.)"""
+    every variant but layer_norm: tests/test_export_onnx.py; pt2 every one the op computes, layer_norm not.)"""
     run = make_run(tmp_path, "sentiment", ["model.embedding_dim=4", "model.hidden_size=5", variant],
                    write_reviews(tmp_path / "reviews.jsonl"))[0]
-    for form, name in (("pt2", "m.pt2"), ("keras", "m.keras")):
+    formats = (("pt2", "m.pt2"),) * (feature == "layer_norm") + (("keras", "m.keras"),)
+    for form, name in formats:
         hint = ("--format onnx",) if feature != "layer_norm" else ()  # ONNX holds layer_norm back too
         one_line_error(invoke("export", run, "--format", form, "--out", tmp_path / name), feature, "standard LSTM",
                        *hint)

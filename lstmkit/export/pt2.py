@@ -1,10 +1,12 @@
 """A run's model as a `torch.export` program with a dynamic sequence length (and batch), saved by torch.export.save.
 
 Each LSTM layer runs on lstmkit's custom op (`backend="op"`: one `lstmkit::lstm_layer` node per layer and
-direction, its time loop inside, so T stays symbolic). lstmkit's classifier packs a bidirectional batch, and
-packing makes T a Python loop over batch sizes; the exported classifier instead runs the reverse direction over
-each row's own steps reversed in place (a gather by index; padding stays where it is), which gives the same values
-at every valid step. Padding after a sequence never reaches its valid steps forward, so pooling reads the same.
+direction, its time loop inside, so T stays symbolic), with the variants the op computes (`EXPRESSIBLE`:
+peepholes, coupled gates, the cell clip, zoneout's expectation at evaluation). lstmkit's classifier packs a
+bidirectional batch, and packing makes T a Python loop over batch sizes; the exported classifier instead runs the
+reverse direction over each row's own steps reversed in place (a gather by index; padding stays where it is),
+which gives the same values at every valid step. Padding after a sequence never reaches its valid steps forward,
+so pooling reads the same.
 
     classifier: (inputs [B, T] int64 or [B, T, F] float32, lengths [B] int64) -> logits [B, 1 or C]
     language model: (tokens [T, B] int64, h0 [L, B, H], c0 [L, B, H]) -> (logits [T, B, V], h_n, c_n)
@@ -24,18 +26,35 @@ from lstmkit.errors import ConfigError
 from lstmkit.export import LSTMSpec, lstm_spec, open_for_export, written_atomically
 from lstmkit.models import pool
 from lstmkit.nn import LSTM
+from lstmkit.ops import lstm_op
+from lstmkit.ops.cell import FEATURES
+
+# What the exported program computes: the op's features (recurrent dropout, a training feature, is never among a
+# module's variant_features).
+EXPRESSIBLE = tuple(name for name in FEATURES if name in lstm_op.SUPPORTS)
+
+
+def _op_lstm(spec: LSTMSpec, input_size: int, num_layers: int, **layout) -> LSTM:
+    """An LSTM on the op backend with spec's shape and variant features (weights still to be loaded), in eval mode."""
+    return LSTM(input_size, spec.hidden_size, num_layers, proj_size=spec.proj_size, backend="op",
+                peephole="peephole" in spec.features, coupled_gates=spec.coupled_gates,
+                cell_clip=spec.cell_clip or None, layer_norm="layer_norm" in spec.features, zoneout_h=spec.zoneout_h,
+                zoneout_c=spec.zoneout_c, **layout).eval()
 
 
 def _layer(spec: LSTMSpec, k: int, d: int, input_size: int) -> LSTM:
     """One layer and direction as a one-layer forward LSTM on the op backend, weights copied by name."""
     w = spec.layers[k][d]
-    lstm = LSTM(input_size, spec.hidden_size, 1, bias=w.b_ih is not None, batch_first=True, proj_size=spec.proj_size,
-                backend="op")
+    lstm = _op_lstm(spec, input_size, 1, bias=w.b_ih is not None, batch_first=True)
     state = {"weight_ih_l0": w.W, "weight_hh_l0": w.U}
     if w.b_ih is not None:
         state |= {"bias_ih_l0": w.b_ih, "bias_hh_l0": w.b_hh}
     if w.R is not None:
         state["weight_hr_l0"] = w.R
+    if w.peephole is not None:
+        state["weight_peephole_l0"] = w.peephole
+    if w.layer_norm is not None:
+        state |= {f"layer_norm_{part}_l0": t for part, t in zip(("ih", "hh", "c"), w.layer_norm, strict=True)}
     lstm.load_state_dict({name: t.detach().clone() for name, t in state.items()})
     return lstm.eval()
 
@@ -53,7 +72,7 @@ class ExportableClassifier(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        spec = lstm_spec(model.lstm)
+        spec = lstm_spec(model.lstm, EXPRESSIBLE)
         self.embedding = model.embedding
         self.pooling, self.num_directions = model.pooling, spec.num_directions
         width = (spec.proj_size or spec.hidden_size) * spec.num_directions
@@ -77,11 +96,10 @@ class ExportableLanguageModel(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        spec = lstm_spec(model.lstm)
+        spec = lstm_spec(model.lstm, EXPRESSIBLE)
         self.embedding, self.head = model.embedding, model.head
-        self.lstm = LSTM(spec.input_size, spec.hidden_size, spec.num_layers, proj_size=spec.proj_size, backend="op")
+        self.lstm = _op_lstm(spec, spec.input_size, spec.num_layers, bias=model.lstm.bias)
         self.lstm.load_state_dict(model.lstm.state_dict())
-        self.lstm.eval()
 
     def forward(self, tokens: Tensor, h0: Tensor, c0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         output, (h_n, c_n) = self.lstm(self.embedding(tokens), (h0, c0))
