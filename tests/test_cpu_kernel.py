@@ -395,6 +395,32 @@ def test_mismatched_shapes_raise_before_reaching_c():
                              False, **{name: wrong})
 
 
+
+@needs_kernel
+@pytest.mark.parametrize("peephole", [False, True])
+def test_a_zoneout_rate_of_zero_is_no_zoneout(peephole):
+    """zoneout_c=0.0 (a rate, not None) once made the forward allocate states that no row wrote, and BPTT read them
+    as c_{t-1}: the kernel now takes a zero rate as no zoneout, forward and backward alike."""
+    torch.manual_seed(2)
+    N, B, H = 12, 3, 4
+    sizes = [B] * (N // B)
+    U, h0, c0 = torch.randn(4 * H, H), torch.randn(B, H), torch.randn(B, H)
+    gates = torch.randn(N, 4 * H)
+    p = torch.randn(3, H) if peephole else None
+    runs = []
+    for rate in (None, 0.0):
+        activated = gates.clone()  # the forward writes the activated gates over its input projection
+        out = lstm_cpu.forward(activated, sizes, h0, c0, U, None, False, True, peephole=p, zoneout_h=rate,
+                               zoneout_c=rate)
+        assert out.get("states") is None, "no zoneout: no states"
+        grads = lstm_cpu.backward(torch.ones(N, H), torch.zeros(B, H), torch.zeros(B, H), sizes, c0, U, None,
+                                  activated, out["cells"], False, peephole=p, zoneout_h=rate, zoneout_c=rate,
+                                  states=out.get("states"))
+        runs.append((out["y"], grads["dz"], grads["dc0"]))
+    for name, a, b in zip(("y", "dz", "dc0"), *runs, strict=True):
+        assert torch.equal(a, b), f"{name}: a zoneout rate of 0 differs from none"
+
+
 # --- the Embedding and a one-layer LSTM fused on the kernel (W x once per distinct word) --------------------
 
 @needs_kernel

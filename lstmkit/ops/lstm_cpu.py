@@ -184,6 +184,12 @@ def _ptr(t: Tensor | None) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr() if t is not None else None)
 
 
+def _zoneout(value: Tensor | float | None) -> Tensor | float | None:
+    """A zoneout argument as the kernel reads it: a mask, a rate > 0, or None (a rate of 0 is no zoneout, and the
+    kernel keeps no states for it)."""
+    return value if isinstance(value, Tensor) or value else None
+
+
 def _masks(h_mask: Tensor | None, zoneout_h: Tensor | float | None, zoneout_c: Tensor | float | None,
            rows: tuple[int, int, int, int]) -> tuple:
     """The C arguments of recurrent dropout and zoneout (`Cell.h_mask`, `zoneout_h`, `zoneout_c`): (h_mask, zh mask,
@@ -272,6 +278,7 @@ def forward(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Te
     lib = _load()
     assert lib is not None, "call supports() first"
     assert gates.is_contiguous(), "gates must be a contiguous buffer (it is written in place)"
+    zoneout_h, zoneout_c = _zoneout(zoneout_h), _zoneout(zoneout_c)
     blocks = 3 if coupled_gates else 4
     _check(gates, batch_sizes, h0, c0, U, R, bias, blocks=blocks, peephole=peephole)
     if bias is not None and tuple(bias.shape) != (gates.shape[1],):
@@ -311,6 +318,7 @@ def backward(dy: Tensor, dh_T: Tensor, dc_T: Tensor, batch_sizes: list[int], c0:
     zoneout), and with peepholes dpeephole [3, H]. states: the forward's (with zoneout of c)."""
     lib = _load()
     assert lib is not None, "call supports() first"
+    zoneout_h, zoneout_c = _zoneout(zoneout_h), _zoneout(zoneout_c)
     blocks = 3 if coupled_gates else 4
     _check(gates, batch_sizes, dh_T, c0, U, R, dc_T, cells, dy, blocks=blocks, peephole=peephole)
     if cells.shape != (gates.shape[0], gates.shape[1] // blocks) or dy.shape != (gates.shape[0], U.shape[1]) or (
