@@ -67,9 +67,12 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from lstmkit import ops
-from lstmkit.ops import lstm_cpu, lstm_torch, lstm_vendor
+from lstmkit.ops import lstm_cpu, lstm_op, lstm_torch, lstm_vendor
+from lstmkit.ops.cell import FEATURES, Cell, features_of
 from lstmkit.ops.cell import LAYER_NORM_EPS as LAYER_NORM_EPS  # layer_norm's epsilon, for the exporters
-from lstmkit.ops.cell import Cell, features_of
+
+# The variant features that torch.compile and torch.export run through the op (backend="op"), for the exporters.
+TRACEABLE_FEATURES = tuple(name for name in FEATURES if name in lstm_op.SUPPORTS)
 
 GATE_ORDER = ("i", "f", "g", "o")  # PyTorch's order of the four row blocks of weight_ih / weight_hh / biases
 

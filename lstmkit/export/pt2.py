@@ -25,13 +25,11 @@ from torch import Tensor, nn
 from lstmkit.errors import ConfigError
 from lstmkit.export import LSTMSpec, lstm_spec, open_for_export, written_atomically
 from lstmkit.models import pool
-from lstmkit.nn import LSTM
-from lstmkit.ops import lstm_op
-from lstmkit.ops.cell import FEATURES
+from lstmkit.nn import LSTM, TRACEABLE_FEATURES
 
 # What the exported program computes: the op's features (recurrent dropout, a training feature, is never among a
 # module's variant_features).
-EXPRESSIBLE = tuple(name for name in FEATURES if name in lstm_op.SUPPORTS)
+EXPRESSIBLE = TRACEABLE_FEATURES
 
 
 def _op_lstm(spec: LSTMSpec, input_size: int, num_layers: int, **layout) -> LSTM:
