@@ -5,13 +5,14 @@ the standard cell and its variants (`SUPPORTS`: peepholes, coupled gates, cell c
 terms in the C row functions; recurrent dropout and zoneout of h, terms of the C time loop on rows of h; layer
 normalisation, per-row passes of the C loop around the rows, and one batched op in torch for LN(W x_t)). What runs
 where:
-  torch, before the loop  the input projection W x_t of every step: one GEMM (the loop adds b), and its LN
+  torch, before the loop  the input projection W x_t of every step: one GEMM (the loop adds b); then its LN, rows
+                          in C (`layer_norm_rows`)
   C, per step             a_t += U h_{t-1} (one MKL GEMM on U packed once; with LN into rows of its own, normalised
                           and added), then every gate, the cell and h_t in one vectorised pass over the row (with
                           LN, m_t = o tanh(LN(c_t)) in a second); h_t = R h_t with a projection
   C, BPTT per step        the gate gradients in one pass (with LN the passes back through LN(c_t) and LN(U h)),
                           then dh_{t-1} = U^T dz_t
-  torch, after the loop   dx, dW, dU, dR, db: one GEMM each over all steps (and LN(W x)'s backward)
+  torch, after the loop   dx, dW, dU, dR, db: one GEMM each over all steps (before them LN(W x)'s backward, in C)
 Sequences are independent, so each core takes a block of rows and runs the whole time loop on it.
 
 Why C and how it is built: the torch-ops loop pays ~10 Python-dispatched ops per step, which on small
@@ -379,6 +380,35 @@ def backward(dy: Tensor, dh_T: Tensor, dc_T: Tensor, batch_sizes: list[int], c0:
     return out
 
 
+def _row_threads(N: int) -> int:
+    return max(1, min(torch.get_num_threads(), N // MIN_ROWS_PER_THREAD, 64))
+
+
+def layer_norm_rows(z: Tensor, ln: Tensor) -> tuple[Tensor, Tensor]:
+    """LN(z; gain, bias) of every row of z [N, G] (float32, contiguous; it is overwritten with the normalised rows,
+    which `layer_norm_rows_backward` takes): returns (LN(z) [N, G], 1/sigma [N])."""
+    lib = _load()
+    assert lib is not None and z.is_contiguous() and tuple(ln.shape) == (2, z.shape[1]), "layer_norm_rows"
+    out, inv_sigma = z.new_empty(z.shape), z.new_empty(z.shape[0])
+    ln = ln.detach().contiguous()
+    lib.lk_layer_norm_forward(ctypes.c_int64(z.shape[0]), z.shape[1], _ptr(z), _ptr(ln),
+                              ctypes.c_float(LAYER_NORM_EPS), _ptr(out), _ptr(inv_sigma), _row_threads(z.shape[0]))
+    return out, inv_sigma
+
+
+def layer_norm_rows_backward(dout: Tensor, z_hat: Tensor, inv_sigma: Tensor, ln: Tensor) -> tuple[Tensor, Tensor]:
+    """The backward of `layer_norm_rows`: (dz [N, G], dln [2, G]) from dout [N, G]."""
+    lib = _load()
+    N, G = z_hat.shape
+    assert lib is not None and dout.shape == z_hat.shape and tuple(ln.shape) == (2, G), "layer_norm_rows_backward"
+    threads = _row_threads(N)
+    dz, dln = z_hat.new_empty(N, G), z_hat.new_zeros(threads, 2 * G)
+    dout, ln = dout.contiguous(), ln.detach().contiguous()
+    lib.lk_layer_norm_backward(ctypes.c_int64(N), G, _ptr(dout), _ptr(z_hat), _ptr(inv_sigma), _ptr(ln), _ptr(dz),
+                               _ptr(dln), threads)
+    return dz, dln.sum(0).view(2, G)
+
+
 # --- the GEMMs around the time loop -------------------------------------------------------------------------
 # x W^T before it, dx, dW, dU, dR after it: most of a layer's FLOPs. Which library runs them fastest depends on
 # the CPU: MKL runs its AVX2 code on AMD, 184 GFLOP/s on a 2-core EPYC (Zen 5) where oneDNN's own JIT reaches
@@ -437,15 +467,15 @@ class _FusedLayer(torch.autograd.Function):
         # Every step's W x_t in one GEMM, or gathered from the table; the loop adds b. `gates` is a new tensor
         # either way: the loop writes the activated gates over it. gemm: how the big GEMMs run (`gemm_nt`).
         xw = gemm_nt(x, W, gemm) if rows is None else x.index_select(0, rows)
-        gates, ln_mean, ln_rstd = xw, None, None
-        if ln_x is not None:  # LN(W x_t) of every step in one op (torch's own); xw is kept for its backward
-            gates, ln_mean, ln_rstd = torch.native_layer_norm(xw, (xw.shape[1],), ln_x[0], ln_x[1], LAYER_NORM_EPS)
+        gates, ln_rstd = xw, None
+        if ln_x is not None:  # LN(W x_t) of every step at once; xw becomes its normalised rows, for the backward
+            gates, ln_rstd = layer_norm_rows(xw, ln_x)
         keep = any(ctx.needs_input_grad)  # forward runs under no_grad; this says whether backward will come
         out = forward(gates, batch_sizes, h0, c0, U, R, reverse, keep_for_backward=keep, bias=b, peephole=peephole,
                       coupled_gates=coupled, cell_clip=clip, h_mask=masks[0], zoneout_h=masks[1], zoneout_c=masks[2],
                       layer_norm=(ln_h, ln_c) if ln_x is not None else None)
         ctx.save_for_backward(x, h0, c0, W, U, b, R, peephole, gates, out["cells"], out["h_prev"], out["m"], rows,
-                              out["states"], ln_x, ln_h, ln_c, xw if ln_x is not None else None, ln_mean, ln_rstd,
+                              out["states"], ln_x, ln_h, ln_c, xw if ln_x is not None else None, ln_rstd,
                               out["v_hat"], out["ln_stats"])
         ctx.batch_sizes, ctx.reverse, ctx.has_bias, ctx.gemm = batch_sizes, reverse, b is not None, gemm
         ctx.coupled, ctx.clip, ctx.masks = coupled, clip, masks  # masks: constants, no gradient
@@ -453,8 +483,8 @@ class _FusedLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dh_T, dc_T):
-        (x, h0, c0, W, U, b, R, peephole, gates, cells, h_prev, m, rows, states, ln_x, ln_h, ln_c, xw, ln_mean,
-         ln_rstd, v_hat, ln_stats) = ctx.saved_tensors
+        (x, h0, c0, W, U, b, R, peephole, gates, cells, h_prev, m, rows, states, ln_x, ln_h, ln_c, xw, ln_rstd,
+         v_hat, ln_stats) = ctx.saved_tensors
         if torch.is_grad_enabled():
             # create_graph=True (a gradient penalty, double backward): the C loop's gradients are not themselves
             # differentiable, so run the layer again on the portable path and differentiate that, with a graph.
@@ -468,9 +498,8 @@ class _FusedLayer(torch.autograd.Function):
         need = ctx.needs_input_grad
         dxw, dln_x = dz, None  # the gradient of W x_t: dz, or LN(W x_t)'s backward of it
         if normalised:
-            dxw, d_gain, d_bias = torch.ops.aten.native_layer_norm_backward(
-                dz, xw, (xw.shape[1],), ln_mean, ln_rstd, ln_x[0], ln_x[1], [True, True, True])
-            dln_x = torch.stack([d_gain, d_bias]) if need[15] else None
+            dxw, dln_x = layer_norm_rows_backward(dz, xw, ln_rstd, ln_x)
+            dln_x = dln_x if need[15] else None
         if rows is None:
             dx = gemm_nt(dxw, W.t(), gemm) if need[0] else None
         else:  # a table row read at several steps gathers the gradients of all of them
