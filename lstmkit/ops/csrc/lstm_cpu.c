@@ -66,6 +66,9 @@ void lk_init(void *pack_get_size, void *pack, void *compute, void *set_threads_l
 
 /* Inlined whatever gcc's size budget says: a loop calling one of these stays scalar. */
 #define LK_ALWAYS_INLINE static inline __attribute__((always_inline))
+/* Compiled once, called per row: gcc's loop unswitching in the time loops otherwise inlined the row copies at several
+ * call sites (the layer-norm passes and these: a build of 6.6 s instead of 5.x, user time). */
+#define LK_ONCE static __attribute__((noinline))
 
 /* e^x for x in [-87, 87] (clamped, so that 1 + e^x stays in lk_recip's range), relative error ~1e-7:
  * x = n ln2 + r, |r| <= ln2/2, e^r by its Taylor series to r^7 (next term < 1e-8 relative), 2^n built in the
@@ -189,7 +192,7 @@ LK_ALWAYS_INLINE void forward_row_variant_body(
 
 /* zc: the row's zoneout mask of c (or the rate's row, `zoneout_row`), NULL: no zoneout; peep NULL: no
  * peepholes; state_out must be given when keep and zoneout of c are. */
-static void forward_row_variant(int H, int coupled, float clip, float *restrict a, const float *restrict b,
+LK_ONCE void forward_row_variant(int H, int coupled, float clip, float *restrict a, const float *restrict b,
                                 const float *restrict peep, const float *restrict zc,
                                 float *restrict c, float *restrict cell_out, float *restrict state_out,
                                 float *restrict m, const int keep) {
@@ -212,7 +215,7 @@ static inline float flush_tiny(float v) { return __builtin_fabsf(v) < 1e-30f ? 0
 /* One row of BPTT's pointwise pass. z: activated gates of the step; cell = c_t; c_prev = c_{t-1};
  * dm = dL/dm_t (m = o tanh c, before any projection); dc: dL/dc_t carried from step t+1 in,
  * dL/dc_{t-1} out; dz: gradients of the four pre-activations out. */
-static void backward_row(int H, const float *restrict z, const float *restrict cell,
+LK_ONCE void backward_row(int H, const float *restrict z, const float *restrict cell,
                          const float *restrict c_prev, const float *restrict dm, float *restrict dc,
                          float *restrict dz) {
     const float *restrict zi = z, *restrict zf = z + H, *restrict zg = z + 2 * H, *restrict zo = z + 3 * H;
@@ -275,7 +278,7 @@ LK_ALWAYS_INLINE void backward_row_variant_body(
     }
 }
 
-static void backward_row_variant(int H, int coupled, float clip, const float *restrict z,
+LK_ONCE void backward_row_variant(int H, int coupled, float clip, const float *restrict z,
                                  const float *restrict cell, const float *restrict c_prev,
                                  const float *restrict peep, const float *restrict zc,
                                  const float *restrict dm, float *restrict dc, float *restrict dz,
@@ -292,6 +295,7 @@ static void backward_row_variant(int H, int coupled, float clip, const float *re
 
 /* ---- layer normalisation: per-row passes around the rows above (equations: lstm_numpy.layer_norm) ---- */
 
+
 /* Mean and 1/sigma of a row z[0..n): two passes, the variance taken of z - mean, which keeps its precision where
  * the mean is large against the spread. `omp simd` lets gcc vectorise the sums (it may reorder them). */
 LK_ALWAYS_INLINE void row_moments(int n, const float *restrict z, float eps, float *mean, float *inv_sigma) {
@@ -307,7 +311,7 @@ LK_ALWAYS_INLINE void row_moments(int n, const float *restrict z, float eps, flo
 
 /* a += LN(v; gain, bias) over one row of G = GH pre-activations; v = U h_{t-1} in, v^ = (v - mean) / sigma out (the
  * backward's), 1/sigma to *inv_sigma. ln: [2, G] gain; bias. */
-static void layer_norm_add(int G, float *restrict v, const float *restrict ln, float eps, float *restrict a,
+LK_ONCE void layer_norm_add(int G, float *restrict v, const float *restrict ln, float eps, float *restrict a,
                            float *inv_sigma) {
     float mu, inv;
     row_moments(G, v, eps, &mu, &inv);
@@ -322,7 +326,7 @@ static void layer_norm_add(int G, float *restrict v, const float *restrict ln, f
 
 /* m = o tanh(LN(c_t; gain, bias)) over one row of H (6.56 on the normalised cell): cell = c_t, o the row's activated
  * output gate; stats: its mean and 1/sigma out (the backward's). */
-static void layer_norm_output(int H, const float *restrict cell, const float *restrict o, const float *restrict ln,
+LK_ONCE void layer_norm_output(int H, const float *restrict cell, const float *restrict o, const float *restrict ln,
                               float eps, float *restrict m, float *restrict stats) {
     float mu, inv;
     row_moments(H, cell, eps, &mu, &inv);
@@ -337,7 +341,7 @@ static void layer_norm_output(int H, const float *restrict cell, const float *re
  * dL/dc~_t = LN's backward of dn (+ dz_o p_o with peepholes) added to dc, the carried dL/dc_t; with zoneout of c
  * (zc) only its (1 - z) share is, and the z share that reaches c_{t-1} directly goes to `kept`.
  * dln: this thread's running sums [2H] (gain; bias); dpeep_o: the peephole p_o's [H], or NULL; gd: scratch [H]. */
-static void layer_norm_output_backward(int H, const float *restrict cell, const float *restrict o,
+LK_ONCE void layer_norm_output_backward(int H, const float *restrict cell, const float *restrict o,
                                        const float *restrict ln, const float *restrict stats,
                                        const float *restrict peep_o, const float *restrict zc,
                                        const float *restrict dm, float *restrict dc, float *restrict kept,
@@ -377,7 +381,7 @@ static void layer_norm_output_backward(int H, const float *restrict cell, const 
 
 /* BPTT of layer_norm_add: dz, the row's pre-activation gradients (what reaches LN(v)), to dv = dL/dv (v = U h_{t-1},
  * for dh_{t-1} = U^T dv and dU), with v_hat and 1/sigma of the forward; dln: this thread's sums [2G] (gain; bias). */
-static void layer_norm_backward_row(int G, const float *restrict dz, const float *restrict v_hat, float inv,
+LK_ONCE void layer_norm_backward_row(int G, const float *restrict dz, const float *restrict v_hat, float inv,
                                     const float *restrict ln, float *restrict dv, float *restrict dln) {
     const float *restrict gain = ln;
     float s1 = 0.0f, s2 = 0.0f;
@@ -536,32 +540,21 @@ static void *forward_rows(void *arg) {
             blas_compute(ROW_MAJOR, NO_TRANS, PACKED, n, G, P, h_in, P, U_packed, G, 1.0f, a, G);
         float *m_rows = R_packed ? (job->m_out ? job->m_out + row * H : m_scratch) : job->y + row * P;
         for (int r = 0; r < n; r++) {
-            float *c = job->c + (int64_t)(job->r0 + r) * H;
+            float *c = job->c + (int64_t)(job->r0 + r) * H, *a_row = a + (int64_t)r * G, *m = m_rows + (int64_t)r * H;
+            /* with layer norm the row keeps o (over a) and c_t for layer_norm_output even in inference (its own
+             * m = o tanh(c_t) is then replaced) */
+            float *cell = job->cells ? job->cells + (row + r) * H : cell_scratch;
+            float *state = job->states ? job->states + (row + r) * H : cell_scratch ? cell_scratch + H : NULL;
             float *stats = job->ln_stats ? job->ln_stats + (row + r) * 3 : stats_scratch;
-            if (ln) {
-                layer_norm_add(G, v_rows + (int64_t)r * G, v.ln_h, v.ln_eps, a + (int64_t)r * G, &stats[0]);
-                /* the row keeps o and c_t for layer_norm_output (its own m = o tanh(c_t) is then replaced) */
-                float *cell = job->cells ? job->cells + (row + r) * H : cell_scratch;
-                float *state = job->states ? job->states + (row + r) * H : cell_scratch ? cell_scratch + H : NULL;
-                if (!standard)
-                    forward_row_variant(H, v.coupled, v.clip, a + (int64_t)r * G, job->bias, v.peep,
-                                        zoneout_row(v, zc_rate_row, row + r, H), c, cell, state,
-                                        m_rows + (int64_t)r * H, 1);
-                else
-                    forward_row(H, a + (int64_t)r * G, job->bias, c, cell, m_rows + (int64_t)r * H, 1);
-                layer_norm_output(H, cell, a + (int64_t)r * G + (int64_t)(G - H), v.ln_c, v.ln_eps,
-                                  m_rows + (int64_t)r * H, &stats[1]);
-            } else if (!standard)
-                forward_row_variant(H, v.coupled, v.clip, a + (int64_t)r * G, job->bias, v.peep,
-                                    zoneout_row(v, zc_rate_row, row + r, H), c,
-                                    job->cells ? job->cells + (row + r) * H : NULL,
-                                    job->states ? job->states + (row + r) * H : NULL, m_rows + (int64_t)r * H,
-                                    job->cells != NULL);
-            else if (job->cells) /* two copies of the loop, one per constant `keep` */
-                forward_row(H, a + (int64_t)r * G, job->bias, c, job->cells + (row + r) * H,
-                            m_rows + (int64_t)r * H, 1);
+            if (ln) layer_norm_add(G, v_rows + (int64_t)r * G, v.ln_h, v.ln_eps, a_row, &stats[0]);
+            if (!standard)
+                forward_row_variant(H, v.coupled, v.clip, a_row, job->bias, v.peep,
+                                    zoneout_row(v, zc_rate_row, row + r, H), c, cell, state, m, cell != NULL);
+            else if (cell) /* two copies of the loop, one per constant `keep` */
+                forward_row(H, a_row, job->bias, c, cell, m, 1);
             else
-                forward_row(H, a + (int64_t)r * G, job->bias, c, NULL, m_rows + (int64_t)r * H, 0);
+                forward_row(H, a_row, job->bias, c, NULL, m, 0);
+            if (ln) layer_norm_output(H, cell, a_row + (G - H), v.ln_c, v.ln_eps, m, &stats[1]);
         }
         if (R_packed) /* h_t = R m_t */
             blas_compute(ROW_MAJOR, NO_TRANS, PACKED, n, P, H, m_rows, H, R_packed, P, 0.0f,
