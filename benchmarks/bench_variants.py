@@ -2,20 +2,23 @@
 Python loop over torch ops (what users write today), timed in the same run.
 
 For configs a, b, c of `bench_lstm.py` and each variant (peephole, coupled gates, cell clip, all three, recurrent
-dropout, zoneout of h and c; the masked ones in training, their masks drawn by the module), the
+dropout, zoneout of h and c, layer normalisation; the masked ones in training, their masks drawn by the module), the
 contenders are: "nn.LSTM" (the standard cell, torch's kernel: the baseline of every ratio), "lstmkit" (the standard
 cell, backend="auto"), "lstmkit <variant>" (backend="auto": what dispatch picks for the variant) and "loop
-<variant>" (a Python loop over torch ops, one nn.Linear pair per layer, as a hand-written cell). The loop is first
+<variant>" (a Python loop over torch ops, one nn.Linear pair per layer, as a hand-written cell; with layer
+normalisation three nn.LayerNorm per layer, each applied per step). The loop is first
 checked against the NumPy oracle (float64, forward and every gradient); lstmkit's variant is then checked against
-the loop on the benchmark's own input. Ratios come from interleaved repeats whose order rotates.
+the loop run in float64 on the benchmark's own input (1e-4, or twice the float32 loop's own error). Ratios come
+from interleaved repeats whose order rotates.
 
 Run: `python benchmarks/bench_variants.py [--repeats N] [--configs a,b,c] [--variants peephole,cifg,clip,all,dropout,
-zoneout]`.
+zoneout,layer_norm]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -30,12 +33,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_lstm import CONFIGS, rotated, time_call  # noqa: E402
 
 import lstmkit  # noqa: E402
+from lstmkit.nn import LAYER_NORM_EPS  # noqa: E402
 from lstmkit.ops import tune  # noqa: E402
 from lstmkit.reference import lstm_backward, lstm_forward, random_lstm_problem  # noqa: E402
 
 VARIANTS = {"peephole": {"peephole": True}, "cifg": {"coupled_gates": True}, "clip": {"cell_clip": 3.0},
             "all": {"peephole": True, "coupled_gates": True, "cell_clip": 3.0}, "dropout": {"recurrent_dropout": 0.25},
-            "zoneout": {"zoneout_h": 0.1, "zoneout_c": 0.5}}
+            "zoneout": {"zoneout_h": 0.1, "zoneout_c": 0.5}, "layer_norm": {"layer_norm": True}}
 
 
 class LoopVariantLSTM(nn.Module):
@@ -50,6 +54,8 @@ class LoopVariantLSTM(nn.Module):
             else None
         self.W, self.U = nn.ModuleList(), nn.ModuleList()
         self.peepholes = nn.ParameterList()
+        self.layer_norm = source.layer_norm  # LN(W x_t) + LN(U h_{t-1}) + b, and LN(c_t) before tanh
+        self.norms, self.biases = nn.ModuleList(), nn.ParameterList()  # [ln_x, ln_h, ln_c] per layer, b apart
         for layer in range(source.num_layers):
             W, U, b_ih, b_hh, _ = source.layer_weights(layer)
             w, u = nn.Linear(W.shape[1], W.shape[0], dtype=W.dtype), nn.Linear(U.shape[1], U.shape[0], bias=False,
@@ -60,6 +66,17 @@ class LoopVariantLSTM(nn.Module):
                 w.bias.copy_(b_ih + b_hh)
             self.W.append(w)
             self.U.append(u)
+            if self.layer_norm:  # b after the normalisation: W keeps no bias of its own
+                self.biases.append(nn.Parameter(w.bias.detach().clone()))
+                w.bias = None
+                norms = nn.ModuleList()
+                for gain_bias in source.cell(layer).layer_norm:
+                    norm = nn.LayerNorm(gain_bias.shape[1], eps=LAYER_NORM_EPS, dtype=W.dtype)
+                    with torch.no_grad():
+                        norm.weight.copy_(gain_bias[0])
+                        norm.bias.copy_(gain_bias[1])
+                    norms.append(norm)
+                self.norms.append(norms)
             peephole = source.cell(layer).peephole
             self.peepholes.append(nn.Parameter(peephole.detach().clone() if peephole is not None
                                                else torch.zeros(3, self.H, dtype=W.dtype), requires_grad=peephole
@@ -69,7 +86,12 @@ class LoopVariantLSTM(nn.Module):
              ) -> tuple[torch.Tensor, ...]:
         H, p = self.H, self.peepholes[layer]
         h_prev, c_prev = h, c
-        a = self.W[layer](x) + self.U[layer](h if h_mask is None else h * h_mask)
+        h_in = h if h_mask is None else h * h_mask
+        if self.layer_norm:
+            ln_x, ln_h, ln_c = self.norms[layer]
+            a = ln_x(self.W[layer](x)) + ln_h(self.U[layer](h_in)) + self.biases[layer]
+        else:
+            a = self.W[layer](x) + self.U[layer](h_in)
         if self.coupled:
             a_i, a_g, a_o = a.split(H, dim=1)
             i = torch.sigmoid(a_i + p[0] * c)
@@ -80,7 +102,7 @@ class LoopVariantLSTM(nn.Module):
         c = f * c + i * torch.tanh(a_g)
         if self.clip:
             c = c.clamp(-self.clip, self.clip)
-        h = torch.sigmoid(a_o + p[2] * c) * torch.tanh(c)
+        h = torch.sigmoid(a_o + p[2] * c) * torch.tanh(ln_c(c) if self.layer_norm else c)
         if z_h is not None:  # zoneout: z = 1 keeps the previous value
             h = z_h * h_prev + (1 - z_h) * h
         if z_c is not None:
@@ -111,6 +133,7 @@ def check_loop_against_the_oracle(name: str, variant: dict) -> None:
     coupled = variant.get("coupled_gates", False)
     inputs, upstream = random_lstm_problem(np.random.default_rng(0), T, B, I, H, peephole=variant.get("peephole",
                                            False), coupled_gates=coupled,
+                                           layer_norm=variant.get("layer_norm", False),
                                            recurrent_dropout=variant.get("recurrent_dropout", 0.0),
                                            zoneout=variant.get("zoneout_c", 0.0))
     inputs["h0"][:] = 0.0
@@ -123,6 +146,9 @@ def check_loop_against_the_oracle(name: str, variant: dict) -> None:
         source.bias_hh_l0.zero_()
         if "peephole" in inputs:
             source.weight_peephole_l0.copy_(torch.tensor(inputs["peephole"]))
+        for key, name in (("ln_x", "layer_norm_ih_l0"), ("ln_h", "layer_norm_hh_l0"), ("ln_c", "layer_norm_c_l0")):
+            if key in inputs:
+                getattr(source, name).copy_(torch.tensor(inputs[key]))
     loop = LoopVariantLSTM(source)
     x = torch.tensor(inputs["x"]).transpose(0, 1).requires_grad_(True)
     masks = {f"{name}_l0": torch.tensor(inputs[name]).reshape(-1, H) for name in ("h_mask", "zoneout_h", "zoneout_c")
@@ -134,9 +160,13 @@ def check_loop_against_the_oracle(name: str, variant: dict) -> None:
     grads = lstm_backward(upstream["dy"], np.zeros((B, H)), np.zeros((B, H)), cache)
     checks = {"y": (y.detach().transpose(0, 1), y_ref), "dx": (x.grad.transpose(0, 1), grads["dx"]),
               "dW": (loop.W[0].weight.grad, grads["dW"]), "dU": (loop.U[0].weight.grad, grads["dU"]),
-              "db": (loop.W[0].bias.grad, grads["db"])}
+              "db": ((loop.biases[0] if loop.layer_norm else loop.W[0].bias).grad, grads["db"])}
     if "peephole" in inputs:
         checks["dpeephole"] = (loop.peepholes[0].grad, grads["dpeephole"])
+    if loop.layer_norm:
+        for k, key in enumerate(("dln_x", "dln_h", "dln_c")):
+            norm = loop.norms[0][k]
+            checks[key] = (torch.stack([norm.weight.grad, norm.bias.grad]), grads[key])
     for what, (a, b) in checks.items():
         rel = float(np.abs(a.numpy() - b).max() / max(np.abs(b).max(), 1e-300))
         if rel > 1e-10:
@@ -145,18 +175,26 @@ def check_loop_against_the_oracle(name: str, variant: dict) -> None:
 
 
 def check_against_the_loop(name: str, ours: nn.Module, loop: nn.Module, x: torch.Tensor) -> None:
-    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    torch.manual_seed(1)  # one seed, the same masks (the module draws them after dispatch, which keeps the generator)
-    ya = ours(xa)[0]
-    torch.manual_seed(1)
-    yb = loop(xb)
-    dy = torch.randn_like(yb)
-    (ya * dy).sum().backward()
-    (yb * dy).sum().backward()
-    for what, a, b in (("output", ya, yb), ("input grad", xa.grad, xb.grad)):
-        rel = ((a - b).abs().max() / b.abs().max()).item()
-        if rel > 1e-4:
-            raise SystemExit(f"lstmkit {name}: {what} differs from the loop (relative error {rel:.2e}); not timing")
+    """lstmkit's variant and the loop, both in float32, against the loop in float64 on the benchmark's input (one seed,
+    the same masks): lstmkit's relative error may be 1e-4, or twice the float32 loop's own where that is larger (layer
+    normalisation divides by each row's sigma, which magnifies both sides' rounding)."""
+    exact = copy.deepcopy(loop).double()
+    results = []
+    dy = None
+    for module, dtype in ((ours, torch.float32), (loop, torch.float32), (exact, torch.float64)):
+        xi = x.to(dtype).clone().requires_grad_(True)
+        torch.manual_seed(1)  # one seed, the same masks (drawn after dispatch, which keeps the generator)
+        out = module(xi)
+        y = out[0] if isinstance(out, tuple) else out
+        dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(2)) if dy is None else dy
+        (y * dy.to(dtype)).sum().backward()
+        results.append((y.detach().double(), xi.grad.double()))
+    for k, what in enumerate(("output", "input grad")):
+        expected = results[2][k]
+        rel = [((r[k] - expected).abs().max() / expected.abs().max()).item() for r in results[:2]]
+        if rel[0] > max(1e-4, 2 * rel[1]):
+            raise SystemExit(f"lstmkit {name}: {what} differs from the float64 loop (relative error {rel[0]:.2e}, the "
+                             f"float32 loop's {rel[1]:.2e}); not timing")
 
 
 def main() -> None:

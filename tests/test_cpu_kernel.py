@@ -339,14 +339,15 @@ def test_fading_gradients_are_flushed_not_denormal_and_the_callers_float_mode_is
 
 
 @needs_kernel
-def test_double_backward_and_torch_func_match_the_torch_backend():
+@pytest.mark.parametrize("variant", [{}, {"layer_norm": True, "peephole": True}], ids=["standard", "layer_norm"])
+def test_double_backward_and_torch_func_match_the_torch_backend(variant):
     """create_graph=True (a gradient penalty) re-runs the layer on the portable path; torch.func transforms take
     that path outright. Both must give the torch backend's numbers."""
     from torch.func import functional_call, grad
 
     torch.manual_seed(7)
-    ours = lstmkit.LSTM(3, 5, num_layers=2, batch_first=True, backend="cpu")
-    portable = lstmkit.LSTM(3, 5, num_layers=2, batch_first=True, backend="torch")
+    ours = lstmkit.LSTM(3, 5, num_layers=2, batch_first=True, backend="cpu", **variant)
+    portable = lstmkit.LSTM(3, 5, num_layers=2, batch_first=True, backend="torch", **variant)
     portable.load_state_dict(ours.state_dict())
     x = torch.randn(8, 6, 3)
     penalties = []

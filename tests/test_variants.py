@@ -23,8 +23,8 @@ from lstmkit.stream import LSTMStream
 GRAD_NAMES = {**GRAD_NAMES, "peephole": "dpeephole", "ln_x": "dln_x", "ln_h": "dln_h", "ln_c": "dln_c"}
 # (peephole, coupled_gates, cell_clip, layer_norm, recurrent_dropout, zoneout): each feature alone, then together;
 # the last two are the rates of the recurrent dropout (a fixed mask per sequence) and of zoneout (Bernoulli masks on
-# h and c at every step). The C kernel and the op compute every feature but layer normalisation (FUSED), which runs
-# on the torch backend.
+# h and c at every step). The op computes every feature but layer normalisation (FUSED), which it leaves to the torch
+# backend; the C kernel computes them all (layer normalisation: test_the_c_kernel_computes_layer_norm_...).
 VARIANTS = [(True, False, 0.0, False, 0.0, 0.0), (False, True, 0.0, False, 0.0, 0.0),
             (False, False, 0.7, False, 0.0, 0.0), (True, True, 0.9, False, 0.0, 0.0),
             (False, False, 0.0, True, 0.0, 0.0), (True, True, 0.9, True, 0.0, 0.0),
@@ -194,8 +194,10 @@ def test_dispatch_never_takes_the_vendor_kernel_for_a_variant():
         assert LSTM(4, 8, backend="cpu", **variant).path_for(8, 10, False, True) == fused
         assert LSTM(4, 8, backend="op", **variant).path_for(8, 10, False, True) == "op"
     normalised = {"layer_norm": True, "peephole": True}
-    for backend in ("auto", "cpu", "op"):  # neither the C kernel nor the op computes layer normalisation
-        assert LSTM(4, 8, backend=backend, **normalised).path_for(8, 10, False, True) == "torch"
+    for backend in ("auto", "cpu"):  # the C kernel computes layer normalisation, with the other features
+        for packed, training in ((False, True), (True, True), (False, False)):
+            assert LSTM(4, 8, backend=backend, **normalised).path_for(8, 10, packed, training) == fused, backend
+    assert LSTM(4, 8, backend="op", **normalised).path_for(8, 10, False, True) == "torch"  # the op does not"
     standard = LSTM(4, 8).call_kind(8, 10, False, True)
     assert standard.features == "" and "peephole" not in standard.key
 
@@ -317,10 +319,14 @@ needs_kernel = pytest.mark.skipif(not lstm_cpu.available(), reason=f"C kernel no
 
 
 def float32_run(layer_fn, args: dict, options: dict, sizes, reverse: bool, upstream: tuple) -> tuple:
-    """One layer on float32 leaves; outputs and every gradient under the given upstream gradients. options: the
-    cell's other fields (coupled_gates, cell_clip, and the constant masks h_mask, zoneout_h, zoneout_c)."""
+    """One layer on float32 leaves (float64 for the torch backend, given float64 args and options); outputs and every
+    gradient under the given upstream gradients. args: x, h0, c0, W, U, b, R, peephole and, for layer normalisation,
+    ln_x, ln_h, ln_c; options: the cell's other fields (coupled_gates, cell_clip, and the constant masks h_mask,
+    zoneout_h, zoneout_c)."""
     leaves = {k: v.clone().requires_grad_(True) for k, v in args.items() if v is not None}
-    cell = Cell(leaves["W"], leaves["U"], leaves.get("b"), leaves.get("R"), leaves.get("peephole"), **options)
+    ln = (leaves["ln_x"], leaves["ln_h"], leaves["ln_c"]) if "ln_x" in leaves else None
+    cell = Cell(leaves["W"], leaves["U"], leaves.get("b"), leaves.get("R"), leaves.get("peephole"), **options,
+                layer_norm=ln)
     if layer_fn is not lstm_torch.lstm_layer:  # a fused path that fell back to the torch backend would test nothing
         assert lstm_cpu.supports(leaves["x"], cell), cell.features
     y, hT, cT = layer_fn(leaves["x"], sizes, leaves["h0"], leaves["c0"], cell, reverse=reverse)
@@ -381,6 +387,121 @@ def test_the_fused_paths_compute_the_variants_as_the_torch_backend(trial):
         assert grads.keys() == expected[1].keys()
         for name, grad in grads.items():
             assert_close(grad, expected[1][name], f"{path} {name} (N={N}, T={T}, H={H}, P={P})", tolerance=tolerance)
+
+
+@needs_kernel
+@pytest.mark.parametrize("trial", range(16))
+def test_the_c_kernel_computes_layer_norm_as_the_torch_backend(trial):
+    """The C kernel's layer normalisation (LN of U h_{t-1} and of c_t per step in C, LN of W x in torch) against the
+    torch backend: random shapes, packed lengths, both directions, projections, and combined with peepholes, coupled
+    gates, cell clip, recurrent dropout and zoneout (masks or rates), LN gains and biases away from 1 and 0; outputs,
+    final states and every gradient, the LN parameters' included.
+
+    Bound: both sides against the torch backend in float64. LN divides each row by its sigma, which magnifies the
+    rounding of rows whose spread is small, so a fixed float32 bound would hold on one machine's draws only; the
+    torch backend's own float32 error on the same problem measures that conditioning. The kernel may err by the
+    float32 bound of the kernel tests (sums of up to max(N, T GH) products) plus 4x that measured error (other
+    orders of summation, its own exp and tanh)."""
+    from conftest import float32_tolerance, relative_error
+
+    rng = random.Random(1000 + trial)
+    peephole, coupled, clip = rng.random() < 0.4, rng.random() < 0.3, rng.choice([0.0, 0.0, 0.8])
+    dropout, zoneout = rng.choice([0.0, 0.0, 0.3]), rng.choice([0.0, 0.0, 0.4])
+    reverse, projected = trial % 2 == 1, trial % 4 >= 2
+    B, T, I, H = rng.randint(1, 16), rng.randint(1, 20), rng.randint(1, 10), rng.randint(2 + projected, 20)
+    P = rng.randint(1, H - 1) if projected else None
+    lengths = sorted([T] + [rng.randint(1, T) for _ in range(B - 1)], reverse=True)
+    batch_sizes = [sum(1 for n in lengths if n > t) for t in range(T)]
+    N, Pout, G = sum(batch_sizes), P or H, 3 if coupled else 4
+    g = torch.Generator().manual_seed(trial)
+    args = dict(x=torch.randn(N, I, generator=g), h0=torch.randn(B, Pout, generator=g),
+                c0=torch.randn(B, H, generator=g) * 2, W=torch.randn(G * H, I, generator=g) * 0.4,
+                U=torch.randn(G * H, Pout, generator=g) * 0.4,
+                b=torch.randn(G * H, generator=g) if rng.random() < 0.8 else None,
+                R=torch.randn(Pout, H, generator=g) * 0.4 if P else None,
+                peephole=torch.randn(3, H, generator=g) * 0.5 if peephole else None,
+                **{name: torch.stack([1 + 0.3 * torch.randn(width, generator=g), 0.3 * torch.randn(width, generator=g)])
+                   for name, width in (("ln_x", G * H), ("ln_h", G * H), ("ln_c", H))})
+    upstream = (torch.randn(N, Pout, generator=g), torch.randn(B, Pout, generator=g), torch.randn(B, H, generator=g))
+    options = {"coupled_gates": coupled, "cell_clip": clip}
+    if dropout:
+        options["h_mask"] = (torch.rand(B, Pout, generator=g) >= dropout) / (1.0 - dropout)
+    if zoneout:
+        options["zoneout_h"] = zoneout_of(rng, zoneout, N, Pout, g, other=True)
+        options["zoneout_c"] = zoneout_of(rng, zoneout, N, H, g, other=options["zoneout_h"] is not None)
+
+    def double(value):
+        return value.double() if isinstance(value, torch.Tensor) else value
+
+    exact = float32_run(lstm_torch.lstm_layer, {k: double(v) for k, v in args.items()},
+                        {k: double(v) for k, v in options.items()}, batch_sizes, reverse, tuple(map(double, upstream)))
+    portable = float32_run(lstm_torch.lstm_layer, args, options, batch_sizes, reverse, upstream)
+    fused = float32_run(lstm_cpu.lstm_layer, args, options, batch_sizes, reverse, upstream)
+    assert fused[1].keys() == portable[1].keys() == exact[1].keys()
+    bound = float32_tolerance(max(N, T * G * H))
+    names = ("y", "h_T", "c_T", *exact[1])
+    for name, expected, ours, theirs in zip(names, (*exact[0], *exact[1].values()), (*fused[0], *fused[1].values()),
+                                            (*portable[0], *portable[1].values()), strict=True):
+        tolerance = bound + 4 * relative_error(theirs, expected)
+        assert_close(ours, expected, f"C kernel {name} against float64 (N={N}, T={T}, H={H}, P={P}, "
+                     f"{Cell(args['W'], args['U'], None, args['R'], args['peephole'], **options).features}, "
+                     f"torch float32 error {relative_error(theirs, expected):.1e})", tolerance=tolerance)
+
+
+@needs_kernel
+@pytest.mark.parametrize("packed", [False, True], ids=["full", "packed"])
+def test_a_layer_normalised_module_runs_on_the_c_kernel_as_on_the_torch_backend(packed, monkeypatch):
+    """lstmkit.LSTM(layer_norm=True) with backend="cpu": two bidirectional layers with projections, peepholes,
+    recurrent dropout and zoneout, in training (the seed's masks) and in eval (zoneout's expectation, gradients still);
+    outputs, states and every parameter's gradient against the torch backend, bounded as the layer test bounds them
+    (both against float64)."""
+    from conftest import float32_tolerance, relative_error
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    variant = dict(layer_norm=True, peephole=True, recurrent_dropout=0.2, zoneout_h=0.1, zoneout_c=0.3)
+    torch.manual_seed(3)
+    modules = {"cpu": LSTM(4, 6, 2, bidirectional=True, proj_size=3, backend="cpu", **variant),
+               "torch": LSTM(4, 6, 2, bidirectional=True, proj_size=3, backend="torch", **variant),
+               "float64": LSTM(4, 6, 2, bidirectional=True, proj_size=3, backend="torch", dtype=torch.float64,
+                               **variant)}
+    with torch.no_grad():  # gains and biases away from their initial 1 and 0
+        for name, p in modules["cpu"].named_parameters():
+            if name.startswith("layer_norm"):
+                p.add_(torch.randn_like(p) * 0.3)
+    for name in ("torch", "float64"):
+        modules[name].load_state_dict(modules["cpu"].state_dict())
+    calls = []
+    real_forward = lstm_cpu.forward
+    monkeypatch.setattr(lstm_cpu, "forward", lambda *a, **k: calls.append(k.get("layer_norm")) or real_forward(*a, **k))
+    T, B = 7, 3
+    x, lengths = torch.randn(T, B, 4), torch.tensor([7, 5, 2] if packed else [7, 7, 7])
+    g = torch.Generator().manual_seed(0)
+    upstream = [torch.randn(int(lengths.sum()), 6, generator=g), torch.randn(4, B, 3, generator=g),
+                torch.randn(4, B, 6, generator=g)]
+    for training in (True, False):
+        results = {}
+        for name, module in modules.items():
+            module.train(training)
+            dtype = torch.float64 if name == "float64" else torch.float32
+            inputs = x.to(dtype).requires_grad_(True)
+            torch.manual_seed(1)  # one seed, the same masks
+            out, (h_n, c_n) = module(pack_padded_sequence(inputs, lengths) if packed else inputs)
+            y = out.data if packed else out.reshape(-1, 6)
+            loss = sum((t * u.to(dtype)).sum() for t, u in zip((y, h_n, c_n), upstream, strict=True))
+            grads = torch.autograd.grad(loss, [inputs, *module.parameters()])
+            results[name] = dict(zip(["y", "h_n", "c_n", "dx", *(n for n, _ in module.named_parameters())],
+                                     (y, h_n, c_n, *grads), strict=True))
+        assert modules["cpu"].path_for(B, T, packed, training) == "cpu"
+        bound = float32_tolerance(max(B * T, T * 4 * 6))
+        for name, expected in results["float64"].items():
+            measured = relative_error(results["torch"][name], expected)
+            assert_close(results["cpu"][name], expected, f"{name} ({'train' if training else 'eval'}; torch float32 "
+                         f"error {measured:.1e})", tolerance=bound + 4 * measured)
+    with torch.no_grad():  # inference keeps nothing for BPTT: the loop's own scratch rows, the same numbers
+        out, (h_n, c_n) = modules["cpu"](pack_padded_sequence(x, lengths) if packed else x)
+    assert torch.equal(out.data if packed else out.reshape(-1, 6), results["cpu"]["y"]), "no_grad output"
+    assert torch.equal(c_n, results["cpu"]["c_n"]), "no_grad c_n"
+    assert len(calls) == 12 and all(ln is not None for ln in calls)  # 3 calls x 2 layers x 2 directions, in C
 
 
 def test_dropout_masks_are_seeded_exact_on_every_path_and_off_in_eval():

@@ -2,13 +2,17 @@
 
 Same signature as `lstm_torch.lstm_layer` (packed rows, reverse, projection, initial states, one `Cell`), for
 the standard cell and its variants (`SUPPORTS`: peepholes, coupled gates, cell clip and zoneout of c, elementwise
-terms in the C row functions; recurrent dropout and zoneout of h, terms of the C time loop on rows of h). What runs
+terms in the C row functions; recurrent dropout and zoneout of h, terms of the C time loop on rows of h; layer
+normalisation, per-row passes of the C loop around the rows, and one batched op in torch for LN(W x_t)). What runs
 where:
-  torch, before the loop  the input projection W x_t of every step: one GEMM (the loop adds b)
-  C, per step             a_t += U h_{t-1} (one MKL GEMM on U packed once), then every gate, the cell and
-                          h_t in one vectorised pass over the row; h_t = R h_t with a projection
-  C, BPTT per step        the gate gradients in one pass, then dh_{t-1} = U^T dz_t
-  torch, after the loop   dx, dW, dU, dR, db: one GEMM each over all steps
+  torch, before the loop  the input projection W x_t of every step: one GEMM (the loop adds b); then its LN, rows
+                          in C (`layer_norm_rows`)
+  C, per step             a_t += U h_{t-1} (one MKL GEMM on U packed once; with LN into rows of its own, normalised
+                          and added), then every gate, the cell and h_t in one vectorised pass over the row (with
+                          LN, m_t = o tanh(LN(c_t)) in a second); h_t = R h_t with a projection
+  C, BPTT per step        the gate gradients in one pass (with LN the passes back through LN(c_t) and LN(U h)),
+                          then dh_{t-1} = U^T dz_t
+  torch, after the loop   dx, dW, dU, dR, db: one GEMM each over all steps (before them LN(W x)'s backward, in C)
 Sequences are independent, so each core takes a block of rows and runs the whole time loop on it.
 
 Why C and how it is built: the torch-ops loop pays ~10 Python-dispatched ops per step, which on small
@@ -44,7 +48,7 @@ import torch
 from torch import Tensor
 
 from lstmkit.ops import lstm_torch, tune
-from lstmkit.ops.cell import FEATURES, Cell
+from lstmkit.ops.cell import FEATURES, LAYER_NORM_EPS, Cell
 
 SOURCE = Path(__file__).with_name("csrc") / "lstm_cpu.c"
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-fopenmp"]
@@ -160,9 +164,8 @@ def load_seconds() -> float:
 
 
 # The variant features (`Cell.features`) the C kernel computes; a cell with any other runs on lstm_torch.
-# Layer normalisation is not among them: its three row reductions per step would need the C rows' own mean and
-# variance passes and a backward with saved statistics; it runs on the torch backend.
-SUPPORTS: frozenset[str] = frozenset({"peephole", "coupled_gates", "cell_clip", "recurrent_dropout", "zoneout"})
+SUPPORTS: frozenset[str] = frozenset({"peephole", "coupled_gates", "cell_clip", "layer_norm", "recurrent_dropout",
+                                      "zoneout"})
 assert set(FEATURES) >= SUPPORTS
 
 
@@ -235,13 +238,19 @@ def _plan(batch_sizes: list[int]) -> tuple[Tensor, Tensor, int, Tensor]:
 
 
 def _check(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Tensor, R: Tensor | None,
-           *others: Tensor | None, blocks: int = 4, peephole: Tensor | None = None) -> None:
+           *others: Tensor | None, blocks: int = 4, peephole: Tensor | None = None,
+           layer_norm: tuple[Tensor, Tensor] | None = None) -> None:
     """Shapes and dtypes, before any pointer reaches C (a mismatch there corrupts memory instead of raising).
-    blocks: the gate blocks of a row (4, or 3 with coupled gates)."""
+    blocks: the gate blocks of a row (4, or 3 with coupled gates); layer_norm: (ln_h [2, GH], ln_c [2, H])."""
     N, G = gates.shape
     H, P = G // blocks, U.shape[1] if U.dim() == 2 else -1
     B = batch_sizes[0] if batch_sizes else 0
     problems = []
+    if layer_norm is not None:
+        ln_h, ln_c = layer_norm
+        if tuple(ln_h.shape) != (2, G) or tuple(ln_c.shape) != (2, H):
+            problems.append(f"layer_norm is {tuple(ln_h.shape)}, {tuple(ln_c.shape)}, expected [2, {G}], [2, {H}]")
+        others = (*others, ln_h, ln_c)
     if peephole is not None and tuple(peephole.shape) != (3, H):
         problems.append(f"peephole is {tuple(peephole.shape)}, expected [3, {H}]")
     if G % blocks or U.shape != (G, P):
@@ -266,21 +275,24 @@ def forward(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Te
             reverse: bool, keep_for_backward: bool, keep_inputs: bool = True, bias: Tensor | None = None,
             peephole: Tensor | None = None, coupled_gates: bool = False, cell_clip: float = 0.0,
             h_mask: Tensor | None = None, zoneout_h: Tensor | float | None = None,
-            zoneout_c: Tensor | float | None = None) -> dict[str, Tensor]:
-    """Run the time loop. gates: [N, GH] input projection W x, to which the loop adds `bias` [GH] (if any);
-    peephole [3, H], coupled_gates, cell_clip, h_mask [B, P], zoneout_h [N, P] | rate, zoneout_c [N, H] | rate: the
-    cell's variant features (`Cell`).
+            zoneout_c: Tensor | float | None = None, layer_norm: tuple[Tensor, Tensor] | None = None
+            ) -> dict[str, Tensor]:
+    """Run the time loop. gates: [N, GH] input projection W x (LN(W x) with layer normalisation), to which the loop
+    adds `bias` [GH] (if any); peephole [3, H], coupled_gates, cell_clip, h_mask [B, P], zoneout_h [N, P] | rate,
+    zoneout_c [N, H] | rate, layer_norm (ln_h [2, GH], ln_c [2, H]: the LNs of U h_{t-1} and of c_t): the cell's
+    variant features (`Cell`).
 
     Returns y [N, P], h_T, c_T and, with keep_for_backward, what BPTT needs: the activated gates (written
     over `gates`), cells [N, H] (c~_t, before zoneout), with zoneout of c states [N, H] (c_t after it),
     h_prev [N, P] (each row's h_{t-1}, times h_mask under recurrent dropout) and, with a projection, m [N, H]
-    (o tanh c before it); h_prev and m only with keep_inputs (the op rebuilds them from y)."""
+    (o tanh c before it); h_prev and m only with keep_inputs (the op rebuilds them from y); with layer_norm v_hat
+    [N, GH] (the normalised U h_{t-1}) and ln_stats [N, 3] (1/sigma of U h_{t-1}, mean and 1/sigma of c~_t)."""
     lib = _load()
     assert lib is not None, "call supports() first"
     assert gates.is_contiguous(), "gates must be a contiguous buffer (it is written in place)"
     zoneout_h, zoneout_c = _zoneout(zoneout_h), _zoneout(zoneout_c)
     blocks = 3 if coupled_gates else 4
-    _check(gates, batch_sizes, h0, c0, U, R, bias, blocks=blocks, peephole=peephole)
+    _check(gates, batch_sizes, h0, c0, U, R, bias, blocks=blocks, peephole=peephole, layer_norm=layer_norm)
     if bias is not None and tuple(bias.shape) != (gates.shape[1],):
         raise ValueError(f"lstmkit C kernel: bias is {tuple(bias.shape)}, expected [{gates.shape[1]}]")
     N, G = gates.shape
@@ -293,15 +305,19 @@ def forward(gates: Tensor, batch_sizes: list[int], h0: Tensor, c0: Tensor, U: Te
         "h": h0.contiguous().clone(), "c": c0.contiguous().clone(),
         "h_prev": gates.new_empty(N, P) if keep_for_backward and keep_inputs else None,
         "m": gates.new_empty(N, H) if keep_for_backward and keep_inputs and R is not None else None,
+        "v_hat": gates.new_empty(N, G) if keep_for_backward and layer_norm is not None else None,
+        "ln_stats": gates.new_empty(N, 3) if keep_for_backward and layer_norm is not None else None,
     }
     # Held in locals until the call returns.
     U, R = U.contiguous(), R.contiguous() if R is not None else None
     bias = bias.detach().contiguous() if bias is not None else gates.new_zeros(G)
     peephole = peephole.detach().contiguous() if peephole is not None else None
+    ln_h, ln_c = (t.detach().contiguous() for t in layer_norm) if layer_norm is not None else (None, None)
     status = lib.lk_forward(len(batch_sizes), H, P, int(reverse), _ptr(sizes), _ptr(offsets), threads, _ptr(splits),
                             _ptr(U), _ptr(R), _ptr(bias), int(coupled_gates), ctypes.c_float(cell_clip),
-                            _ptr(peephole), *variant, _ptr(gates), _ptr(out["cells"]), _ptr(out["states"]),
-                            _ptr(out["y"]), _ptr(out["h_prev"]), _ptr(out["m"]), _ptr(out["h"]), _ptr(out["c"]))
+                            _ptr(peephole), *variant, _ptr(ln_h), _ptr(ln_c), ctypes.c_float(LAYER_NORM_EPS),
+                            _ptr(gates), _ptr(out["cells"]), _ptr(out["states"]), _ptr(out["y"]), _ptr(out["h_prev"]),
+                            _ptr(out["m"]), _ptr(out["v_hat"]), _ptr(out["ln_stats"]), _ptr(out["h"]), _ptr(out["c"]))
     del held  # the masks' contiguous copies, alive until here
     if status != 0:
         raise MemoryError("lstmkit's C kernel could not allocate its buffers (packed weights, masked states); "
@@ -313,14 +329,21 @@ def backward(dy: Tensor, dh_T: Tensor, dc_T: Tensor, batch_sizes: list[int], c0:
              R: Tensor | None, gates: Tensor, cells: Tensor, reverse: bool, peephole: Tensor | None = None,
              coupled_gates: bool = False, cell_clip: float = 0.0, h_mask: Tensor | None = None,
              zoneout_h: Tensor | float | None = None, zoneout_c: Tensor | float | None = None,
-             states: Tensor | None = None) -> dict[str, Tensor]:
+             states: Tensor | None = None, layer_norm: tuple[Tensor, Tensor] | None = None,
+             v_hat: Tensor | None = None, ln_stats: Tensor | None = None) -> dict[str, Tensor]:
     """BPTT's time loop: dz [N, GH] (pre-activation gradients), dh0, dc0, with R dh [N, P] (dL/dh~_t, before
-    zoneout), and with peepholes dpeephole [3, H]. states: the forward's (with zoneout of c)."""
+    zoneout), and with peepholes dpeephole [3, H]. states: the forward's (with zoneout of c). With layer_norm (ln_h,
+    ln_c) and the forward's v_hat and ln_stats: dv [N, GH] (the gradient of U h_{t-1}, for dU), dln_h [2, GH] and
+    dln_c [2, H]; dz is then the gradient of LN(W x_t) (and of b)."""
     lib = _load()
     assert lib is not None, "call supports() first"
     zoneout_h, zoneout_c = _zoneout(zoneout_h), _zoneout(zoneout_c)
     blocks = 3 if coupled_gates else 4
-    _check(gates, batch_sizes, dh_T, c0, U, R, dc_T, cells, dy, blocks=blocks, peephole=peephole)
+    _check(gates, batch_sizes, dh_T, c0, U, R, dc_T, cells, dy, v_hat, ln_stats, blocks=blocks, peephole=peephole,
+           layer_norm=layer_norm)
+    if layer_norm is not None and (v_hat is None or ln_stats is None or v_hat.shape != gates.shape
+                                   or tuple(ln_stats.shape) != (gates.shape[0], 3)):
+        raise ValueError("lstmkit C kernel: layer_norm needs the forward's v_hat [N, GH] and ln_stats [N, 3]")
     if cells.shape != (gates.shape[0], gates.shape[1] // blocks) or dy.shape != (gates.shape[0], U.shape[1]) or (
             dc_T.shape != c0.shape):
         raise ValueError(f"lstmkit C kernel: cells {tuple(cells.shape)}, dy {tuple(dy.shape)} or dc_T "
@@ -337,23 +360,61 @@ def backward(dy: Tensor, dh_T: Tensor, dc_T: Tensor, batch_sizes: list[int], c0:
     out = {
         "dz": gates.new_empty(N, G), "dh0": dh_T.contiguous().clone(), "dc0": dc_T.contiguous().clone(),
         "dh": gates.new_empty(N, P) if R is not None else None,
+        "dv": gates.new_empty(N, G) if layer_norm is not None else None,
     }
     per_thread = gates.new_zeros(threads, 3, H) if peephole is not None else None  # summed below
+    ln_per_thread = gates.new_zeros(threads, 2 * G + 2 * H) if layer_norm is not None else None  # and these
     peephole = peephole.detach().contiguous() if peephole is not None else None
+    ln_h, ln_c = (t.detach().contiguous() for t in layer_norm) if layer_norm is not None else (None, None)
+    v_hat = v_hat.contiguous() if v_hat is not None else None
+    ln_stats = ln_stats.contiguous() if ln_stats is not None else None
     # Every tensor handed over by pointer is held in a local until the call returns.
     U, R, dy, c0 = U.contiguous(), R.contiguous() if R is not None else None, dy.contiguous(), c0.contiguous()
     status = lib.lk_backward(len(batch_sizes), H, P, int(reverse), _ptr(sizes), _ptr(offsets), threads,
                              _ptr(splits), _ptr(U), _ptr(R), int(coupled_gates), ctypes.c_float(cell_clip),
-                             _ptr(peephole), *variant, _ptr(per_thread), _ptr(gates), _ptr(cells), _ptr(states),
-                             _ptr(c0), _ptr(dy), _ptr(out["dz"]), _ptr(out["dh"]), _ptr(out["dh0"]),
-                             _ptr(out["dc0"]))
+                             _ptr(peephole), *variant, _ptr(ln_h), _ptr(ln_c), _ptr(per_thread), _ptr(gates),
+                             _ptr(cells), _ptr(states), _ptr(c0), _ptr(dy), _ptr(v_hat), _ptr(ln_stats),
+                             _ptr(out["dz"]), _ptr(out["dh"]), _ptr(out["dv"]), _ptr(ln_per_thread),
+                             _ptr(out["dh0"]), _ptr(out["dc0"]))
     del held
     if status != 0:
         raise MemoryError("lstmkit's C kernel could not allocate its buffers (packed weights, masked states); "
                           "use backend='torch'")
     if per_thread is not None:
         out["dpeephole"] = per_thread.sum(0)
+    if ln_per_thread is not None:
+        sums = ln_per_thread.sum(0)
+        out["dln_h"], out["dln_c"] = sums[:2 * G].view(2, G), sums[2 * G:].view(2, H)
     return out
+
+
+def _row_threads(N: int) -> int:
+    return max(1, min(torch.get_num_threads(), N // MIN_ROWS_PER_THREAD, 64))
+
+
+def layer_norm_rows(z: Tensor, ln: Tensor) -> tuple[Tensor, Tensor]:
+    """LN(z; gain, bias) of every row of z [N, G] (float32, contiguous; it is overwritten with the normalised rows,
+    which `layer_norm_rows_backward` takes): returns (LN(z) [N, G], 1/sigma [N])."""
+    lib = _load()
+    assert lib is not None and z.is_contiguous() and tuple(ln.shape) == (2, z.shape[1]), "layer_norm_rows"
+    out, inv_sigma = z.new_empty(z.shape), z.new_empty(z.shape[0])
+    ln = ln.detach().contiguous()
+    lib.lk_layer_norm_forward(ctypes.c_int64(z.shape[0]), z.shape[1], _ptr(z), _ptr(ln),
+                              ctypes.c_float(LAYER_NORM_EPS), _ptr(out), _ptr(inv_sigma), _row_threads(z.shape[0]))
+    return out, inv_sigma
+
+
+def layer_norm_rows_backward(dout: Tensor, z_hat: Tensor, inv_sigma: Tensor, ln: Tensor) -> tuple[Tensor, Tensor]:
+    """The backward of `layer_norm_rows`: (dz [N, G], dln [2, G]) from dout [N, G]."""
+    lib = _load()
+    N, G = z_hat.shape
+    assert lib is not None and dout.shape == z_hat.shape and tuple(ln.shape) == (2, G), "layer_norm_rows_backward"
+    threads = _row_threads(N)
+    dz, dln = z_hat.new_empty(N, G), z_hat.new_zeros(threads, 2 * G)
+    dout, ln = dout.contiguous(), ln.detach().contiguous()
+    lib.lk_layer_norm_backward(ctypes.c_int64(N), G, _ptr(dout), _ptr(z_hat), _ptr(inv_sigma), _ptr(ln), _ptr(dz),
+                               _ptr(dln), threads)
+    return dz, dln.sum(0).view(2, G)
 
 
 # --- the GEMMs around the time loop -------------------------------------------------------------------------
@@ -405,60 +466,79 @@ def gemm_choice(autocast: bool) -> str:
 class _FusedLayer(torch.autograd.Function):
     """One layer on the C kernel. x: [N, I] inputs, whose W x_t one GEMM computes; or, with `rows` (and W None),
     x is a table of input projections [K, GH] and step row n reads x[rows[n]] (see `embedded_lstm_layer`).
-    peephole, coupled, clip, masks (h_mask, zoneout_h, zoneout_c): the cell's variant features."""
+    peephole, coupled, clip, masks (h_mask, zoneout_h, zoneout_c), ln_x, ln_h, ln_c (layer normalisation, with W x
+    only): the cell's variant features."""
 
     @staticmethod
     def forward(ctx, x, h0, c0, W, U, b, R, peephole, batch_sizes, reverse, rows=None, gemm="mkl", coupled=False,
-                clip=0.0, masks=(None, None, None)):
+                clip=0.0, masks=(None, None, None), ln_x=None, ln_h=None, ln_c=None):
         # Every step's W x_t in one GEMM, or gathered from the table; the loop adds b. `gates` is a new tensor
         # either way: the loop writes the activated gates over it. gemm: how the big GEMMs run (`gemm_nt`).
-        gates = gemm_nt(x, W, gemm) if rows is None else x.index_select(0, rows)
+        xw = gemm_nt(x, W, gemm) if rows is None else x.index_select(0, rows)
+        gates, ln_rstd = xw, None
+        if ln_x is not None:  # LN(W x_t) of every step at once; xw becomes its normalised rows, for the backward
+            gates, ln_rstd = layer_norm_rows(xw, ln_x)
         keep = any(ctx.needs_input_grad)  # forward runs under no_grad; this says whether backward will come
         out = forward(gates, batch_sizes, h0, c0, U, R, reverse, keep_for_backward=keep, bias=b, peephole=peephole,
-                      coupled_gates=coupled, cell_clip=clip, h_mask=masks[0], zoneout_h=masks[1], zoneout_c=masks[2])
+                      coupled_gates=coupled, cell_clip=clip, h_mask=masks[0], zoneout_h=masks[1], zoneout_c=masks[2],
+                      layer_norm=(ln_h, ln_c) if ln_x is not None else None)
         ctx.save_for_backward(x, h0, c0, W, U, b, R, peephole, gates, out["cells"], out["h_prev"], out["m"], rows,
-                              out["states"])
+                              out["states"], ln_x, ln_h, ln_c, xw if ln_x is not None else None, ln_rstd,
+                              out["v_hat"], out["ln_stats"])
         ctx.batch_sizes, ctx.reverse, ctx.has_bias, ctx.gemm = batch_sizes, reverse, b is not None, gemm
         ctx.coupled, ctx.clip, ctx.masks = coupled, clip, masks  # masks: constants, no gradient
         return out["y"], out["h"], out["c"]
 
     @staticmethod
     def backward(ctx, dy, dh_T, dc_T):
-        x, h0, c0, W, U, b, R, peephole, gates, cells, h_prev, m, rows, states = ctx.saved_tensors
+        (x, h0, c0, W, U, b, R, peephole, gates, cells, h_prev, m, rows, states, ln_x, ln_h, ln_c, xw, ln_rstd,
+         v_hat, ln_stats) = ctx.saved_tensors
         if torch.is_grad_enabled():
             # create_graph=True (a gradient penalty, double backward): the C loop's gradients are not themselves
             # differentiable, so run the layer again on the portable path and differentiate that, with a graph.
-            return _differentiable_backward(ctx, (x, h0, c0, W, U, b, R, peephole), rows, (dy, dh_T, dc_T))
+            return _differentiable_backward(ctx, (x, h0, c0, W, U, b, R, peephole, ln_x, ln_h, ln_c), rows,
+                                            (dy, dh_T, dc_T))
+        normalised = ln_x is not None
         grads = backward(dy, dh_T, dc_T, ctx.batch_sizes, c0, U, R, gates, cells, ctx.reverse, peephole, ctx.coupled,
-                         ctx.clip, *ctx.masks, states=states)
+                         ctx.clip, *ctx.masks, states=states, layer_norm=(ln_h, ln_c) if normalised else None,
+                         v_hat=v_hat, ln_stats=ln_stats)
         dz, gemm = grads["dz"], ctx.gemm
         need = ctx.needs_input_grad
+        dxw, dln_x = dz, None  # the gradient of W x_t: dz, or LN(W x_t)'s backward of it
+        if normalised:
+            dxw, dln_x = layer_norm_rows_backward(dz, xw, ln_rstd, ln_x)
+            dln_x = dln_x if need[15] else None
         if rows is None:
-            dx = gemm_nt(dz, W.t(), gemm) if need[0] else None
+            dx = gemm_nt(dxw, W.t(), gemm) if need[0] else None
         else:  # a table row read at several steps gathers the gradients of all of them
-            dx = torch.zeros_like(x).index_add_(0, rows, dz) if need[0] else None
-        dW = gemm_nt(dz.t(), x.t(), gemm) if rows is None and need[3] else None
-        dU = gemm_nt(dz.t(), h_prev.t(), gemm) if need[4] else None
+            dx = torch.zeros_like(x).index_add_(0, rows, dxw) if need[0] else None
+        dW = gemm_nt(dxw.t(), x.t(), gemm) if rows is None and need[3] else None
+        dU = gemm_nt((grads["dv"] if normalised else dz).t(), h_prev.t(), gemm) if need[4] else None
         db = dz.sum(0) if ctx.has_bias and need[5] else None
         dR = gemm_nt(grads["dh"].t(), m.t(), gemm) if R is not None and need[6] else None
         dp = grads["dpeephole"] if peephole is not None and need[7] else None
-        return dx, grads["dh0"], grads["dc0"], dW, dU, db, dR, dp, None, None, None, None, None, None, None
+        dln_h = grads["dln_h"] if normalised and need[16] else None
+        dln_c = grads["dln_c"] if normalised and need[17] else None
+        return (dx, grads["dh0"], grads["dc0"], dW, dU, db, dR, dp, None, None, None, None, None, None, None, dln_x,
+                dln_h, dln_c)
 
 
 def _differentiable_backward(ctx, inputs: tuple, rows: Tensor | None, upstream: tuple) -> tuple:
-    need = ctx.needs_input_grad[:8]
+    """inputs: the Function's x, h0, c0, W, U, b, R, peephole, ln_x, ln_h, ln_c; returns its gradients in its order."""
+    flags = (*ctx.needs_input_grad, *[False] * (18 - len(ctx.needs_input_grad)))  # embedded_lstm_layer passes 12
+    need = (*flags[:8], *flags[15:18])
     wanted = [t for t, n in zip(inputs, need, strict=True) if n and t is not None]
-    x, h0, c0, W, U, b, R, peephole = inputs
+    x, h0, c0, W, U, b, R, peephole, ln_x, ln_h, ln_c = inputs
     with torch.enable_grad():
         if rows is not None:  # a table of projections: gather the steps' rows; W x is then x itself
             x, W = x.index_select(0, rows), torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
         h_mask, zoneout_h, zoneout_c = ctx.masks
-        cell = Cell(W, U, b, R, peephole, ctx.coupled, ctx.clip, h_mask=h_mask, zoneout_h=zoneout_h,
-                    zoneout_c=zoneout_c)
+        cell = Cell(W, U, b, R, peephole, ctx.coupled, ctx.clip, layer_norm=(ln_x, ln_h, ln_c) if ln_x is not None
+                    else None, h_mask=h_mask, zoneout_h=zoneout_h, zoneout_c=zoneout_c)
         outputs = lstm_torch.lstm_layer(x, ctx.batch_sizes, h0, c0, cell, reverse=ctx.reverse)
         grads = iter(torch.autograd.grad(outputs, wanted, upstream, create_graph=True, allow_unused=True))
-    return (*(next(grads) if n and t is not None else None for t, n in zip(inputs, need, strict=True)),
-            None, None, None, None, None, None, None)
+    result = [next(grads) if n and t is not None else None for t, n in zip(inputs, need, strict=True)]
+    return (*result[:8], None, None, None, None, None, None, None, *result[8:])
 
 
 def _functorch_active() -> bool:
@@ -489,7 +569,7 @@ def lstm_layer(
     with torch.autocast("cpu", enabled=False):
         y, h, c = _FusedLayer.apply(x, h0, c0, W, U, b, R, cell.peephole, list(batch_sizes), reverse, None, gemm,
                                     cell.coupled_gates, float(cell.cell_clip),
-                                    (cell.h_mask, cell.zoneout_h, cell.zoneout_c))
+                                    (cell.h_mask, cell.zoneout_h, cell.zoneout_c), *(cell.layer_norm or (None,) * 3))
     low = lstm_torch.autocast_dtype("cpu")
     if low is not None:  # what torch.nn.LSTM returns under autocast, whatever path computed it
         y, h, c = y.to(low), h.to(low), c.to(low)

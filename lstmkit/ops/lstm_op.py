@@ -28,8 +28,9 @@ from lstmkit.ops import lstm_cpu, lstm_torch
 from lstmkit.ops.cell import Cell
 
 # The variant features the op computes (`Cell.features`). Layer normalisation is not among them: its backward would
-# need the normalised rows and statistics of three LNs per step saved or recomputed, a second BPTT beside the
-# torch backend's autograd; a layer-normalised LSTM runs on "torch" (and is unrolled when torch.compile traces it).
+# need the normalised rows and statistics of three LNs per step saved or recomputed (the C kernel's loops keep them,
+# but the op's schema and its torch loops do not yet); under the op a layer-normalised LSTM runs on "torch" (and is
+# unrolled when torch.compile traces it).
 SUPPORTS = frozenset({"peephole", "coupled_gates", "cell_clip", "recurrent_dropout", "zoneout"})
 
 

@@ -15,6 +15,12 @@
  * gate (three gate blocks i, g, o; f = 1 - i), the cell clip and zoneout of c; the standard cell keeps its own
  * loops. Recurrent dropout (h_{t-1} * m before U, and m on dh_{t-1}) and zoneout of h (h_t mixed with h_{t-1})
  * are terms of the time loop around the GEMMs, so a cell with only those runs the standard rows.
+ * Layer normalisation (Ba et al. 2016) runs as separate per-row passes around those rows, so it adds no copies of
+ * them: the step's GEMM writes U h_{t-1} into its own rows v (not into a), `layer_norm_add` normalises v in place and
+ * adds it to a; after the row, `layer_norm_output` recomputes m = o tanh(LN(c_t)) from the row's kept o and c_t. In
+ * BPTT, `layer_norm_output_backward` takes the gradient through m (and zoneout of c's split of dc) before the row,
+ * which then runs with dm = 0, and `layer_norm_backward_row` carries dz back through LN(U h) for dh_{t-1} and dU.
+ * LN(W x_t) of every step runs before the loop, all rows at once (`lk_layer_norm_forward`, backward after BPTT).
  * The input projection W x_t of every step comes in precomputed (one big GEMM in torch; the loop adds b),
  * and the weight gradients (dW, dU, dR, db) are big GEMMs in torch after the loop.
  *
@@ -47,7 +53,7 @@ static pack_fn blas_pack;
 static compute_fn blas_compute;
 static set_threads_local_fn blas_set_threads_local;
 
-int lk_version(void) { return 4; }
+int lk_version(void) { return 5; }
 
 void lk_init(void *pack_get_size, void *pack, void *compute, void *set_threads_local) {
     blas_pack_get_size = (pack_get_size_fn)pack_get_size;
@@ -60,6 +66,9 @@ void lk_init(void *pack_get_size, void *pack, void *compute, void *set_threads_l
 
 /* Inlined whatever gcc's size budget says: a loop calling one of these stays scalar. */
 #define LK_ALWAYS_INLINE static inline __attribute__((always_inline))
+/* Compiled once, called per row: gcc's loop unswitching in the time loops otherwise inlined the row copies at several
+ * call sites (the layer-norm passes and these: a build of 6.6 s instead of 5.x, user time). */
+#define LK_ONCE static __attribute__((noinline))
 
 /* e^x for x in [-87, 87] (clamped, so that 1 + e^x stays in lk_recip's range), relative error ~1e-7:
  * x = n ln2 + r, |r| <= ln2/2, e^r by its Taylor series to r^7 (next term < 1e-8 relative), 2^n built in the
@@ -183,7 +192,7 @@ LK_ALWAYS_INLINE void forward_row_variant_body(
 
 /* zc: the row's zoneout mask of c (or the rate's row, `zoneout_row`), NULL: no zoneout; peep NULL: no
  * peepholes; state_out must be given when keep and zoneout of c are. */
-static void forward_row_variant(int H, int coupled, float clip, float *restrict a, const float *restrict b,
+LK_ONCE void forward_row_variant(int H, int coupled, float clip, float *restrict a, const float *restrict b,
                                 const float *restrict peep, const float *restrict zc,
                                 float *restrict c, float *restrict cell_out, float *restrict state_out,
                                 float *restrict m, const int keep) {
@@ -206,7 +215,7 @@ static inline float flush_tiny(float v) { return __builtin_fabsf(v) < 1e-30f ? 0
 /* One row of BPTT's pointwise pass. z: activated gates of the step; cell = c_t; c_prev = c_{t-1};
  * dm = dL/dm_t (m = o tanh c, before any projection); dc: dL/dc_t carried from step t+1 in,
  * dL/dc_{t-1} out; dz: gradients of the four pre-activations out. */
-static void backward_row(int H, const float *restrict z, const float *restrict cell,
+LK_ONCE void backward_row(int H, const float *restrict z, const float *restrict cell,
                          const float *restrict c_prev, const float *restrict dm, float *restrict dc,
                          float *restrict dz) {
     const float *restrict zi = z, *restrict zf = z + H, *restrict zg = z + 2 * H, *restrict zo = z + 3 * H;
@@ -269,7 +278,7 @@ LK_ALWAYS_INLINE void backward_row_variant_body(
     }
 }
 
-static void backward_row_variant(int H, int coupled, float clip, const float *restrict z,
+LK_ONCE void backward_row_variant(int H, int coupled, float clip, const float *restrict z,
                                  const float *restrict cell, const float *restrict c_prev,
                                  const float *restrict peep, const float *restrict zc,
                                  const float *restrict dm, float *restrict dc, float *restrict dz,
@@ -282,6 +291,110 @@ static void backward_row_variant(int H, int coupled, float clip, const float *re
         LK_FOR_KEEPS_0(LK_BACKWARD_COPY)
 #undef LK_BACKWARD_COPY
     }
+}
+
+/* ---- layer normalisation: per-row passes around the rows above (equations: lstm_numpy.layer_norm) ---- */
+
+
+/* Mean and 1/sigma of a row z[0..n): two passes, the variance taken of z - mean, which keeps its precision where
+ * the mean is large against the spread. `omp simd` lets gcc vectorise the sums (it may reorder them). */
+LK_ALWAYS_INLINE void row_moments(int n, const float *restrict z, float eps, float *mean, float *inv_sigma) {
+    float s = 0.0f, q = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int j = 0; j < n; j++) s += z[j];
+    const float mu = s / (float)n;
+#pragma omp simd reduction(+ : q)
+    for (int j = 0; j < n; j++) q += (z[j] - mu) * (z[j] - mu);
+    *mean = mu;
+    *inv_sigma = 1.0f / sqrtf(q / (float)n + eps);
+}
+
+/* a += LN(v; gain, bias) over one row of G = GH pre-activations; v = U h_{t-1} in, v^ = (v - mean) / sigma out (the
+ * backward's), 1/sigma to *inv_sigma. ln: [2, G] gain; bias. */
+LK_ONCE void layer_norm_add(int G, float *restrict v, const float *restrict ln, float eps, float *restrict a,
+                           float *inv_sigma) {
+    float mu, inv;
+    row_moments(G, v, eps, &mu, &inv);
+    const float *restrict gain = ln, *restrict beta = ln + G;
+    for (int j = 0; j < G; j++) {
+        float v_hat = (v[j] - mu) * inv;
+        v[j] = v_hat;
+        a[j] += gain[j] * v_hat + beta[j];
+    }
+    *inv_sigma = inv;
+}
+
+/* m = o tanh(LN(c_t; gain, bias)) over one row of H (6.56 on the normalised cell): cell = c_t, o the row's activated
+ * output gate; stats: its mean and 1/sigma out (the backward's). */
+LK_ONCE void layer_norm_output(int H, const float *restrict cell, const float *restrict o, const float *restrict ln,
+                              float eps, float *restrict m, float *restrict stats) {
+    float mu, inv;
+    row_moments(H, cell, eps, &mu, &inv);
+    const float *restrict gain = ln, *restrict beta = ln + H;
+    for (int j = 0; j < H; j++) m[j] = o[j] * lk_tanh(gain[j] * ((cell[j] - mu) * inv) + beta[j]);
+    stats[0] = mu;
+    stats[1] = inv;
+}
+
+/* BPTT of layer_norm_output, before the row's own backward (which then runs with dm = 0 and no zoneout of c):
+ * n = LN(c_t), dn = dm o (1 - tanh(n)^2), dz_o = dm tanh(n) o (1 - o) (to dzo, which the row leaves 0), and
+ * dL/dc~_t = LN's backward of dn (+ dz_o p_o with peepholes) added to dc, the carried dL/dc_t; with zoneout of c
+ * (zc) only its (1 - z) share is, and the z share that reaches c_{t-1} directly goes to `kept`.
+ * dln: this thread's running sums [2H] (gain; bias); dpeep_o: the peephole p_o's [H], or NULL; gd: scratch [H]. */
+LK_ONCE void layer_norm_output_backward(int H, const float *restrict cell, const float *restrict o,
+                                       const float *restrict ln, const float *restrict stats,
+                                       const float *restrict peep_o, const float *restrict zc,
+                                       const float *restrict dm, float *restrict dc, float *restrict kept,
+                                       float *restrict dzo, float *restrict gd, float *restrict dln,
+                                       float *restrict dpeep_o) {
+    const float *restrict gain = ln, *restrict beta = ln + H;
+    const float mu = stats[0], inv = stats[1];
+    float s1 = 0.0f, s2 = 0.0f;
+#pragma omp simd reduction(+ : s1, s2)
+    for (int j = 0; j < H; j++) {
+        float n_hat = (cell[j] - mu) * inv;
+        float tn = lk_tanh(gain[j] * n_hat + beta[j]);
+        float dn = dm[j] * o[j] * (1.0f - tn * tn);
+        dzo[j] = dm[j] * tn * o[j] * (1.0f - o[j]);
+        dln[j] += dn * n_hat;
+        dln[H + j] += dn;
+        gd[j] = gain[j] * dn;
+        s1 += gd[j];
+        s2 += gd[j] * n_hat;
+    }
+    const float mean_gd = s1 / (float)H, mean_gd_n = s2 / (float)H;
+    /* e = dL/dc~_t from m, over gd; one loop per case: loops testing peep_o and zc stayed scalar */
+    for (int j = 0; j < H; j++) gd[j] = inv * (gd[j] - mean_gd - (cell[j] - mu) * inv * mean_gd_n);
+    if (peep_o)
+        for (int j = 0; j < H; j++) {
+            gd[j] += dzo[j] * peep_o[j];
+            dpeep_o[j] += dzo[j] * cell[j];
+        }
+    if (zc)
+        for (int j = 0; j < H; j++) {
+            kept[j] = zc[j] * dc[j];
+            dc[j] = (1.0f - zc[j]) * dc[j] + gd[j];
+        }
+    else
+        for (int j = 0; j < H; j++) dc[j] += gd[j];
+}
+
+/* BPTT of layer_norm_add: dz, the row's pre-activation gradients (what reaches LN(v)), to dv = dL/dv (v = U h_{t-1},
+ * for dh_{t-1} = U^T dv and dU), with v_hat and 1/sigma of the forward; dln: this thread's sums [2G] (gain; bias). */
+LK_ONCE void layer_norm_backward_row(int G, const float *restrict dz, const float *restrict v_hat, float inv,
+                                    const float *restrict ln, float *restrict dv, float *restrict dln) {
+    const float *restrict gain = ln;
+    float s1 = 0.0f, s2 = 0.0f;
+#pragma omp simd reduction(+ : s1, s2)
+    for (int j = 0; j < G; j++) {
+        float gd = gain[j] * dz[j];
+        s1 += gd;
+        s2 += gd * v_hat[j];
+        dln[j] += dz[j] * v_hat[j];
+        dln[G + j] += dz[j];
+    }
+    const float mean_gd = s1 / (float)G, mean_gd_v = s2 / (float)G;
+    for (int j = 0; j < G; j++) dv[j] = flush_tiny(inv * (gain[j] * dz[j] - mean_gd - v_hat[j] * mean_gd_v));
 }
 
 /* ---- the time loops, one block of rows [r0, r1) per thread ---- */
@@ -325,6 +438,8 @@ typedef struct {
     const float *h_mask;              /* [B, P] recurrent dropout: U (h_{t-1} * m) (row b: sequence b), or NULL */
     const float *zh, *zc;             /* [N, P] / [N, H] zoneout masks of h and c (1 = keep), or NULL: then */
     float zh_rate, zc_rate;           /* the rate at every unit (evaluation); 0 and NULL: no zoneout */
+    const float *ln_h, *ln_c;         /* [2, GH], [2, H] layer normalisation of U h and of c (gain; bias), or NULL */
+    float ln_eps;                     /* its epsilon (lstmkit.ops.cell.LAYER_NORM_EPS) */
 } variant_t;
 
 static int zones_h(variant_t v) { return v.zh != NULL || v.zh_rate != 0.0f; }
@@ -362,6 +477,8 @@ typedef struct {
     float *y;                         /* [N, P] */
     float *h_prev;                    /* [N, P] h_{t-1} (* m under recurrent dropout) of each row (for dU), or NULL */
     float *m_out;                     /* [N, H] o tanh(c) before the projection (for dR), or NULL */
+    float *v_hat;                     /* [N, GH] layer norm: the normalised U h_{t-1} (training), or NULL */
+    float *ln_stats;                  /* [N, 3] layer norm: 1/sigma of U h_{t-1}, mean and 1/sigma of c_t, or NULL */
     float *h, *c;                     /* [B, P], [B, H]: running state, h0/c0 in, final state out */
 } forward_job;
 
@@ -386,10 +503,17 @@ static void *forward_rows(void *arg) {
     float *m_scratch = job->R && !job->m_out ? (float *)malloc(sizeof(float) * (size_t)rows * H) : NULL;
     /* h_{t-1} * m for the GEMM when no h_prev buffer keeps it (inference) */
     float *masked = v.h_mask && !job->h_prev ? (float *)malloc(sizeof(float) * (size_t)rows * P) : NULL;
+    /* layer norm: U h_{t-1} of the step's rows when no v_hat buffer keeps them (inference); and there the row still
+     * keeps o (over a) and c_t, for layer_norm_output: into a row of scratch (c_t, and c_t after zoneout) */
+    const int ln = v.ln_h != NULL;
+    float *v_scratch = ln && !job->v_hat ? (float *)malloc(sizeof(float) * (size_t)rows * G) : NULL;
+    float *cell_scratch = ln && !job->cells ? (float *)malloc(sizeof(float) * 2 * (size_t)H) : NULL;
+    float stats_scratch[3];
     int no_memory = 0;
     float *zc_rate_row = rate_row_of(v, H, &no_memory);
     if (no_memory || !U_packed || (job->R && !R_packed) || (job->R && !job->m_out && !m_scratch)
-        || (v.h_mask && !job->h_prev && !masked)) {
+        || (v.h_mask && !job->h_prev && !masked) || (ln && !job->v_hat && !v_scratch)
+        || (ln && !job->cells && !cell_scratch)) {
         job->status = -1;
         job->T = 0; /* skip the loop, free what was had */
     }
@@ -409,21 +533,28 @@ static void *forward_rows(void *arg) {
             memcpy(job->h_prev + row * P, h_in, sizeof(float) * (size_t)n * P);
             h_in = job->h_prev + row * P;
         }
-        blas_compute(ROW_MAJOR, NO_TRANS, PACKED, n, G, P, h_in, P, U_packed, G, 1.0f, a, G);
+        float *v_rows = ln ? (job->v_hat ? job->v_hat + row * G : v_scratch) : NULL;
+        if (ln) /* v = U h_{t-1}, its own rows: a += LN(v) below, row by row */
+            blas_compute(ROW_MAJOR, NO_TRANS, PACKED, n, G, P, h_in, P, U_packed, G, 0.0f, v_rows, G);
+        else
+            blas_compute(ROW_MAJOR, NO_TRANS, PACKED, n, G, P, h_in, P, U_packed, G, 1.0f, a, G);
         float *m_rows = R_packed ? (job->m_out ? job->m_out + row * H : m_scratch) : job->y + row * P;
         for (int r = 0; r < n; r++) {
-            float *c = job->c + (int64_t)(job->r0 + r) * H;
+            float *c = job->c + (int64_t)(job->r0 + r) * H, *a_row = a + (int64_t)r * G, *m = m_rows + (int64_t)r * H;
+            /* with layer norm the row keeps o (over a) and c_t for layer_norm_output even in inference (its own
+             * m = o tanh(c_t) is then replaced) */
+            float *cell = job->cells ? job->cells + (row + r) * H : cell_scratch;
+            float *state = job->states ? job->states + (row + r) * H : cell_scratch ? cell_scratch + H : NULL;
+            float *stats = job->ln_stats ? job->ln_stats + (row + r) * 3 : stats_scratch;
+            if (ln) layer_norm_add(G, v_rows + (int64_t)r * G, v.ln_h, v.ln_eps, a_row, &stats[0]);
             if (!standard)
-                forward_row_variant(H, v.coupled, v.clip, a + (int64_t)r * G, job->bias, v.peep,
-                                    zoneout_row(v, zc_rate_row, row + r, H), c,
-                                    job->cells ? job->cells + (row + r) * H : NULL,
-                                    job->states ? job->states + (row + r) * H : NULL, m_rows + (int64_t)r * H,
-                                    job->cells != NULL);
-            else if (job->cells) /* two copies of the loop, one per constant `keep` */
-                forward_row(H, a + (int64_t)r * G, job->bias, c, job->cells + (row + r) * H,
-                            m_rows + (int64_t)r * H, 1);
+                forward_row_variant(H, v.coupled, v.clip, a_row, job->bias, v.peep,
+                                    zoneout_row(v, zc_rate_row, row + r, H), c, cell, state, m, cell != NULL);
+            else if (cell) /* two copies of the loop, one per constant `keep` */
+                forward_row(H, a_row, job->bias, c, cell, m, 1);
             else
-                forward_row(H, a + (int64_t)r * G, job->bias, c, NULL, m_rows + (int64_t)r * H, 0);
+                forward_row(H, a_row, job->bias, c, NULL, m, 0);
+            if (ln) layer_norm_output(H, cell, a_row + (G - H), v.ln_c, v.ln_eps, m, &stats[1]);
         }
         if (R_packed) /* h_t = R m_t */
             blas_compute(ROW_MAJOR, NO_TRANS, PACKED, n, P, H, m_rows, H, R_packed, P, 0.0f,
@@ -436,6 +567,8 @@ static void *forward_rows(void *arg) {
         memcpy(job->h + (int64_t)job->r0 * P, job->y + row * P, sizeof(float) * (size_t)n * P);
     }
     free(masked);
+    free(v_scratch);
+    free(cell_scratch);
     free(zc_rate_row);
     free(m_scratch);
     free(U_packed);
@@ -458,6 +591,9 @@ typedef struct {
     float *dz;                        /* [N, 4H] out */
     float *dh_out;                    /* [N, P] dL/dh_t of each row (for dR), or NULL without R */
     float *dh, *dc;                   /* [B, P], [B, H]: dh_T/dc_T in, dh0/dc0 out */
+    const float *v_hat, *ln_stats;    /* layer norm: the forward's ([N, GH], [N, 3]), or NULL */
+    float *dv;                        /* [N, GH] layer norm: dL/d(U h_{t-1}) out (for dU), or NULL */
+    float *dln;                       /* [2GH + 2H] layer norm: this thread's sums for ln_h and ln_c, or NULL */
 } backward_job;
 
 static void *backward_rows(void *arg) {
@@ -475,9 +611,16 @@ static void *backward_rows(void *arg) {
      * U^T dz_t, masked, lands here first */
     const int zone_h = zones_h(v);
     float *dh_scratch = zone_h || v.h_mask ? (float *)malloc(sizeof(float) * (size_t)rows * P) : NULL;
+    /* layer norm: four rows of H, a zero dm for the row, and dz_o, zoneout's kept dc and g dn of
+     * layer_norm_output_backward */
+    const int ln = v.ln_h != NULL;
+    float *ln_scratch = ln ? (float *)calloc(4 * (size_t)H, sizeof(float)) : NULL;
+    /* with layer norm the row runs without zoneout of c (done around it): the standard row unless it has others */
+    const int row_standard = ln ? !v.coupled && v.clip <= 0.0f && !v.peep : standard;
     int no_memory = 0;
     float *zc_rate_row = rate_row_of(v, H, &no_memory);
-    if (no_memory || !U_packed || (job->R && (!R_packed || !dm_scratch)) || ((zone_h || v.h_mask) && !dh_scratch)) {
+    if (no_memory || !U_packed || (job->R && (!R_packed || !dm_scratch)) || ((zone_h || v.h_mask) && !dh_scratch)
+        || (ln && !ln_scratch)) {
         job->status = -1;
         job->T = 0;
     }
@@ -513,29 +656,47 @@ static void *backward_rows(void *arg) {
         for (int r = 0; r < n; r++) {
             int64_t b = job->r0 + r;
             const float *c_prev = r < prev_rows ? c_states + (job->offsets[t_prev] + b) * H : job->c0 + b * H;
-            if (standard)
-                backward_row(H, job->gates + (row + r) * G, job->cells + (row + r) * H, c_prev, dm + (int64_t)r * H,
-                             job->dc + b * H, job->dz + (row + r) * G);
+            const float *z = job->gates + (row + r) * G, *cell = job->cells + (row + r) * H;
+            const float *zc = zoneout_row(v, zc_rate_row, row + r, H), *dm_row = dm + (int64_t)r * H;
+            float *dz = job->dz + (row + r) * G, *dc = job->dc + b * H;
+            float *zero_dm = ln_scratch, *dzo = ln_scratch + H, *kept = ln_scratch + 2 * H;
+            if (ln) { /* the gradient through m = o tanh(LN(c_t)) first; the row then sees dm = 0 */
+                layer_norm_output_backward(H, cell, z + (G - H), v.ln_c, job->ln_stats + (row + r) * 3 + 1,
+                                           v.peep ? v.peep + 2 * H : NULL, zc, dm_row, dc, kept, dzo,
+                                           ln_scratch + 3 * H, job->dln + 2 * G,
+                                           v.peep && job->dpeep ? job->dpeep + 2 * H : NULL);
+                dm_row = zero_dm;
+                zc = NULL;
+            }
+            if (row_standard)
+                backward_row(H, z, cell, c_prev, dm_row, dc, dz);
             else
-                backward_row_variant(H, v.coupled, v.clip, job->gates + (row + r) * G, job->cells + (row + r) * H,
-                                     c_prev, v.peep, zoneout_row(v, zc_rate_row, row + r, H),
-                                     dm + (int64_t)r * H, job->dc + b * H, job->dz + (row + r) * G, job->dpeep);
+                backward_row_variant(H, v.coupled, v.clip, z, cell, c_prev, v.peep, zc, dm_row, dc, dz, job->dpeep);
+            if (ln) {
+                float *dz_o = dz + (G - H);
+                for (int j = 0; j < H; j++) dz_o[j] = flush_tiny(dzo[j]);
+                if (zoneout_row(v, zc_rate_row, row + r, H))
+                    for (int j = 0; j < H; j++) dc[j] += kept[j];
+                layer_norm_backward_row(G, dz, job->v_hat + (row + r) * G, job->ln_stats[(row + r) * 3], v.ln_h,
+                                        job->dv + (row + r) * G, job->dln);
+            }
         }
-        /* dh_{t-1} = U^T dz_t, as rows: dz [n, 4H] @ U [4H, P]; (U^T dz_t) * m under recurrent dropout; plus the
-         * z dh_t that zoneout kept in dh */
+        /* dh_{t-1} = U^T dz_t, as rows: dz [n, 4H] @ U [4H, P] (with layer norm dv, the gradient of U h_{t-1});
+         * (U^T dz_t) * m under recurrent dropout; plus the z dh_t that zoneout kept in dh */
+        const float *dz_rows = ln ? job->dv + row * G : job->dz + row * G;
         if (v.h_mask) {
-            blas_compute(ROW_MAJOR, NO_TRANS, PACKED, n, P, G, job->dz + row * G, G, U_packed, P, 0.0f, dh_scratch, P);
+            blas_compute(ROW_MAJOR, NO_TRANS, PACKED, n, P, G, dz_rows, G, U_packed, P, 0.0f, dh_scratch, P);
             const float *mask = v.h_mask + (int64_t)job->r0 * P;
             if (zone_h)
                 for (int64_t k = 0; k < (int64_t)n * P; k++) dh[k] += mask[k] * dh_scratch[k];
             else
                 for (int64_t k = 0; k < (int64_t)n * P; k++) dh[k] = mask[k] * dh_scratch[k];
         } else {
-            blas_compute(ROW_MAJOR, NO_TRANS, PACKED, n, P, G, job->dz + row * G, G, U_packed, P,
-                         zone_h ? 1.0f : 0.0f, dh, P);
+            blas_compute(ROW_MAJOR, NO_TRANS, PACKED, n, P, G, dz_rows, G, U_packed, P, zone_h ? 1.0f : 0.0f, dh, P);
         }
     }
     free(dh_scratch);
+    free(ln_scratch);
     free(zc_rate_row);
     free(dm_scratch);
     free(U_packed);
@@ -558,19 +719,22 @@ static void run_jobs(void *(*work)(void *), char *jobs, size_t job_size, int nth
 
 /* splits: nthreads + 1 row boundaries, 0 = splits[0] < ... < splits[nthreads] = B. coupled, clip, peep, h_mask,
  * zh, zh_rate, zc, zc_rate: the variant (variant_t; all 0 / NULL: the standard cell). states: [N, H] c_t after
- * zoneout of c, written in training when zc or zc_rate is set (else NULL).
+ * zoneout of c, written in training when zc or zc_rate is set (else NULL). ln_h, ln_c, ln_eps: layer normalisation
+ * (NULL: off; both or neither); v_hat [N, GH] and ln_stats [N, 3] its saved rows and statistics (training, else NULL).
  * Returns 0, -1 when memory for the packed weights could not be had, -2 for a bad thread count. */
 int lk_forward(int T, int H, int P, int reverse, const int64_t *batch_sizes, const int64_t *offsets,
                int nthreads, const int64_t *splits, const float *U, const float *R, const float *bias,
                int coupled, float clip, const float *peep, const float *h_mask, const float *zh, float zh_rate,
-               const float *zc, float zc_rate, float *gates, float *cells, float *states, float *y, float *h_prev,
-               float *m_out, float *h, float *c) {
+               const float *zc, float zc_rate, const float *ln_h, const float *ln_c, float ln_eps, float *gates,
+               float *cells, float *states, float *y, float *h_prev, float *m_out, float *v_hat, float *ln_stats,
+               float *h, float *c) {
     if (nthreads < 1 || nthreads > MAX_THREADS) return -2;
     forward_job jobs[MAX_THREADS];
-    variant_t variant = {coupled, clip, peep, h_mask, zh, zc, zh_rate, zc_rate};
+    variant_t variant = {coupled, clip, peep, h_mask, zh, zc, zh_rate, zc_rate, ln_h, ln_c, ln_eps};
     for (int k = 0; k < nthreads; k++)
         jobs[k] = (forward_job){T, H, P, reverse, (int)splits[k], (int)splits[k + 1], batch_sizes, offsets,
-                                U, R, bias, variant, 0, gates, cells, states, y, h_prev, m_out, h, c};
+                                U, R, bias, variant, 0, gates, cells, states, y, h_prev, m_out, v_hat, ln_stats,
+                                h, c};
     run_jobs(forward_rows, (char *)jobs, sizeof(forward_job), nthreads);
     for (int k = 0; k < nthreads; k++)
         if (jobs[k].status) return jobs[k].status;
@@ -578,24 +742,58 @@ int lk_forward(int T, int H, int P, int reverse, const int64_t *batch_sizes, con
 }
 
 /* dpeep: [nthreads, 3H] zeros in, each thread's peephole gradient sums out (NULL without peepholes); the variant
- * as lk_forward's; states: the forward's (NULL without zoneout of c). */
+ * as lk_forward's; states: the forward's (NULL without zoneout of c); with layer normalisation (ln_h, ln_c) v_hat and
+ * ln_stats the forward's, dv [N, GH] out, dln [nthreads, 2GH + 2H] zeros in, each thread's sums out (ln_h's gain
+ * and bias, then ln_c's). */
 int lk_backward(int T, int H, int P, int reverse, const int64_t *batch_sizes, const int64_t *offsets,
                 int nthreads, const int64_t *splits, const float *U, const float *R,
                 int coupled, float clip, const float *peep, const float *h_mask, const float *zh, float zh_rate,
-                const float *zc, float zc_rate, float *dpeep, const float *gates, const float *cells,
-                const float *states, const float *c0, const float *dy, float *dz, float *dh_out, float *dh,
-                float *dc) {
+                const float *zc, float zc_rate, const float *ln_h, const float *ln_c, float *dpeep,
+                const float *gates, const float *cells, const float *states, const float *c0, const float *dy,
+                const float *v_hat, const float *ln_stats, float *dz, float *dh_out, float *dv, float *dln,
+                float *dh, float *dc) {
     if (nthreads < 1 || nthreads > MAX_THREADS) return -2;
     backward_job jobs[MAX_THREADS];
-    variant_t variant = {coupled, clip, peep, h_mask, zh, zc, zh_rate, zc_rate};
+    variant_t variant = {coupled, clip, peep, h_mask, zh, zc, zh_rate, zc_rate, ln_h, ln_c, 0.0f};
+    const int64_t dln_size = 2 * (int64_t)(coupled ? 3 : 4) * H + 2 * (int64_t)H;
     for (int k = 0; k < nthreads; k++)
         jobs[k] = (backward_job){T, H, P, reverse, (int)splits[k], (int)splits[k + 1], batch_sizes, offsets,
                                  U, R, variant, dpeep ? dpeep + (int64_t)k * 3 * H : NULL, 0, gates, cells, c0,
-                                 states, dy, dz, dh_out, dh, dc};
+                                 states, dy, dz, dh_out, dh, dc, v_hat, ln_stats, dv,
+                                 dln ? dln + k * dln_size : NULL};
     run_jobs(backward_rows, (char *)jobs, sizeof(backward_job), nthreads);
     for (int k = 0; k < nthreads; k++)
         if (jobs[k].status) return jobs[k].status;
     return 0;
+}
+
+/* LN(W x_t) of every step at once, before the forward's loop (rows independent: nthreads blocks of rows): z [N, G]
+ * in, z^ out over it (the backward's); out [N, G] = gain z^ + bias; inv_sigma [N]. One pass of layer_norm_add per
+ * row: torch's own layer_norm backward took 40 ms of a ~390 ms train step (config b, torch.profiler, busy machine). */
+void lk_layer_norm_forward(int64_t N, int G, float *z, const float *ln, float eps, float *out, float *inv_sigma,
+                           int nthreads) {
+#pragma omp parallel for num_threads(nthreads) schedule(static, 1)
+    for (int k = 0; k < nthreads; k++) {
+        unsigned int saved_mode = flush_denormals();
+        for (int64_t r = N * k / nthreads; r < N * (k + 1) / nthreads; r++) {
+            memset(out + r * G, 0, sizeof(float) * (size_t)G);
+            layer_norm_add(G, z + r * G, ln, eps, out + r * G, inv_sigma + r);
+        }
+        restore_denormals(saved_mode);
+    }
+}
+
+/* Its backward: dout [N, G] (the loop's dz) to dz [N, G]; dln [nthreads, 2G] zeros in, each block's sums out. */
+void lk_layer_norm_backward(int64_t N, int G, const float *dout, const float *z_hat, const float *inv_sigma,
+                            const float *ln, float *dz, float *dln, int nthreads) {
+#pragma omp parallel for num_threads(nthreads) schedule(static, 1)
+    for (int k = 0; k < nthreads; k++) {
+        unsigned int saved_mode = flush_denormals();
+        for (int64_t r = N * k / nthreads; r < N * (k + 1) / nthreads; r++)
+            layer_norm_backward_row(G, dout + r * G, z_hat + r * G, inv_sigma[r], ln, dz + r * G,
+                                    dln + (int64_t)k * 2 * G);
+        restore_denormals(saved_mode);
+    }
 }
 
 /* The pointwise functions alone, for the tests' accuracy check. */
