@@ -176,6 +176,30 @@ def test_a_run_with_test_time_views_predicts_and_evaluates_with_their_mean(tmp_p
     assert metrics["accuracy"] == pytest.approx(float(np.mean(scores.argmax(axis=1) == labels)))
 
 
+def test_mixup_mixes_each_batch_with_itself_reordered_and_its_labels_alike(tmp_path):
+    data = make_recordings(tmp_path / "d", per_class=4)
+    task = get_task("speech")(speech_config(data, "data.mixup=0.4"))
+    plain_task = get_task("speech")(speech_config(data))
+    item = list(range(8))
+    torch.manual_seed(3)
+    inputs, lengths, targets, counted = task.make_batch(item, 0, 1)
+    plain, plain_lengths, labels, _ = plain_task.make_batch(item, 0, 1)  # no draws: no other augmentation is on
+    torch.manual_seed(3)
+    share = float(torch.distributions.Beta(0.4, 0.4).sample())
+    partner = torch.randperm(8)
+    assert 0 < share < 1 and counted == 8 and not torch.equal(partner, torch.arange(8))
+    torch.testing.assert_close(inputs, share * plain + (1 - share) * plain[partner], rtol=0, atol=1e-6)
+    assert torch.equal(lengths, torch.maximum(plain_lengths, plain_lengths[partner]))
+    torch.testing.assert_close(targets.sum(dim=1), torch.ones(8))
+    assert torch.allclose(targets[torch.arange(8), labels], torch.where(
+        labels == labels[partner], torch.tensor(1.0), torch.tensor(share)))
+    # the soft targets' loss is the mixed loss of the two labels
+    logits = torch.randn(8, 3)
+    expected = (share * torch.nn.functional.cross_entropy(logits, labels)
+                + (1 - share) * torch.nn.functional.cross_entropy(logits, labels[partner]))
+    torch.testing.assert_close(task.loss_from_logits(logits, targets), expected)
+
+
 @pytest.mark.parametrize(("setting", "message"), [
     ("data.trim_db=-3", "data.trim_db must be 0"),
     ("data.preemphasis=1.0", "data.preemphasis must be in [0, 1)"),
@@ -184,6 +208,7 @@ def test_a_run_with_test_time_views_predicts_and_evaluates_with_their_mean(tmp_p
     ("data.test_vtlp_steps=1", "data.test_vtlp_steps must be 0 (off) or 2 to 21"),
     ("data.test_vtlp_steps=-2", "data.test_vtlp_steps must be 0 (off) or 2 to 21"),
     ("data.test_vtlp_steps=40", "data.test_vtlp_steps must be 0 (off) or 2 to 21"),
+    ("data.mixup=-0.1", "data.mixup must be 0 (off) to 10"),
 ])
 def test_bad_preparation_and_vtlp_settings_are_one_line_errors(tmp_path, setting, message):
     data = make_recordings(tmp_path / "d", per_class=2)

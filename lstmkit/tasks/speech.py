@@ -82,6 +82,9 @@ class SpeechDataConfig:
     # by factors evenly spaced in 1 ± vtlp, and average the class probabilities of those views (test-time
     # augmentation: the speaker's vocal tract is unknown, so each length training simulated is tried); 0: off.
     test_vtlp_steps: int = 0
+    # > 0: mixup (Zhang et al., 2018) in training: each batch is mixed with itself in another order, x = λ x_i +
+    # (1 - λ) x_j with one λ per batch drawn from Beta(mixup, mixup), and learns the mixed labels; 0: off.
+    mixup: float = 0.0
     time_masks: int = 0
     time_mask_frames: int = 10
     freq_masks: int = 0
@@ -125,6 +128,9 @@ class SpeechTask(ClassifierTask):
         if data.test_vtlp_steps and not data.vtlp:
             raise ConfigError("data.test_vtlp_steps averages over warp factors in 1 ± data.vtlp; set data.vtlp "
                               "(e.g. 0.1) or data.test_vtlp_steps=0")
+        if not 0 <= data.mixup <= 10:
+            raise ConfigError(f"data.mixup must be 0 (off) to 10, the Beta distribution's parameter (0.2 is usual); "
+                              f"got {data.mixup}")
         if data.fixed_frames < 0:
             raise ConfigError(f"data.fixed_frames must be 0 (off) or more; got {data.fixed_frames}")
         if data.max_seconds <= 0:
@@ -350,6 +356,19 @@ class SpeechTask(ClassifierTask):
     def train_plan(self, epoch: int) -> list[list[int]]:
         self.frames()  # the features (and any skipped files) before the plan indexes them
         return super().train_plan(epoch)
+
+    def make_batch(self, item: list[int], rank: int, world: int) -> tuple[Tensor, Tensor, Tensor, int]:
+        """The classifier's batch; with data.mixup its examples mixed in pairs, the labels [B, C] mixed alike."""
+        inputs, lengths, labels, counted = super().make_batch(item, rank, world)
+        alpha = self.config.data.mixup
+        if not alpha:
+            return inputs, lengths, labels, counted
+        share = float(torch.distributions.Beta(alpha, alpha).sample())  # torch's generator, as every draw here
+        partner = torch.randperm(len(labels))
+        targets = torch.nn.functional.one_hot(labels, len(self.label_names)).float()
+        # a shorter partner's padding is zeros, the mean of normalised frames: the longer one's end, faded
+        return (share * inputs + (1 - share) * inputs[partner], torch.maximum(lengths, lengths[partner]),
+                share * targets + (1 - share) * targets[partner], counted)
 
     def training_example(self, index: int) -> Tensor:
         """Train example `index` as this step sees it: with data.vtlp, one warped copy drawn per example; then
