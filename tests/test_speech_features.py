@@ -200,26 +200,6 @@ def test_mixup_mixes_each_batch_with_itself_reordered_and_its_labels_alike(tmp_p
     torch.testing.assert_close(task.loss_from_logits(logits, targets), expected)
 
 
-def test_crop_cuts_drawn_runs_from_both_ends_and_keeps_the_fixed_length(tmp_path):
-    frames = torch.arange(40.0)[:, None].expand(40, 3)
-    torch.manual_seed(0)
-    seen_starts, seen_stops = set(), set()
-    for _ in range(200):
-        kept = audio.cropped(frames, 0.1)  # up to 4 frames at each end
-        start, stop = int(kept[0, 0]), int(kept[-1, 0]) + 1
-        assert torch.equal(kept, frames[start:stop]) and 0 <= start <= 4 and 36 <= stop <= 40
-        seen_starts.add(start)
-        seen_stops.add(stop)
-    assert seen_starts == set(range(5)) and seen_stops == set(range(36, 41))  # each cut drawn, independently
-    assert torch.equal(audio.cropped(frames[:5], 0.1), frames[:5])  # under one frame to cut: unchanged
-    data = make_recordings(tmp_path / "d", per_class=3)
-    task = get_task("speech")(speech_config(data, "data.crop=0.2", "data.fixed_frames=30"))
-    torch.manual_seed(1)
-    examples = [task.training_example(0) for _ in range(20)]
-    assert all(example.shape == (30, task.spec.size) for example in examples)
-    assert len({tuple(example[:, 0].tolist()) for example in examples}) > 5  # the crops differ
-
-
 @pytest.mark.parametrize(("setting", "message"), [
     ("data.trim_db=-3", "data.trim_db must be 0"),
     ("data.preemphasis=1.0", "data.preemphasis must be in [0, 1)"),
@@ -229,7 +209,6 @@ def test_crop_cuts_drawn_runs_from_both_ends_and_keeps_the_fixed_length(tmp_path
     ("data.test_vtlp_steps=-2", "data.test_vtlp_steps must be 0 (off) or 2 to 21"),
     ("data.test_vtlp_steps=40", "data.test_vtlp_steps must be 0 (off) or 2 to 21"),
     ("data.mixup=-0.1", "data.mixup must be 0 (off) to 10"),
-    ("data.crop=0.5", "data.crop must be in [0, 0.5)"),
 ])
 def test_bad_preparation_and_vtlp_settings_are_one_line_errors(tmp_path, setting, message):
     data = make_recordings(tmp_path / "d", per_class=2)

@@ -427,17 +427,6 @@ def resampled_in_time(frames: Tensor, T: int) -> Tensor:
     return torch.nn.functional.interpolate(frames.t()[None], size=T, mode="linear", align_corners=True)[0].t()
 
 
-def cropped(frames: Tensor, crop: float) -> Tensor:
-    """[T, F] -> [T', F]: up to crop × T frames cut from the start and, drawn apart, up to as many from the end (a
-    recording cut close to the word, or into its first and last sounds, as some recorders do)."""
-    most = int(crop * len(frames))
-    if most < 1:
-        return frames
-    start = int(torch.randint(0, most + 1, ()))
-    stop = len(frames) - int(torch.randint(0, most + 1, ()))
-    return frames[start:stop]
-
-
 def perturbed(frames: Tensor, blocks: int, stretch: float, warp: float) -> Tensor:
     """Speed and vocal-tract length perturbation of one example's frames [T, F] (F = blocks × bands: the base
     features, then Δ, ΔΔ), by linear interpolation: time resampled by a factor in 1 ± stretch; band m read at

@@ -82,9 +82,6 @@ class SpeechDataConfig:
     # by factors evenly spaced in 1 ± vtlp, and average the class probabilities of those views (test-time
     # augmentation: the speaker's vocal tract is unknown, so each length training simulated is tried); 0: off.
     test_vtlp_steps: int = 0
-    # > 0: up to this fraction of each training example's frames cut from its start and as much from its end,
-    # each drawn (then resampled to data.fixed_frames again); 0: off.
-    crop: float = 0.0
     # > 0: mixup (Zhang et al., 2018) in training: each batch is mixed with itself in another order, x = λ x_i +
     # (1 - λ) x_j with one λ per batch drawn from Beta(mixup, mixup), and learns the mixed labels; 0: off.
     mixup: float = 0.0
@@ -131,9 +128,6 @@ class SpeechTask(ClassifierTask):
         if data.test_vtlp_steps and not data.vtlp:
             raise ConfigError("data.test_vtlp_steps averages over warp factors in 1 ± data.vtlp; set data.vtlp "
                               "(e.g. 0.1) or data.test_vtlp_steps=0")
-        if not 0 <= data.crop < 0.5:
-            raise ConfigError(f"data.crop must be in [0, 0.5) (0: off; 0.1 cuts up to a tenth at each end); got "
-                              f"{data.crop}")
         if not 0 <= data.mixup <= 10:
             raise ConfigError(f"data.mixup must be 0 (off) to 10, the Beta distribution's parameter (0.2 is usual); "
                               f"got {data.mixup}")
@@ -385,9 +379,7 @@ class SpeechTask(ClassifierTask):
         return self.augmented(self.train_examples[index])
 
     def augmented(self, example: Tensor) -> Tensor:
-        """A training example's frames cropped (back to data.fixed_frames), perturbed, then masked."""
-        if self.config.data.crop:
-            example = self.in_time(audio.cropped(example, self.config.data.crop))
+        """A training example's frames perturbed, then masked."""
         return self.masked(self.perturbed(example))
 
     def perturbed(self, frames: Tensor) -> Tensor:
