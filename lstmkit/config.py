@@ -45,6 +45,10 @@ class TrainConfig:
     eval_every: int = 0  # evaluate every N steps as well as after each epoch; 0: after each epoch only
     checkpoint_every: int = 200  # steps between resume checkpoints (also at each evaluation and at the end)
     patience: int = 0  # early stopping: evaluations without improvement before stopping; 0: never stop early
+    # The weights a run keeps (model.safetensors): "best", those of its best validation metric; "last", those of
+    # its last evaluation (at the end). "last" where the validation part cannot tell the checkpoints apart: FSDD's
+    # validation speakers are its training speakers, ~99.5% from epoch 8 on, so "best" kept an early epoch.
+    keep: Literal["best", "last"] = "best"
     amp: Literal["off", "bf16"] = "off"  # bf16 autocast (CPU AMX / GPU tensor cores)
     seed: int = 0
     minutes: float = 0.0  # wall-clock budget for this invocation; 0: none

@@ -439,6 +439,9 @@ def _train_and_evaluate(
 
     _seed_everything(train.seed)
     # Everything that can reject the configuration or the data runs before the first file is written.
+    if train.patience and train.keep == "last":
+        raise ConfigError("train.patience stops after evaluations without a better one, but train.keep=last keeps "
+                          "every last one: set train.patience=0 or train.keep=best")
     task = get_task(config.task)(config)
     task.cache_dir = run_dir  # e.g. the speech task's features, reused on --resume
     device = _device(train)
@@ -492,7 +495,7 @@ def _train_and_evaluate(
             metrics = task.evaluate(model)
         model.train()
         value = _from_rank0(metrics[task.metric], world)
-        improved = pos.best is None or better(value, pos.best)
+        improved = pos.best is None or better(value, pos.best) or train.keep == "last"
         record = {
             "step": pos.step, "epoch": epoch, "split": "valid", **metrics,
             "train_loss": pos.loss_sum / pos.loss_count if pos.loss_count else None,
@@ -516,7 +519,8 @@ def _train_and_evaluate(
             pos.metrics_size = runs.append_metrics(run_dir, record)
             if not quiet:
                 shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-                progress.write(f"step {pos.step} epoch {epoch:g}: {shown}{' (best)' if improved else ''}")
+                kept = " (kept)" if train.keep == "last" else " (best)" if improved else ""
+                progress.write(f"step {pos.step} epoch {epoch:g}: {shown}{kept}")
         return bool(train.patience) and pos.bad_evals >= train.patience
 
     try:

@@ -115,14 +115,109 @@ def test_vtlp_copies_are_drawn_per_training_example_and_never_evaluated(tmp_path
     assert task.valid_examples[0] is frames[task.parts["valid"][0]]  # evaluation reads the unwarped frames
 
 
+def test_one_stft_through_several_filter_banks_gives_each_banks_own_frames():
+    spec = audio.FeatureSpec(8000, kind="mfcc", n_mels=20, deltas=2, trim_db=40, preemphasis=0.9)
+    extractors = [audio.FeatureExtractor(spec, alpha) for alpha in (0.9, 1.0, 1.13)]
+    sound = padded_tone(0.1, 0.3, 0.1)[0] + 0.2 * tone(1700, 0.5, 8000)
+    shared = audio.frames_per_bank(extractors, sound)
+    for extractor, frames in zip(extractors, shared, strict=True):
+        assert torch.equal(frames, extractor(sound))
+    assert not torch.allclose(shared[0], shared[1])
+    with pytest.raises(ValueError, match="same FeatureSpec"):
+        audio.frames_per_bank([extractors[0], audio.FeatureExtractor(audio.FeatureSpec(8000))], sound)
+
+
+def test_test_time_views_are_the_warped_frames_and_their_probabilities_are_averaged(tmp_path):
+    data = make_recordings(tmp_path / "d", per_class=3)
+    # training draws from 3 factors, evaluation averages 5: the cache holds the union, each copy where it belongs
+    task = get_task("speech")(speech_config(data, "data.vtlp=0.2", "data.vtlp_steps=3", "data.test_vtlp_steps=5",
+                                            "data.fixed_frames=20"))
+    assert task.cached_factors() == [0.8, 0.9, 1.0, 1.1, 1.2]
+    frames = task.frames()
+    file = task.parts["valid"][0]
+    waveform = audio.load_waveform(task.files[file], 8000, 30)
+    expected = torch.stack([task.normalised(audio.FeatureExtractor(task.spec, alpha)(waveform))
+                            for alpha in (0.8, 0.9, 1.0, 1.1, 1.2)])
+    assert torch.equal(task.valid_examples[0], expected)  # [5, T, F]: the views of one recording
+    assert torch.equal(task.valid_examples[0][2], frames[file])
+    assert all(copy is task._views[k] for k, copy in zip((0, 2, 4), task._warped, strict=True))  # shared
+    assert all(example.dim() == 2 for example in task.train_examples)  # training reads one copy, drawn
+
+    model = task.build_model().eval()
+    views = task.valid_examples[:3]
+    averaged = task.predict_proba(model, views)
+    each = [task.predict_proba(model, list(stack)).mean(axis=0) for stack in views]
+    np.testing.assert_allclose(averaged, np.stack(each), rtol=0, atol=1e-6)
+    plain = task.predict_proba(model, [stack[2] for stack in views])
+    assert not np.allclose(averaged, plain, atol=1e-6)  # the warped views change the prediction
+    mixed = task.predict_proba(model, [views[0], frames[file]])  # a [T, F] example is one view
+    np.testing.assert_allclose(mixed, np.stack([averaged[0], plain[0]]), rtol=0, atol=1e-6)
+    assert torch.equal(task.recording_example(task.files[file]), expected)  # what predict and evaluate read
+
+
+def test_a_run_with_test_time_views_predicts_and_evaluates_with_their_mean(tmp_path):
+    from lstmkit import ensemble
+
+    data = make_recordings(tmp_path / "d", per_class=4)
+    run = tmp_path / "run"
+    config = speech_config(data, "data.vtlp=0.1", "data.test_vtlp_steps=3", "train.epochs=2", "data.fixed_frames=16")
+    ensemble.train_and_evaluate(config, run, quiet=True)
+    task, model = ensemble.open_run(run)
+    recording = next((data / "high").iterdir())
+    waveform = audio.load_waveform(recording, 8000, 30)
+    views = [task.normalised(audio.FeatureExtractor(task.spec, alpha)(waveform)) for alpha in (0.9, 1.0, 1.1)]
+    expected = task.predict_proba(model, views).mean(axis=0)
+    predicted = task.predict_files(model, [str(recording)])[0]
+    np.testing.assert_allclose(list(predicted["probabilities"].values()), expected, rtol=0, atol=1e-6)
+    assert task.trace_recording(model, recording)["prediction"]["label"] == predicted["label"]
+    metrics = task.evaluate_path(model, str(data))
+    labels = [task.label_names.index(path.parent.name) for path in sorted(data.rglob("*.wav"))]
+    scores = task.predict_proba(model, [task.recording_example(path) for path in sorted(data.rglob("*.wav"))])
+    assert metrics["accuracy"] == pytest.approx(float(np.mean(scores.argmax(axis=1) == labels)))
+
+
+def test_mixup_mixes_each_batch_with_itself_reordered_and_its_labels_alike(tmp_path):
+    data = make_recordings(tmp_path / "d", per_class=4)
+    task = get_task("speech")(speech_config(data, "data.mixup=0.4"))
+    plain_task = get_task("speech")(speech_config(data))
+    item = list(range(8))
+    torch.manual_seed(3)
+    inputs, lengths, targets, counted = task.make_batch(item, 0, 1)
+    plain, plain_lengths, labels, _ = plain_task.make_batch(item, 0, 1)  # no draws: no other augmentation is on
+    torch.manual_seed(3)
+    share = float(torch.distributions.Beta(0.4, 0.4).sample())
+    partner = torch.randperm(8)
+    assert 0 < share < 1 and counted == 8 and not torch.equal(partner, torch.arange(8))
+    torch.testing.assert_close(inputs, share * plain + (1 - share) * plain[partner], rtol=0, atol=1e-6)
+    assert torch.equal(lengths, torch.maximum(plain_lengths, plain_lengths[partner]))
+    torch.testing.assert_close(targets.sum(dim=1), torch.ones(8))
+    assert torch.allclose(targets[torch.arange(8), labels], torch.where(
+        labels == labels[partner], torch.tensor(1.0), torch.tensor(share)))
+    # the soft targets' loss is the mixed loss of the two labels
+    logits = torch.randn(8, 3)
+    expected = (share * torch.nn.functional.cross_entropy(logits, labels)
+                + (1 - share) * torch.nn.functional.cross_entropy(logits, labels[partner]))
+    torch.testing.assert_close(task.loss_from_logits(logits, targets), expected)
+
+
 @pytest.mark.parametrize(("setting", "message"), [
     ("data.trim_db=-3", "data.trim_db must be 0"),
     ("data.preemphasis=1.0", "data.preemphasis must be in [0, 1)"),
     ("data.vtlp=0.6", "data.vtlp must be in [0, 0.5)"),
     ("data.vtlp_steps=1", "data.vtlp_steps must be 2 to 21"),
+    ("data.test_vtlp_steps=1", "data.test_vtlp_steps must be 0 (off) or 2 to 21"),
+    ("data.test_vtlp_steps=-2", "data.test_vtlp_steps must be 0 (off) or 2 to 21"),
+    ("data.test_vtlp_steps=40", "data.test_vtlp_steps must be 0 (off) or 2 to 21"),
+    ("data.mixup=-0.1", "data.mixup must be 0 (off) to 10"),
 ])
 def test_bad_preparation_and_vtlp_settings_are_one_line_errors(tmp_path, setting, message):
     data = make_recordings(tmp_path / "d", per_class=2)
     extra = [setting] if "steps" not in setting else ["data.vtlp=0.1", setting]
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         get_task("speech")(speech_config(data, *extra))
+
+
+def test_test_time_views_without_vtlp_are_a_one_line_error(tmp_path):
+    data = make_recordings(tmp_path / "d", per_class=2)
+    with pytest.raises(ConfigError, match=r"data.test_vtlp_steps averages over warp factors in 1 ± data.vtlp; set"):
+        get_task("speech")(speech_config(data, "data.test_vtlp_steps=5"))

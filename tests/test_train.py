@@ -385,6 +385,26 @@ def test_early_stopping_and_time_budget(tmp_path):
     assert [m["step"] for m in runs.read_metrics(tmp_path / "budget")] == [1]
 
 
+def test_keep_last_keeps_the_final_weights_and_best_the_best_ones(tmp_path):
+    for keep in ("best", "last"):
+        run = tmp_path / keep
+        result = train_and_evaluate(tiny_config("train.eval_every=5", f"train.keep={keep}"), run, quiet=True)
+        records = runs.read_metrics(run)
+        kept, header = runs.load_tensors(run / runs.MODEL_FILE)
+        if keep == "last":
+            assert all(r["best"] for r in records) and len(records) > 3
+            assert header["step"] == records[-1]["step"] == result.step and result.best_metric == records[-1]["mse"]
+            final = {k.removeprefix("model."): v for k, v in final_weights(run).items() if k.startswith("model.")}
+            assert_bit_identical(kept, final)
+        else:
+            best = min(records, key=lambda r: r["mse"])  # the first of equal ones: a later tie is no improvement
+            assert header["step"] == best["step"] and result.best_metric == best["mse"]
+    with pytest.raises(ConfigError, match="train.patience stops .* but train.keep=last keeps every last one"):
+        train_and_evaluate(tiny_config("train.keep=last", "train.patience=2"), tmp_path / "both", quiet=True)
+    with pytest.raises(ConfigError, match="train.keep"):
+        tiny_config("train.keep=first")
+
+
 def test_tensorboard_gets_every_evaluation_when_installed(tmp_path, monkeypatch):
     from lstmkit import train as train_module
 

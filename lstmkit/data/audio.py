@@ -335,27 +335,45 @@ class FeatureExtractor:
         with one_thread():
             return self.mel_db(self.prepared(waveform))
 
-    def mel_db(self, waveform: Tensor) -> Tensor:
-        """[N] -> [M, T] mel power in dB, T = 1 + N // hop (frames centred on every hop, zero-padded ends)."""
+    def power(self, waveform: Tensor) -> Tensor:
+        """[N] -> [F, T] STFT power, T = 1 + N // hop (frames centred on every hop, zero-padded ends)."""
         spec = self.spec
         stft = torch.stft(waveform, spec.n_fft, spec.hop_length, spec.win_length, self.window, center=True,
-                          pad_mode="constant", return_complex=True)  # [F, T]
-        power = stft.real.square() + stft.imag.square()
+                          pad_mode="constant", return_complex=True)
+        return stft.real.square() + stft.imag.square()
+
+    def mel_db(self, waveform: Tensor) -> Tensor:
+        """[N] -> [M, T] mel power in dB."""
+        return self._mel_db_of(self.power(waveform))
+
+    def _mel_db_of(self, power: Tensor) -> Tensor:
         return 10.0 * torch.log10(torch.clamp(self.mel @ power, min=AMIN))
 
     def __call__(self, waveform: np.ndarray | Tensor) -> Tensor:
         """[N] samples -> [T, size] frames (not yet normalised)."""
         with one_thread():
-            return self._frames(self.prepared(waveform))
+            return self.frames_of_power(self.power(self.prepared(waveform)))
 
-    def _frames(self, x: Tensor) -> Tensor:
-        base = self.mel_db(x)
+    def frames_of_power(self, power: Tensor) -> Tensor:
+        """[F, T] STFT power (of `prepared` samples) -> [T, size] frames through this extractor's filter bank."""
+        base = self._mel_db_of(power)
         if self.spec.kind == "mfcc":
             base = self.dct @ base
         parts = [base]
         for _ in range(self.spec.deltas):
             parts.append(deltas(parts[-1]))
         return torch.cat(parts, dim=0).t().contiguous()
+
+
+def frames_per_bank(extractors: list[FeatureExtractor], waveform: np.ndarray | Tensor) -> list[Tensor]:
+    """[N] samples -> the [T, size] frames of each extractor, all of one FeatureSpec and differing only in their
+    filter bank's VTLP warp: the samples are prepared and their STFT taken once, then read through every bank."""
+    spec = extractors[0].spec
+    if any(extractor.spec != spec for extractor in extractors):
+        raise ValueError("frames_per_bank shares one STFT: every extractor must have the same FeatureSpec")
+    with one_thread():
+        power = extractors[0].power(extractors[0].prepared(waveform))
+        return [extractor.frames_of_power(power) for extractor in extractors]
 
 
 # --- normalisation ----------------------------------------------------------------------------------------

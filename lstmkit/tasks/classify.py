@@ -145,8 +145,10 @@ class ClassifierTask(Task):
         return self.loss_from_logits(logits, labels), counted
 
     def loss_from_logits(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """labels: [B] class indices, or [B, C] class probabilities (soft targets: the speech task's mixup)."""
         if logits.shape[1] == 1:  # two classes: one logit, binary cross-entropy (the seed's sigmoid output)
-            return nn.functional.binary_cross_entropy_with_logits(logits.squeeze(1), labels.float())
+            target = labels.float() if labels.dim() == 1 else labels[:, 1]
+            return nn.functional.binary_cross_entropy_with_logits(logits.squeeze(1), target)
         return nn.functional.cross_entropy(logits, labels)
 
     # --- evaluation and prediction ------------------------------------------------------------------------

@@ -78,6 +78,13 @@ class SpeechDataConfig:
     # of the frequency axis), and each training example reads one of those copies, drawn per example.
     vtlp: float = 0.0
     vtlp_steps: int = 5
+    # > 0 (with data.vtlp): evaluation and prediction read every recording through this many filter banks, warped
+    # by factors evenly spaced in 1 ± vtlp, and average the class probabilities of those views (test-time
+    # augmentation: the speaker's vocal tract is unknown, so each length training simulated is tried); 0: off.
+    test_vtlp_steps: int = 0
+    # > 0: mixup (Zhang et al., 2018) in training: each batch is mixed with itself in another order, x = λ x_i +
+    # (1 - λ) x_j with one λ per batch drawn from Beta(mixup, mixup), and learns the mixed labels; 0: off.
+    mixup: float = 0.0
     time_masks: int = 0
     time_mask_frames: int = 10
     freq_masks: int = 0
@@ -115,13 +122,26 @@ class SpeechTask(ClassifierTask):
             raise ConfigError(f"data.vtlp must be in [0, 0.5) (0: off; 0.1 warps by 0.9 to 1.1); got {data.vtlp}")
         if data.vtlp and not 2 <= data.vtlp_steps <= 21:
             raise ConfigError(f"data.vtlp_steps must be 2 to 21 warp factors; got {data.vtlp_steps}")
+        if data.test_vtlp_steps and not 2 <= data.test_vtlp_steps <= 21:
+            raise ConfigError(f"data.test_vtlp_steps must be 0 (off) or 2 to 21 warp factors; got "
+                              f"{data.test_vtlp_steps}")
+        if data.test_vtlp_steps and not data.vtlp:
+            raise ConfigError("data.test_vtlp_steps averages over warp factors in 1 ± data.vtlp; set data.vtlp "
+                              "(e.g. 0.1) or data.test_vtlp_steps=0")
+        if not 0 <= data.mixup <= 10:
+            raise ConfigError(f"data.mixup must be 0 (off) to 10, the Beta distribution's parameter (0.2 is usual); "
+                              f"got {data.mixup}")
         if data.fixed_frames < 0:
             raise ConfigError(f"data.fixed_frames must be 0 (off) or more; got {data.fixed_frames}")
         if data.max_seconds <= 0:
             raise ConfigError(f"data.max_seconds must be above 0; got {data.max_seconds}")
+        # data.test_vtlp_steps: the filter banks every recording is read through to be evaluated or predicted
+        self.view_extractors = [audio.FeatureExtractor(self.spec, alpha) if alpha != 1.0 else self.extractor
+                                for alpha in self.test_vtlp_factors()]
         self.stats: audio.FeatureStats | None = None
         self._frames: list[Tensor] | None = None  # normalised frames of self.files
         self._warped: list[list[Tensor]] = []  # data.vtlp: normalised frames of self.files per warp factor
+        self._views: list[list[Tensor]] = []  # data.test_vtlp_steps: the same per test-time factor
         self._parts: dict[str, tuple[list[Tensor], list[int]]] = {}  # (examples, labels) of each part, built once
         if run_dir is not None:  # inference: the run directory alone; the data is read only if asked
             self.label_names, self.data_labels = self.load_labels(run_dir)
@@ -184,17 +204,28 @@ class SpeechTask(ClassifierTask):
                              f"{len(self.parts['train']):,} train, {len(self.parts['valid']):,} validation, "
                              f"{len(self.parts['test']):,} test")
 
-    def vtlp_factors(self) -> list[float]:
-        """The warp factors of data.vtlp (none when it is 0)."""
+    def vtlp_factors(self, steps: int | None = None) -> list[float]:
+        """The warp factors of data.vtlp, data.vtlp_steps of them or `steps` (none when data.vtlp is 0)."""
         data = self.config.data
         if not data.vtlp:
             return []
-        return [round(float(a), 6) for a in np.linspace(1 - data.vtlp, 1 + data.vtlp, data.vtlp_steps)]
+        steps = data.vtlp_steps if steps is None else steps
+        return [round(float(a), 6) for a in np.linspace(1 - data.vtlp, 1 + data.vtlp, steps)]
+
+    def test_vtlp_factors(self) -> list[float]:
+        """The warp factors of data.test_vtlp_steps (none when it is 0)."""
+        steps = self.config.data.test_vtlp_steps
+        return self.vtlp_factors(steps) if steps else []
+
+    def cached_factors(self) -> list[float]:
+        """Every warp factor whose copy of the frames training or evaluation reads, sorted."""
+        return sorted(set(self.vtlp_factors()) | set(self.test_vtlp_factors()))
 
     def _raw_frames(self) -> list[list[Tensor]]:
-        """Un-normalised frames of every file: [the frames] and, with data.vtlp, a copy per warp factor after
-        them; from the run's cache when its files and features are unchanged."""
-        factors = self.vtlp_factors()
+        """Un-normalised frames of every file: [the frames] and, with data.vtlp or data.test_vtlp_steps, a copy
+        per warp factor of cached_factors() after them; from the run's cache when its files and features are
+        unchanged."""
+        factors = self.cached_factors()
         key = {"spec": asdict(self.spec), "files": [[str(p), *self._stamp(p)] for p in self.files]}
         if factors:
             key["vtlp"] = factors
@@ -209,7 +240,7 @@ class SpeechTask(ClassifierTask):
             except (LstmkitError, KeyError, RuntimeError):
                 pass  # a damaged or stale cache is rebuilt
         # factor 1 (the middle of an odd vtlp_steps) is the plain filter bank: its copy is the unwarped frames
-        warped = [audio.FeatureExtractor(self.spec, alpha) if alpha != 1.0 else None for alpha in factors]
+        warped = {alpha: audio.FeatureExtractor(self.spec, alpha) for alpha in factors if alpha != 1.0}
         copies: list[list[Tensor]] = [[] for _ in range(1 + len(factors))]
         bad = []
         for i, path in enumerate(self.files):
@@ -221,10 +252,12 @@ class SpeechTask(ClassifierTask):
                 bad.append(i)
                 self.skipped.append(str(error))
                 continue
-            plain = self.extractor(waveform)
-            copies[0].append(plain)
-            for copy, extractor in zip(copies[1:], warped, strict=True):
-                copy.append(extractor(waveform) if extractor is not None else plain)
+            # one STFT read through every filter bank
+            banks = dict(zip([1.0, *warped], audio.frames_per_bank([self.extractor, *warped.values()], waveform),
+                             strict=True))
+            copies[0].append(banks[1.0])
+            for copy, alpha in zip(copies[1:], factors, strict=True):
+                copy.append(banks[alpha])
         if bad:  # the frames already line up with the files kept; the cache is keyed by those
             self._drop(bad)
             key["files"] = [[str(p), *self._stamp(p)] for p in self.files]
@@ -263,7 +296,10 @@ class SpeechTask(ClassifierTask):
             if self.config.data.normalize == "train" and self.stats is None:
                 self.stats = audio.FeatureStats.of([raw[i] for i in self.parts["train"]])
             self._frames = [self.normalised(f) for f in raw]
-            self._warped = [[self.normalised(f) for f in copy] for copy in warped]
+            by_factor = {alpha: [self.normalised(f) for f in copy]
+                         for alpha, copy in zip(self.cached_factors(), warped, strict=True)}
+            self._warped = [by_factor[alpha] for alpha in self.vtlp_factors()]
+            self._views = [by_factor[alpha] for alpha in self.test_vtlp_factors()]
         return self._frames
 
     def normalised(self, frames: Tensor) -> Tensor:
@@ -281,10 +317,16 @@ class SpeechTask(ClassifierTask):
 
     def _part(self, name: str) -> tuple[list[Tensor], list[int]]:
         """(examples, labels) of one part, built once: the classifier reads train_examples per example (the length
-        buckets' sort key, every batch), and the frames do not change after `frames()`."""
+        buckets' sort key, every batch), and the frames do not change after `frames()`. With data.test_vtlp_steps
+        a validation or test example is its views [V, T, F] (see predict_proba)."""
         if name not in self._parts:
             frames = self.frames()
-            self._parts[name] = [frames[i] for i in self.parts[name]], [self.labels[i] for i in self.parts[name]]
+            indices = self.parts[name]
+            if name != "train" and self._views:
+                examples = [torch.stack([view[i] for view in self._views]) for i in indices]
+            else:
+                examples = [frames[i] for i in indices]
+            self._parts[name] = examples, [self.labels[i] for i in indices]
         return self._parts[name]
 
     @property
@@ -314,6 +356,19 @@ class SpeechTask(ClassifierTask):
     def train_plan(self, epoch: int) -> list[list[int]]:
         self.frames()  # the features (and any skipped files) before the plan indexes them
         return super().train_plan(epoch)
+
+    def make_batch(self, item: list[int], rank: int, world: int) -> tuple[Tensor, Tensor, Tensor, int]:
+        """The classifier's batch; with data.mixup its examples mixed in pairs, the labels [B, C] mixed alike."""
+        inputs, lengths, labels, counted = super().make_batch(item, rank, world)
+        alpha = self.config.data.mixup
+        if not alpha:
+            return inputs, lengths, labels, counted
+        share = float(torch.distributions.Beta(alpha, alpha).sample())  # torch's generator, as every draw here
+        partner = torch.randperm(len(labels))
+        targets = torch.nn.functional.one_hot(labels, len(self.label_names)).float()
+        # a shorter partner's padding is zeros, the mean of normalised frames: the longer one's end, faded
+        return (share * inputs + (1 - share) * inputs[partner], torch.maximum(lengths, lengths[partner]),
+                share * targets + (1 - share) * targets[partner], counted)
 
     def training_example(self, index: int) -> Tensor:
         """Train example `index` as this step sees it: with data.vtlp, one warped copy drawn per example; then
@@ -378,6 +433,25 @@ class SpeechTask(ClassifierTask):
         waveform = audio.load_waveform(Path(path), self.spec.sample_rate, self.config.data.max_seconds)
         return waveform, self.normalised(self.extractor(waveform))
 
+    def recording_example(self, path: Path) -> Tensor:
+        """What predict_proba reads of one recording: its frames [T, F], or with data.test_vtlp_steps its views
+        [V, T, F] through the warped filter banks (one STFT for all)."""
+        if not self.view_extractors:
+            return self.recording_frames(path)[1]
+        waveform = audio.load_waveform(Path(path), self.spec.sample_rate, self.config.data.max_seconds)
+        return torch.stack([self.normalised(f) for f in audio.frames_per_bank(self.view_extractors, waveform)])
+
+    def predict_proba(self, model: Any, examples: list[Tensor]) -> np.ndarray:
+        """[N, C] class probabilities; an example [V, T, F] is V views of one recording (data.test_vtlp_steps),
+        whose probabilities are averaged, as an ensemble averages its members'."""
+        if all(example.dim() == 2 for example in examples):
+            return super().predict_proba(model, examples)
+        views = [example if example.dim() == 3 else example[None] for example in examples]
+        probabilities = super().predict_proba(model, [view for stack in views for view in stack])
+        ends = np.cumsum([len(stack) for stack in views])
+        return np.stack([probabilities[end - len(stack):end].mean(axis=0)
+                         for stack, end in zip(views, ends, strict=True)])
+
     def evaluate_path(self, model: Any, path: str) -> dict[str, Any]:
         """Scores on DIR (labelled as the run's data was) or FILE_LIST (a text file of recording paths)."""
         source = Path(path).expanduser()
@@ -387,7 +461,7 @@ class SpeechTask(ClassifierTask):
             label = audio.label_of(file, self.config.data.label_from, self.pattern)
             if label not in self.label_names:
                 raise DataError(f"{file}: label {label!r} is not one of this run's ({', '.join(self.label_names)})")
-            examples.append(self.recording_frames(file)[1])
+            examples.append(self.recording_example(file))
             labels.append(self.label_names.index(label))
         return self.evaluate_examples(model, examples, labels)
 
@@ -397,8 +471,7 @@ class SpeechTask(ClassifierTask):
             if not Path(path).exists():
                 raise DataError(f"{path}: no such recording; a speech run predicts from recordings (paths of WAV, "
                                 "FLAC or OGG files)")
-        frames = [self.recording_frames(Path(p))[1] for p in paths]
-        probabilities = self.predict_proba(model, frames)
+        probabilities = self.predict_proba(model, [self.recording_example(Path(p)) for p in paths])
         return [{"file": str(p), **self.labelled(probs)} for p, probs in zip(paths, probabilities, strict=True)]
 
     @torch.no_grad()
@@ -417,8 +490,8 @@ class SpeechTask(ClassifierTask):
         traced = members[0] if members is not None else model
         traced.eval()
         gate_trace = trace(traced.lstm, frames[None])
-        if members is not None:
-            probabilities = self.predict_proba(model, [frames])[0]
+        if members is not None or self.view_extractors:  # the prediction of the whole model, as predict's
+            probabilities = self.predict_proba(model, [self.recording_example(path)])[0]
         else:
             pooled = pool(gate_trace.output, gate_trace.lengths, traced.pooling, traced.lstm.num_directions)
             probabilities = class_probabilities(traced.head(pooled))[0].double().numpy()
