@@ -162,16 +162,17 @@ def train(task: str, out: Path, data: Path | None, epochs: int | None, minutes: 
 
     result = train_and_evaluate(config, out, resume=resume, quiet=quiet)
     best = f"{result.best_metric:.4f}" if result.best_metric is not None else "n/a"
+    kept = "last" if config.train.keep == "last" else "best"  # whose weights model.safetensors holds
     resume_hint = f"continue with: lstmkit train {task} --out {out} --resume"
     if result.status == "interrupted":
         click.echo(f"interrupted at step {result.step}; checkpoint saved in {out}; {resume_hint}", err=True)
         sys.exit(130)
     messages = {
-        "completed": f"done: {result.epoch} epoch{'s' * (result.epoch != 1)}, {result.step} steps; best validation "
+        "completed": f"done: {result.epoch} epoch{'s' * (result.epoch != 1)}, {result.step} steps; {kept} validation "
         f"metric {best}; run in {out}",
         "early_stopped": f"early stop at step {result.step} (no improvement); best validation metric {best}; "
         f"run in {out}",
-        "time_budget": f"time budget spent at step {result.step}; best validation metric {best} kept; {resume_hint}",
+        "time_budget": f"time budget spent at step {result.step}; {kept} validation metric {best} kept; {resume_hint}",
     }
     click.echo(messages[result.status], err=quiet)
 

@@ -399,6 +399,8 @@ def test_keep_last_keeps_the_final_weights_and_best_the_best_ones(tmp_path):
         else:
             best = min(records, key=lambda r: r["mse"])  # the first of equal ones: a later tie is no improvement
             assert header["step"] == best["step"] and result.best_metric == best["mse"]
+    done = cli(*tiny_cli_args(tmp_path / "cli-last", "--set", "train.keep=last"))
+    assert done.returncode == 0 and "; last validation metric" in done.stderr, done.stderr  # not called the best
     with pytest.raises(ConfigError, match="train.patience stops .* but train.keep=last keeps every last one"):
         train_and_evaluate(tiny_config("train.keep=last", "train.patience=2"), tmp_path / "both", quiet=True)
     with pytest.raises(ConfigError, match="train.keep"):
