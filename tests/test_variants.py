@@ -343,6 +343,34 @@ def zoneout_of(rng: random.Random, rate: float, rows: int, width: int, g: torch.
     return rate if kind == "rate" else None
 
 
+def random_layer_problem(rng: random.Random, trial: int, B: int, T: int, I: int, H: int, P: int | None,
+                         lengths: list[int], coupled: bool, peephole: bool, layer_norm: bool = False,
+                         dropout: float = 0.0, zoneout: float = 0.0, clip: float = 0.0):
+    """One layer's random problem for the kernel tests: (batch_sizes, N, args, options, upstream), args the
+    layer's inputs and weights (the LN gains and biases away from 1 and 0 with layer_norm), options its variant
+    arguments (recurrent dropout's mask, zoneout as masks or rates), upstream the gradients of y, h_T and c_T."""
+    batch_sizes = [sum(1 for n in lengths if n > t) for t in range(T)]
+    N, Pout, G = sum(batch_sizes), P or H, 3 if coupled else 4
+    g = torch.Generator().manual_seed(trial)
+    args = dict(x=torch.randn(N, I, generator=g), h0=torch.randn(B, Pout, generator=g),
+                c0=torch.randn(B, H, generator=g) * 2, W=torch.randn(G * H, I, generator=g) * 0.4,
+                U=torch.randn(G * H, Pout, generator=g) * 0.4,
+                b=torch.randn(G * H, generator=g) if rng.random() < 0.8 else None,
+                R=torch.randn(Pout, H, generator=g) * 0.4 if P else None,
+                peephole=torch.randn(3, H, generator=g) * 0.5 if peephole else None)
+    if layer_norm:
+        args |= {name: torch.stack([1 + 0.3 * torch.randn(width, generator=g), 0.3 * torch.randn(width, generator=g)])
+                 for name, width in (("ln_x", G * H), ("ln_h", G * H), ("ln_c", H))}
+    upstream = (torch.randn(N, Pout, generator=g), torch.randn(B, Pout, generator=g), torch.randn(B, H, generator=g))
+    options = {"coupled_gates": coupled, "cell_clip": clip}
+    if dropout:
+        options["h_mask"] = (torch.rand(B, Pout, generator=g) >= dropout) / (1.0 - dropout)
+    if zoneout:
+        options["zoneout_h"] = zoneout_of(rng, zoneout, N, Pout, g, other=True)
+        options["zoneout_c"] = zoneout_of(rng, zoneout, N, H, g, other=options["zoneout_h"] is not None)
+    return batch_sizes, N, args, options, upstream
+
+
 @needs_kernel
 @pytest.mark.parametrize("trial", range(4 * len(FUSED)))
 def test_the_fused_paths_compute_the_variants_as_the_torch_backend(trial):
@@ -359,22 +387,10 @@ def test_the_fused_paths_compute_the_variants_as_the_torch_backend(trial):
     P = rng.randint(1, H - 1) if projected else None
     full = trial % 3 == 0  # the op takes full-length batches only
     lengths = [T] * B if full else sorted([T] + [rng.randint(1, T) for _ in range(B - 1)], reverse=True)
-    batch_sizes = [sum(1 for n in lengths if n > t) for t in range(T)]
-    N, Pout, G = sum(batch_sizes), P or H, 3 if coupled else 4
-    g = torch.Generator().manual_seed(trial)
-    args = dict(x=torch.randn(N, I, generator=g), h0=torch.randn(B, Pout, generator=g),
-                c0=torch.randn(B, H, generator=g) * 2, W=torch.randn(G * H, I, generator=g) * 0.4,
-                U=torch.randn(G * H, Pout, generator=g) * 0.4,
-                b=torch.randn(G * H, generator=g) if rng.random() < 0.8 else None,
-                R=torch.randn(Pout, H, generator=g) * 0.4 if P else None,
-                peephole=torch.randn(3, H, generator=g) * 0.5 if peephole else None)
-    upstream = (torch.randn(N, Pout, generator=g), torch.randn(B, Pout, generator=g), torch.randn(B, H, generator=g))
-    options = {"coupled_gates": coupled, "cell_clip": clip}
-    if dropout:
-        options["h_mask"] = (torch.rand(B, Pout, generator=g) >= dropout) / (1.0 - dropout)
-    if zoneout:
-        options["zoneout_h"] = zoneout_of(rng, zoneout, N, Pout, g, other=True)
-        options["zoneout_c"] = zoneout_of(rng, zoneout, N, H, g, other=options["zoneout_h"] is not None)
+    batch_sizes, N, args, options, upstream = random_layer_problem(rng, trial, B, T, I, H, P, lengths, coupled,
+                                                                   peephole, dropout=dropout, zoneout=zoneout,
+                                                                   clip=clip)
+    G = 3 if coupled else 4
     expected = float32_run(lstm_torch.lstm_layer, args, options, batch_sizes, reverse, upstream)
     fused = {"cpu": float32_run(lstm_cpu.lstm_layer, args, options, batch_sizes, reverse, upstream)}
     if full:
@@ -411,24 +427,10 @@ def test_the_c_kernel_computes_layer_norm_as_the_torch_backend(trial):
     B, T, I, H = rng.randint(1, 16), rng.randint(1, 20), rng.randint(1, 10), rng.randint(2 + projected, 20)
     P = rng.randint(1, H - 1) if projected else None
     lengths = sorted([T] + [rng.randint(1, T) for _ in range(B - 1)], reverse=True)
-    batch_sizes = [sum(1 for n in lengths if n > t) for t in range(T)]
-    N, Pout, G = sum(batch_sizes), P or H, 3 if coupled else 4
-    g = torch.Generator().manual_seed(trial)
-    args = dict(x=torch.randn(N, I, generator=g), h0=torch.randn(B, Pout, generator=g),
-                c0=torch.randn(B, H, generator=g) * 2, W=torch.randn(G * H, I, generator=g) * 0.4,
-                U=torch.randn(G * H, Pout, generator=g) * 0.4,
-                b=torch.randn(G * H, generator=g) if rng.random() < 0.8 else None,
-                R=torch.randn(Pout, H, generator=g) * 0.4 if P else None,
-                peephole=torch.randn(3, H, generator=g) * 0.5 if peephole else None,
-                **{name: torch.stack([1 + 0.3 * torch.randn(width, generator=g), 0.3 * torch.randn(width, generator=g)])
-                   for name, width in (("ln_x", G * H), ("ln_h", G * H), ("ln_c", H))})
-    upstream = (torch.randn(N, Pout, generator=g), torch.randn(B, Pout, generator=g), torch.randn(B, H, generator=g))
-    options = {"coupled_gates": coupled, "cell_clip": clip}
-    if dropout:
-        options["h_mask"] = (torch.rand(B, Pout, generator=g) >= dropout) / (1.0 - dropout)
-    if zoneout:
-        options["zoneout_h"] = zoneout_of(rng, zoneout, N, Pout, g, other=True)
-        options["zoneout_c"] = zoneout_of(rng, zoneout, N, H, g, other=options["zoneout_h"] is not None)
+    batch_sizes, N, args, options, upstream = random_layer_problem(rng, trial, B, T, I, H, P, lengths, coupled,
+                                                                   peephole, layer_norm=True, dropout=dropout,
+                                                                   zoneout=zoneout, clip=clip)
+    G = 3 if coupled else 4
 
     def double(value):
         return value.double() if isinstance(value, torch.Tensor) else value
