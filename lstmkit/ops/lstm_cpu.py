@@ -4,8 +4,7 @@ Same signature as `lstm_torch.lstm_layer` (packed rows, reverse, projection, ini
 the standard cell and its variants (`SUPPORTS`: peepholes, coupled gates, cell clip and zoneout of c, elementwise
 terms in the C row functions; recurrent dropout and zoneout of h, terms of the C time loop on rows of h; layer
 normalisation, per-row passes of the C loop around the rows, and one threaded C pass over all rows for LN(W x_t)).
-What runs
-where:
+What runs where:
   torch, before the loop  the input projection W x_t of every step: one GEMM (the loop adds b); then its LN, rows
                           in C (`layer_norm_rows`)
   C, per step             a_t += U h_{t-1} (one MKL GEMM on U packed once; with LN into rows of its own, normalised
