@@ -127,6 +127,7 @@ def test_pt2_of_the_variants_the_op_computes_matches_the_model(tmp_path, variant
         logits, (h_n, c_n) = model(ids, (h0, c0))
     got, got_h, got_c = program(ids, h0, c0)
     assert_close(got, logits, f"pt2 LM logits of {variant}")
+    assert_close(got_h, h_n, f"pt2 LM h_n of {variant}")
     assert_close(got_c, c_n, f"pt2 LM c_n of {variant}")
 
 

@@ -392,11 +392,27 @@ def _row_threads(N: int) -> int:
     return max(1, min(torch.get_num_threads(), N // MIN_ROWS_PER_THREAD, 64))
 
 
+def _check_rows_and_norm(name: str, z: Tensor, ln: Tensor, dout: Tensor | None = None,
+                         inv_sigma: Tensor | None = None) -> None:
+    """Shapes, dtypes and layout of the layer-norm passes' tensors, before any pointer reaches C."""
+    rows = z.dim() == 2 and z.is_contiguous() and z.dtype == torch.float32 and z.device.type == "cpu"
+    fits = rows and tuple(ln.shape) == (2, z.shape[1]) and ln.dtype == torch.float32
+    if dout is not None:
+        fits = fits and dout.shape == z.shape and dout.dtype == torch.float32
+    if inv_sigma is not None:
+        fits = fits and tuple(inv_sigma.shape) == (z.shape[0],) and inv_sigma.is_contiguous() and (
+            inv_sigma.dtype == torch.float32)
+    if not fits:
+        raise ValueError(f"lstmkit C kernel: {name} takes contiguous float32 rows [N, G] on the CPU and gains and "
+                         f"biases [2, G]; got rows {z.dtype} {tuple(z.shape)} and ln {ln.dtype} {tuple(ln.shape)}")
+
+
 def layer_norm_rows(z: Tensor, ln: Tensor) -> tuple[Tensor, Tensor]:
     """LN(z; gain, bias) of every row of z [N, G] (float32, contiguous; it is overwritten with the normalised rows,
     which `layer_norm_rows_backward` takes): returns (LN(z) [N, G], 1/sigma [N])."""
     lib = _load()
-    assert lib is not None and z.is_contiguous() and tuple(ln.shape) == (2, z.shape[1]), "layer_norm_rows"
+    assert lib is not None, "call supports() first"
+    _check_rows_and_norm("layer_norm_rows", z, ln)
     out, inv_sigma = z.new_empty(z.shape), z.new_empty(z.shape[0])
     ln = ln.detach().contiguous()
     lib.lk_layer_norm_forward(ctypes.c_int64(z.shape[0]), z.shape[1], _ptr(z), _ptr(ln),
@@ -407,8 +423,9 @@ def layer_norm_rows(z: Tensor, ln: Tensor) -> tuple[Tensor, Tensor]:
 def layer_norm_rows_backward(dout: Tensor, z_hat: Tensor, inv_sigma: Tensor, ln: Tensor) -> tuple[Tensor, Tensor]:
     """The backward of `layer_norm_rows`: (dz [N, G], dln [2, G]) from dout [N, G]."""
     lib = _load()
+    assert lib is not None, "call supports() first"
+    _check_rows_and_norm("layer_norm_rows_backward", z_hat, ln, dout, inv_sigma)
     N, G = z_hat.shape
-    assert lib is not None and dout.shape == z_hat.shape and tuple(ln.shape) == (2, G), "layer_norm_rows_backward"
     threads = _row_threads(N)
     dz, dln = z_hat.new_empty(N, G), z_hat.new_zeros(threads, 2 * G)
     dout, ln = dout.contiguous(), ln.detach().contiguous()

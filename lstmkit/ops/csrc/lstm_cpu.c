@@ -283,7 +283,7 @@ LK_ONCE void backward_row_variant(int H, int coupled, float clip, const float *r
                                  const float *restrict peep, const float *restrict zc,
                                  const float *restrict dm, float *restrict dc, float *restrict dz,
                                  float *restrict dpeep) {
-    switch (LK_VARIANT(coupled != 0, peep != NULL && dpeep != NULL, zc != NULL, 0)) {
+    switch (LK_VARIANT(coupled != 0, peep != NULL, zc != NULL, 0)) { /* peep: dpeep given (lk_backward) */
 #define LK_BACKWARD_COPY(co, pe, zo, ke)                                                                          \
     case LK_VARIANT(co, pe, zo, ke):                                                                              \
         backward_row_variant_body(H, co, pe, zo, clip, z, cell, c_prev, peep, zc, dm, dc, dz, dpeep);            \
@@ -753,6 +753,7 @@ int lk_backward(int T, int H, int P, int reverse, const int64_t *batch_sizes, co
                 const float *v_hat, const float *ln_stats, float *dz, float *dh_out, float *dv, float *dln,
                 float *dh, float *dc) {
     if (nthreads < 1 || nthreads > MAX_THREADS) return -2;
+    if (peep && !dpeep) return -3; /* the rows sum the peephole gradients into dpeep */
     backward_job jobs[MAX_THREADS];
     variant_t variant = {coupled, clip, peep, h_mask, zh, zc, zh_rate, zc_rate, ln_h, ln_c, 0.0f};
     const int64_t dln_size = 2 * (int64_t)(coupled ? 3 : 4) * H + 2 * (int64_t)H;
