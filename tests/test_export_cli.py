@@ -82,12 +82,20 @@ def test_int8_language_model_perplexity_within_two_percent(tmp_path):
     assert scores["int8"]["bpc"] <= scores["fp32"]["bpc"] + __import__("math").log2(1.02), scores
 
 
-def test_pt2_reloads_and_matches_at_every_length_and_batch(tmp_path):
+# The variants pt2 takes (those the op computes; zoneout as its expectation, in eval), and the standard cell.
+PT2_VARIANTS = [[], ["model.lstm.peephole=true", "model.lstm.cell_clip=0.7"],
+                ["model.lstm.coupled_gates=true", "model.lstm.zoneout_h=0.2", "model.lstm.zoneout_c=0.4"]]
+
+
+@pytest.mark.parametrize("variant", PT2_VARIANTS, ids=["standard", "peephole+clip", "cifg+zoneout"])
+def test_pt2_reloads_and_matches_at_every_length_and_batch(tmp_path, variant):
     data = write_reviews(tmp_path / "reviews.jsonl")
     for bidirectional in ("false", "true"):
         run, task, model = make_run(tmp_path, "sentiment", [
             "model.embedding_dim=6", "model.hidden_size=8", "model.num_layers=2", "model.proj_size=5",
-            f"model.bidirectional={bidirectional}", "model.pooling=last"], data, name=f"run-{bidirectional}", scale=2)
+            f"model.bidirectional={bidirectional}", "model.pooling=last", *variant], data, name=f"run-{bidirectional}",
+            scale=2)
+        assert bool(model.lstm.variant_features) == bool(variant), "the run must hold the variant"
         out = tmp_path / f"model-{bidirectional}.pt2"
         result = invoke("export", run, "--format", "pt2", "--out", out)
         assert result.exit_code == 0, result.output
@@ -96,45 +104,16 @@ def test_pt2_reloads_and_matches_at_every_length_and_batch(tmp_path):
             inputs, lengths = collate([torch.randint(2, len(task.vocab), (n,)) for n in rows])
             with torch.no_grad():
                 expected = model(inputs, lengths)
-            assert_close(program(inputs, lengths), expected, f"pt2 logits, bidirectional={bidirectional}, {rows}")
+            assert_close(program(inputs, lengths), expected,
+                         f"pt2 logits of {variant}, bidirectional={bidirectional}, {rows}")
 
 
-@pytest.mark.parametrize("variant", [["model.lstm.peephole=true", "model.lstm.cell_clip=0.7"],
-                                     ["model.lstm.coupled_gates=true", "model.lstm.zoneout_h=0.2",
-                                      "model.lstm.zoneout_c=0.4"]])
-def test_pt2_of_the_variants_the_op_computes_matches_the_model(tmp_path, variant):
-    """Peepholes, coupled gates, the cell clip and zoneout (its expectation, in eval) go into the program through
-    the op: a bidirectional, projected classifier and a language model with its state."""
-    data = write_reviews(tmp_path / "reviews.jsonl")
-    run, task, model = make_run(tmp_path, "sentiment", [
-        "model.embedding_dim=6", "model.hidden_size=8", "model.num_layers=2", "model.proj_size=5",
-        "model.bidirectional=true", "model.pooling=mean", *variant], data, name="classifier", scale=2)
-    assert model.lstm.variant_features, "the run must hold the variant"
-    assert invoke("export", run, "--format", "pt2", "--out", tmp_path / "c.pt2").exit_code == 0
-    program = torch.export.load(str(tmp_path / "c.pt2")).module()
-    for rows in ([1], [5, 1, 9, 3]):
-        inputs, lengths = collate([torch.randint(2, len(task.vocab), (n,)) for n in rows])
-        with torch.no_grad():
-            expected = model(inputs, lengths)
-        assert_close(program(inputs, lengths), expected, f"pt2 logits of {variant}, {rows}")
+@pytest.mark.parametrize("variant", PT2_VARIANTS, ids=["standard", "peephole+clip", "cifg+zoneout"])
+def test_pt2_language_model_with_its_state(tmp_path, variant):
     text = write_text(tmp_path / "text.txt")
     run, task, model = make_run(tmp_path, "lm", ["model.embedding_dim=8", "model.hidden_size=10",
-                                                 "model.num_layers=2", *variant], text, name="lm", scale=2)
-    assert invoke("export", run, "--format", "pt2", "--out", tmp_path / "lm.pt2").exit_code == 0
-    program = torch.export.load(str(tmp_path / "lm.pt2")).module()
-    ids, h0, c0 = torch.randint(0, len(task.vocab), (13, 3)), torch.randn(2, 3, 10), torch.randn(2, 3, 10)
-    with torch.no_grad():
-        logits, (h_n, c_n) = model(ids, (h0, c0))
-    got, got_h, got_c = program(ids, h0, c0)
-    assert_close(got, logits, f"pt2 LM logits of {variant}")
-    assert_close(got_h, h_n, f"pt2 LM h_n of {variant}")
-    assert_close(got_c, c_n, f"pt2 LM c_n of {variant}")
-
-
-def test_pt2_language_model_with_its_state(tmp_path):
-    text = write_text(tmp_path / "text.txt")
-    run, task, model = make_run(tmp_path, "lm", ["model.embedding_dim=8", "model.hidden_size=10",
-                                                 "model.num_layers=2"], text, scale=2)
+                                                 "model.num_layers=2", *variant], text, scale=2)
+    assert bool(model.lstm.variant_features) == bool(variant), "the run must hold the variant"
     assert invoke("export", run, "--format", "pt2", "--out", tmp_path / "lm.pt2").exit_code == 0
     program = torch.export.load(str(tmp_path / "lm.pt2")).module()
     for T, B in ((1, 1), (13, 3)):
@@ -143,8 +122,9 @@ def test_pt2_language_model_with_its_state(tmp_path):
         with torch.no_grad():
             logits, (h_n, c_n) = model(ids, (h0, c0))
         got, got_h, got_c = program(ids, h0, c0)
-        assert_close(got, logits, f"pt2 LM logits T={T} B={B}")
-        assert_close(got_c, c_n, f"pt2 LM c_n T={T} B={B}")
+        assert_close(got, logits, f"pt2 LM logits of {variant}, T={T} B={B}")
+        assert_close(got_h, h_n, f"pt2 LM h_n of {variant}, T={T} B={B}")
+        assert_close(got_c, c_n, f"pt2 LM c_n of {variant}, T={T} B={B}")
 
 
 # --- bad input ----------------------------------------------------------------------------------------------
