@@ -86,9 +86,12 @@ class GraphBuilder:
     def ints(self, stem: str, values: list[int]) -> str:
         return self.const(stem, np.asarray(values, dtype=np.int64))
 
-    def op(self, op_type: str, inputs: list[str], outputs: int = 1, **attributes) -> list[str]:
+    def op(self, op_type: str, inputs: list[str], outputs: int = 1, into: list | None = None, **attributes
+           ) -> list[str]:
+        """A node with fresh output names, appended to this graph's nodes, or to `into` (a Scan body's)."""
         names = [self.name(op_type.lower()) for _ in range(outputs)]
-        self.nodes.append(self.onnx.helper.make_node(op_type, inputs, names, name=self.name(op_type), **attributes))
+        node = self.onnx.helper.make_node(op_type, inputs, names, name=self.name(op_type), **attributes)
+        (self.nodes if into is None else into).append(node)
         return names
 
     def op1(self, op_type: str, inputs: list[str], **attributes) -> str:

@@ -44,11 +44,11 @@ class StepBody:
     def __init__(self, builder) -> None:
         self.builder, self.nodes = builder, []
 
+    def op(self, op_type: str, inputs: list[str], outputs: int = 1, **attributes) -> list[str]:
+        return self.builder.op(op_type, inputs, outputs, into=self.nodes, **attributes)
+
     def op1(self, op_type: str, inputs: list[str], **attributes) -> str:
-        name = self.builder.name(op_type.lower())
-        self.nodes.append(self.builder.onnx.helper.make_node(op_type, inputs, [name],
-                                                             name=self.builder.name(op_type), **attributes))
-        return name
+        return self.op(op_type, inputs, 1, **attributes)[0]
 
 
 def layer_norm(graph, z: str, norm, stem: str) -> str:
@@ -75,9 +75,7 @@ def step_graph(builder, spec: LSTMSpec, w: LayerWeights, stem: str, masked: bool
     if w.layer_norm is not None:
         recurrent = layer_norm(body, recurrent, w.layer_norm[1], f"{stem}_ln_hh")
     a = body.op1("Add", [xw, recurrent])
-    blocks = [builder.name("gate") for _ in range(G)]
-    body.nodes.append(helper.make_node("Split", [a, builder.ints("split", [H] * G)], blocks, axis=1,
-                                       name=builder.name("Split")))
+    blocks = body.op("Split", [a, builder.ints("split", [H] * G)], G, axis=1)
     a_i, a_f, a_g, a_o = (blocks[0], None, blocks[1], blocks[2]) if spec.coupled_gates else blocks
     peep = [builder.const(f"{stem}_p{gate}", f32(w.peephole[n])) if gate != "f" or not spec.coupled_gates else ""
             for n, gate in enumerate("ifo")] if w.peephole is not None else None  # p_f: unused when coupled
