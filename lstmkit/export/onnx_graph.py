@@ -149,7 +149,6 @@ def classifier_graph(model, builder: GraphBuilder, token_inputs: bool):
     onnx = builder.onnx
     helper, TensorProto = onnx.helper, onnx.TensorProto
     spec = lstm_spec(model.lstm, ONNX_FEATURES)
-    D, P = spec.num_directions, spec.proj_size or spec.hidden_size
     if token_inputs:
         graph_input = helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", "time"])
         ids = builder.op1("Transpose", ["tokens"], perm=[1, 0])  # [T, B]
@@ -163,7 +162,7 @@ def classifier_graph(model, builder: GraphBuilder, token_inputs: bool):
     Y_h = None
     for k in range(spec.num_layers):
         x, Y_h, _ = builder.layer(spec, k, x, seq_lens, valid)
-    pooled = pooled_output(builder, model.pooling, x, Y_h, D * P)
+    pooled = pooled_output(builder, model.pooling, x, Y_h, valid)
     head_weight = model.head.weight.detach().float().numpy().T  # [features, classes]; MatMul: int8 quantises it
     logits = builder.op1("MatMul", [pooled, builder.const("head_weight", head_weight)])
     builder.op("Add", [logits, builder.const("head_bias", model.head.bias.detach().float().numpy())])
@@ -172,15 +171,16 @@ def classifier_graph(model, builder: GraphBuilder, token_inputs: bool):
     return [graph_input, lengths], [output]
 
 
-def pooled_output(builder: GraphBuilder, how: str, x: str, Y_h: str, width: int) -> str:
-    """lstmkit.models.pool in ONNX: x [T, B, D*H] (valid steps first), Y_h [D, B, H] -> [B, D*H] (2x for max_mean)."""
+def pooled_output(builder: GraphBuilder, how: str, x: str, Y_h: str, valid: str = "") -> str:
+    """lstmkit.models.pool in ONNX: x [T, B, D*H] (valid steps first), Y_h [D, B, H] -> [B, D*H] (2x for max_mean).
+    valid: the graph's valid-step mask where the Scan layers already built it, else ""."""
     TensorProto = builder.onnx.TensorProto
     if how == "last":
         # Y_h holds each row's forward state at its own length and the reverse direction's at step 0: the same
         # two vectors pool("last") reads
         return builder.op1("Reshape", [builder.op1("Transpose", [Y_h], perm=[1, 0, 2]),
                                        builder.ints("shape", [0, -1])])
-    valid = builder.valid_steps(x, "lengths")
+    valid = valid or builder.valid_steps(x, "lengths")  # T and lengths are the layers': one mask serves both
     parts = []
     if how in ("max", "max_mean"):
         masked = builder.op1("Where", [valid, x, builder.const("minus_inf", np.asarray(-np.inf, np.float32))])
