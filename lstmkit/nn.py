@@ -27,8 +27,8 @@ handling as torch, so `load_state_dict` works in both directions. Additions:
                         LN(z; g, beta) = g * (z - mean z) / sqrt(var z + 1e-5) + beta over all G*H gate rows at once
                         (over H for c_t); c_t itself, the state carried on, is not normalised. Parameters
                         `layer_norm_ih_l{k}`, `layer_norm_hh_l{k}` [2, GH] and `layer_norm_c_l{k}` [2, H]: row 0 the
-                        gains (initially 1), row 1 the biases (initially 0). Runs on the C kernel and the torch
-                        backend (not the op).
+                        gains (initially 1), row 1 the biases (initially 0). Runs on the C kernel, the op and the
+                        torch backend.
     recurrent_dropout=p variational dropout of the recurrent connection (Gal & Ghahramani 2016): in training, one
                         mask m per sequence, layer and direction, for every step: a_t = W x_t + U (h_{t-1} * m) + b,
                         m in {0, 1/(1-p)}; none in eval (its expectation is h_{t-1}). On the C kernel, the op

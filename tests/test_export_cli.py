@@ -84,10 +84,12 @@ def test_int8_language_model_perplexity_within_two_percent(tmp_path):
 
 # The variants pt2 takes (those the op computes; zoneout as its expectation, in eval), and the standard cell.
 PT2_VARIANTS = [[], ["model.lstm.peephole=true", "model.lstm.cell_clip=0.7"],
-                ["model.lstm.coupled_gates=true", "model.lstm.zoneout_h=0.2", "model.lstm.zoneout_c=0.4"]]
+                ["model.lstm.coupled_gates=true", "model.lstm.zoneout_h=0.2", "model.lstm.zoneout_c=0.4"],
+                ["model.lstm.layer_norm=true", "model.lstm.peephole=true"]]
+PT2_IDS = ["standard", "peephole+clip", "cifg+zoneout", "layer_norm+peephole"]
 
 
-@pytest.mark.parametrize("variant", PT2_VARIANTS, ids=["standard", "peephole+clip", "cifg+zoneout"])
+@pytest.mark.parametrize("variant", PT2_VARIANTS, ids=PT2_IDS)
 def test_pt2_reloads_and_matches_at_every_length_and_batch(tmp_path, variant):
     data = write_reviews(tmp_path / "reviews.jsonl")
     for bidirectional in ("false", "true"):
@@ -108,7 +110,7 @@ def test_pt2_reloads_and_matches_at_every_length_and_batch(tmp_path, variant):
                          f"pt2 logits of {variant}, bidirectional={bidirectional}, {rows}")
 
 
-@pytest.mark.parametrize("variant", PT2_VARIANTS, ids=["standard", "peephole+clip", "cifg+zoneout"])
+@pytest.mark.parametrize("variant", PT2_VARIANTS, ids=PT2_IDS)
 def test_pt2_language_model_with_its_state(tmp_path, variant):
     text = write_text(tmp_path / "text.txt")
     run, task, model = make_run(tmp_path, "lm", ["model.embedding_dim=8", "model.hidden_size=10",
@@ -159,18 +161,19 @@ def test_export_of_a_missing_or_half_written_run_is_one_line(small_run, tmp_path
                                                   ("model.lstm.zoneout_c=0.2", "zoneout"),
                                                   ("model.lstm.peephole=true", "peephole"),
                                                   ("model.lstm.layer_norm=true", "layer_norm")])
-def test_a_variant_keras_and_pt2_cannot_express_is_refused_in_one_line(tmp_path, variant, feature):
+def test_a_variant_keras_cannot_express_is_refused_in_one_line(tmp_path, variant, feature):
     """Coupled gates, the cell clip and zoneout bring no parameters of their own: a name check alone would write a
-    standard LSTM (or fail deep inside on 3 gate blocks) for a model that computes something else. (ONNX takes
-    every variant but layer_norm: tests/test_export_onnx.py; pt2 every one the op computes, layer_norm not.)"""
+    standard LSTM (or fail deep inside on 3 gate blocks) for a model that computes something else. The error names
+    the formats that take the feature: pt2 every variant (the op computes them all), ONNX every one of
+    `export.ONNX_FEATURES` (tests/test_export_onnx.py)."""
+    from lstmkit.export import ONNX_FEATURES
+
     run = make_run(tmp_path, "sentiment", ["model.embedding_dim=4", "model.hidden_size=5", variant],
                    write_reviews(tmp_path / "reviews.jsonl"))[0]
-    formats = (("pt2", "m.pt2"),) * (feature == "layer_norm") + (("keras", "m.keras"),)
-    for form, name in formats:
-        hint = ("--format onnx",) if feature != "layer_norm" else ()  # ONNX holds layer_norm back too
-        one_line_error(invoke("export", run, "--format", form, "--out", tmp_path / name), feature, "standard LSTM",
-                       *hint)
-        assert not (tmp_path / name).exists()
+    hints = ["--format pt2", *(["--format onnx"] if feature in ONNX_FEATURES else [])]
+    one_line_error(invoke("export", run, "--format", "keras", "--out", tmp_path / "m.keras"), feature,
+                   "standard LSTM", *hints)
+    assert not (tmp_path / "m.keras").exists()
 
 
 def test_unknown_format_missing_folder_and_int8_without_onnx(small_run, tmp_path):

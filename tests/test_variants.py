@@ -23,8 +23,8 @@ from lstmkit.stream import LSTMStream
 GRAD_NAMES = {**GRAD_NAMES, "peephole": "dpeephole", "ln_x": "dln_x", "ln_h": "dln_h", "ln_c": "dln_c"}
 # (peephole, coupled_gates, cell_clip, layer_norm, recurrent_dropout, zoneout): each feature alone, then together;
 # the last two are the rates of the recurrent dropout (a fixed mask per sequence) and of zoneout (Bernoulli masks on
-# h and c at every step). The op computes every feature but layer normalisation (FUSED), which it leaves to the torch
-# backend; the C kernel computes them all (layer normalisation: test_the_c_kernel_computes_layer_norm_...).
+# h and c at every step). The C kernel and the op compute them all (FUSED: those without layer normalisation, which
+# has its own float32 test, test_the_c_kernel_and_the_op_compute_layer_norm_...).
 VARIANTS = [(True, False, 0.0, False, 0.0, 0.0), (False, True, 0.0, False, 0.0, 0.0),
             (False, False, 0.7, False, 0.0, 0.0), (True, True, 0.9, False, 0.0, 0.0),
             (False, False, 0.0, True, 0.0, 0.0), (True, True, 0.9, True, 0.0, 0.0),
@@ -101,9 +101,8 @@ def run_layer(layer_fn, inputs, upstream, options, batch_sizes, reverse):
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_every_path_computes_the_variants_as_the_oracle(path, variant, reverse):
-    """float64, full-length batches, with and without a projection: outputs, states and every gradient."""
-    if path == "op" and variant[3]:
-        pytest.skip("the op takes no layer normalisation (lstm_op.SUPPORTS): dispatch runs it on 'torch'")
+    """float64, full-length batches, with and without a projection: outputs, states and every gradient. (In
+    float64 the op runs its torch loops and "cpu" the torch backend; the C loops are the float32 tests below.)"""
     for k, (T, B, I, H, P) in enumerate([(6, 3, 4, 5, None), (5, 2, 3, 6, 3), (1, 1, 2, 1 + variant[3], None)]):
         inputs, upstream, options = problem(100 * k + 7 * reverse + len(path), T, B, I, H, P, variant)
         flip = (lambda a: a[::-1].copy()) if reverse else (lambda a: a)
@@ -197,7 +196,7 @@ def test_dispatch_never_takes_the_vendor_kernel_for_a_variant():
     for backend in ("auto", "cpu"):  # the C kernel computes layer normalisation, with the other features
         for packed, training in ((False, True), (True, True), (False, False)):
             assert LSTM(4, 8, backend=backend, **normalised).path_for(8, 10, packed, training) == fused, backend
-    assert LSTM(4, 8, backend="op", **normalised).path_for(8, 10, False, True) == "torch"  # the op does not"
+    assert LSTM(4, 8, backend="op", **normalised).path_for(8, 10, False, True) == "op"  # and so does the op"
     standard = LSTM(4, 8).call_kind(8, 10, False, True)
     assert standard.features == "" and "peephole" not in standard.key
 
@@ -407,11 +406,12 @@ def test_the_fused_paths_compute_the_variants_as_the_torch_backend(trial):
 
 @needs_kernel
 @pytest.mark.parametrize("trial", range(16))
-def test_the_c_kernel_computes_layer_norm_as_the_torch_backend(trial):
-    """The C kernel's layer normalisation (LN of U h_{t-1} and of c_t per step in C, LN of W x in torch) against the
-    torch backend: random shapes, packed lengths, both directions, projections, and combined with peepholes, coupled
-    gates, cell clip, recurrent dropout and zoneout (masks or rates), LN gains and biases away from 1 and 0; outputs,
-    final states and every gradient, the LN parameters' included.
+def test_the_c_kernel_and_the_op_compute_layer_norm_as_the_torch_backend(trial):
+    """The C kernel's layer normalisation (LN of U h_{t-1} and of c_t per step in C, LN of W x in a C pass before
+    the loop), directly and through the op (a third of the trials, full-length), against the torch backend: random
+    shapes, packed lengths, both directions, projections, and combined with peepholes, coupled gates, cell clip,
+    recurrent dropout and zoneout (masks or rates), LN gains and biases away from 1 and 0; outputs, final states and
+    every gradient, the LN parameters' included.
 
     Bound: both sides against the torch backend in float64. LN divides each row by its sigma, which magnifies the
     rounding of rows whose spread is small, so a fixed float32 bound would hold on one machine's draws only; the
@@ -426,7 +426,8 @@ def test_the_c_kernel_computes_layer_norm_as_the_torch_backend(trial):
     reverse, projected = trial % 2 == 1, trial % 4 >= 2
     B, T, I, H = rng.randint(1, 16), rng.randint(1, 20), rng.randint(1, 10), rng.randint(2 + projected, 20)
     P = rng.randint(1, H - 1) if projected else None
-    lengths = sorted([T] + [rng.randint(1, T) for _ in range(B - 1)], reverse=True)
+    full = trial % 3 == 0  # then the op too (full-length batches only), its loops the C kernel's
+    lengths = [T] * B if full else sorted([T] + [rng.randint(1, T) for _ in range(B - 1)], reverse=True)
     batch_sizes, N, args, options, upstream = random_layer_problem(rng, trial, B, T, I, H, P, lengths, coupled,
                                                                    peephole, layer_norm=True, dropout=dropout,
                                                                    zoneout=zoneout, clip=clip)
@@ -438,16 +439,20 @@ def test_the_c_kernel_computes_layer_norm_as_the_torch_backend(trial):
     exact = float32_run(lstm_torch.lstm_layer, {k: double(v) for k, v in args.items()},
                         {k: double(v) for k, v in options.items()}, batch_sizes, reverse, tuple(map(double, upstream)))
     portable = float32_run(lstm_torch.lstm_layer, args, options, batch_sizes, reverse, upstream)
-    fused = float32_run(lstm_cpu.lstm_layer, args, options, batch_sizes, reverse, upstream)
-    assert fused[1].keys() == portable[1].keys() == exact[1].keys()
+    paths = {"C kernel": float32_run(lstm_cpu.lstm_layer, args, options, batch_sizes, reverse, upstream)}
+    if full:
+        paths["op"] = float32_run(lstm_op.layer, args, options, (T, B), reverse, upstream)
     bound = float32_tolerance(max(N, T * G * H))
     names = ("y", "h_T", "c_T", *exact[1])
-    for name, expected, ours, theirs in zip(names, (*exact[0], *exact[1].values()), (*fused[0], *fused[1].values()),
-                                            (*portable[0], *portable[1].values()), strict=True):
-        tolerance = bound + 4 * relative_error(theirs, expected)
-        assert_close(ours, expected, f"C kernel {name} against float64 (N={N}, T={T}, H={H}, P={P}, "
-                     f"{Cell(args['W'], args['U'], None, args['R'], args['peephole'], **options).features}, "
-                     f"torch float32 error {relative_error(theirs, expected):.1e})", tolerance=tolerance)
+    for path, fused in paths.items():
+        assert fused[1].keys() == portable[1].keys() == exact[1].keys()
+        for name, expected, ours, theirs in zip(names, (*exact[0], *exact[1].values()),
+                                                (*fused[0], *fused[1].values()),
+                                                (*portable[0], *portable[1].values()), strict=True):
+            tolerance = bound + 4 * relative_error(theirs, expected)
+            assert_close(ours, expected, f"{path} {name} against float64 (N={N}, T={T}, H={H}, P={P}, "
+                         f"{Cell(args['W'], args['U'], None, args['R'], args['peephole'], **options).features}, "
+                         f"torch float32 error {relative_error(theirs, expected):.1e})", tolerance=tolerance)
 
 
 @needs_kernel
@@ -717,3 +722,47 @@ def test_a_fused_variant_compiles_and_exports_as_one_op_node_per_layer():
             torch.randn(3 * H, H, requires_grad=True), torch.randn(3 * H, requires_grad=True), None, True,
             torch.randn(3, H, requires_grad=True), True, 0.8)
     torch.library.opcheck(lstm_op.lstm_layer, args)
+
+
+def test_a_layer_normalised_lstm_compiles_and_exports_as_one_op_node_per_layer():
+    """layer_norm through the op: torch.compile(fullgraph=True) of a training step equal to the torch backend's
+    (outputs and every gradient, the LN parameters' included), torch.export with a dynamic T, and opcheck of the
+    op's normalisation arguments and outputs on both of its loops (float32: the C kernel's; float64: torch's)."""
+    torch.manual_seed(11)
+    variant = dict(layer_norm=True, peephole=True, zoneout_c=0.3, proj_size=3, bidirectional=True)
+    model = LSTM(4, 6, 2, batch_first=True, backend="op", **variant).train()
+    portable = LSTM(4, 6, 2, batch_first=True, backend="torch", **variant).train()
+    with torch.no_grad():  # LN gains and biases away from 1 and 0
+        for name, p in model.named_parameters():
+            if name.startswith("layer_norm"):
+                p.add_(0.3 * torch.randn_like(p))
+    portable.load_state_dict(model.state_dict())
+    x, longer = torch.randn(3, 9, 4), torch.randn(3, 23, 4)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    results = []
+    for module in (compiled, portable):
+        torch.manual_seed(1)  # the same zoneout masks
+        y = module(x)[0]
+        results.append((y, *torch.autograd.grad(y.square().sum(), list(portable.parameters() if module is portable
+                                                                        else model.parameters()))))
+    names = ["y", *(name for name, _ in portable.named_parameters())]
+    assert any(name.startswith("layer_norm_c") for name in names)
+    for name, a, b in zip(names, *results, strict=True):
+        assert_close(a, b, f"compiled op vs torch backend: {name}", tolerance=1e-4)  # LN magnifies float32 rounding
+    model.eval()
+    exported = torch.export.export(model, (x,), dynamic_shapes=({1: torch.export.Dim("T", min=2, max=512)},))
+    nodes = [node.target for node in exported.graph.nodes if node.op == "call_function"]
+    assert nodes.count(torch.ops.lstmkit.lstm_layer.default) == 4
+    assert_close(exported.module()(longer)[0], model(longer)[0], "exported, another T", dtype=torch.float32)
+    T, B, I, H = 3, 2, 4, 5
+    for dtype in (torch.float32, torch.float64):
+        def leaf(*shape, scale=1.0, shift=0.0):
+            return (torch.randn(*shape, dtype=dtype) * scale + shift).requires_grad_(True)
+
+        ln = [leaf(2, width, scale=0.3) for width in (4 * H, 4 * H, H)]
+        with torch.no_grad():
+            for gains in ln:
+                gains[0] += 1.0
+        args = (leaf(T, B, I), leaf(B, H), leaf(B, H), leaf(4 * H, I), leaf(4 * H, H), leaf(4 * H), None, False,
+                None, False, 0.0, None, None, 0.0, None, 0.0, *ln)
+        torch.library.opcheck(lstm_op.lstm_layer, args)

@@ -31,6 +31,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from lstmkit.errors import ConfigError, LstmkitError, RunDirError
+from lstmkit.nn import TRACEABLE_FEATURES
 from lstmkit.runs import _FILE_MODE
 
 FORMATS = ("onnx", "keras", "pt2")
@@ -109,8 +110,10 @@ def lstm_spec(lstm: nn.Module, expressible: tuple[str, ...] = ()) -> LSTMSpec:
     refused = [name for name in features if name not in expressible]
     if refused:
         takes = f" (it takes {', '.join(expressible)})" if expressible else ""
-        onnx_takes = [name for name in refused if name in ONNX_FEATURES and expressible != ONNX_FEATURES]
-        hint = f", or use --format onnx, which takes {', '.join(onnx_takes)}" if onnx_takes else ""
+        hint = ""
+        for form, features_taken in (("onnx", ONNX_FEATURES), ("pt2", TRACEABLE_FEATURES)):
+            taken = [name for name in refused if name in features_taken and expressible != features_taken]
+            hint += f", or use --format {form}, which takes {', '.join(taken)}" if taken else ""
         raise ConfigError(f"the LSTM uses {', '.join(refused)}, which this export format cannot express yet{takes}; "
                           f"export a run of a standard LSTM{hint}")
     L, D = int(lstm.num_layers), 2 if lstm.bidirectional else 1

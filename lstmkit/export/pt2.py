@@ -2,11 +2,11 @@
 
 Each LSTM layer runs on lstmkit's custom op (`backend="op"`: one `lstmkit::lstm_layer` node per layer and
 direction, its time loop inside, so T stays symbolic), with the variants the op computes (`EXPRESSIBLE`:
-peepholes, coupled gates, the cell clip, zoneout's expectation at evaluation). lstmkit's classifier packs a
-bidirectional batch, and packing makes T a Python loop over batch sizes; the exported classifier instead runs the
-reverse direction over each row's own steps reversed in place (a gather by index; padding stays where it is),
-which gives the same values at every valid step. Padding after a sequence never reaches its valid steps forward,
-so pooling reads the same.
+peepholes, coupled gates, the cell clip, layer normalisation, zoneout's expectation at evaluation). lstmkit's
+classifier packs a bidirectional batch, and packing makes T a Python loop over batch sizes; the exported classifier
+instead runs the reverse direction over each row's own steps reversed in place (a gather by index; padding stays
+where it is), which gives the same values at every valid step. Padding after a sequence never reaches its valid
+steps forward, so pooling reads the same.
 
     classifier: (inputs [B, T] int64 or [B, T, F] float32, lengths [B] int64) -> logits [B, 1 or C]
     language model: (tokens [T, B] int64, h0 [L, B, H], c0 [L, B, H]) -> (logits [T, B, V], h_n, c_n)

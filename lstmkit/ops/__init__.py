@@ -16,7 +16,7 @@ path that computes the call exactly, measured on this machine the first time it 
 torch.compile and torch.export, "auto" and "cpu" run as "op", which those can trace; packed input and gate
 recording always take "torch". Variant cells (`Cell.features`, part of the call's kind and its tuning key) never
 take "vendor" (torch's kernel computes the standard cell only), and "cpu" only for the features the C kernel lists
-in `lstm_cpu.SUPPORTS`; "op" only for those in `lstm_op.SUPPORTS` (layer normalisation takes "torch" there).
+in `lstm_cpu.SUPPORTS`; "op" only for those in `lstm_op.SUPPORTS` (today every feature).
 """
 
 from __future__ import annotations

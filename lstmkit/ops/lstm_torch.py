@@ -10,8 +10,9 @@ Equations as in `lstmkit.reference.lstm_numpy` (Qiu eq. 6.51-6.56), gate order i
     c_t = f * c_{t-1} + i * g;    h_t = o * tanh(c_t)   (then h_t = R h_t with a projection)
 with the variants of `lstmkit.ops.cell.Cell` (peepholes, coupled gates, cell clip, layer normalisation). They live
 in `input_projection` and `preactivation` (W x_t and U h_{t-1}, normalised with layer_norm), `cell_forward` (one
-step's pointwise part) and `cell_backward` (its hand-written BPTT, for the op's torch loop; without layer
-normalisation, which the op does not take); every loop of this backend, the op and the stream call them.
+step's pointwise part) and `cell_backward` (its hand-written BPTT, for the op's torch loop, with
+`layer_norm_statistics` and `layer_norm_backward` for the normalisations); every loop of this backend, the op and
+the stream call them.
 """
 
 from __future__ import annotations
@@ -33,16 +34,35 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
     return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
 
 
-def _layer_norm(z: Tensor, gain_bias: Tensor) -> Tensor:
+def layer_norm(z: Tensor, gain_bias: Tensor) -> Tensor:
     """LN(z; g, beta) over the last axis (the reference's `layer_norm`); gain_bias: [2, width]."""
     return F.layer_norm(z, (z.shape[-1],), gain_bias[0], gain_bias[1], LAYER_NORM_EPS)
+
+
+def layer_norm_statistics(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """What LN's backward needs of rows z [..., width]: (z_hat = (z - mean) / sigma, mean [..., 1], 1/sigma [..., 1]),
+    sigma = sqrt(var + eps) with the biased variance, as `layer_norm` (torch's layer_norm) computes it."""
+    mean = z.mean(-1, keepdim=True)
+    centred = z - mean
+    inv_sigma = torch.rsqrt(centred.square().mean(-1, keepdim=True) + LAYER_NORM_EPS)
+    return centred * inv_sigma, mean, inv_sigma
+
+
+def layer_norm_backward(dout: Tensor, z_hat: Tensor, inv_sigma: Tensor, gain_bias: Tensor
+                        ) -> tuple[Tensor, Tensor]:
+    """BPTT of out = z_hat * gain + bias over the last axis (`layer_norm`): (dz [..., width], d gain_bias
+    [2, width] summed over the rows). dz = (d z_hat - mean(d z_hat) - z_hat mean(d z_hat z_hat)) / sigma."""
+    dz_hat = dout * gain_bias[0]
+    dz = inv_sigma * (dz_hat - dz_hat.mean(-1, keepdim=True) - z_hat * (dz_hat * z_hat).mean(-1, keepdim=True))
+    rows = dout.reshape(-1, dout.shape[-1])
+    return dz, torch.stack([(rows * z_hat.reshape(rows.shape)).sum(0), rows.sum(0)])
 
 
 def input_projection(x: Tensor, cell: Cell) -> Tensor:
     """W x_t + b of every row x [N, I] at once: [N, GH] (LN(W x_t) + b with layer normalisation)."""
     W, b = cell.W, cell.b
     if cell.layer_norm is not None:
-        u = _layer_norm(x @ W.t(), cell.layer_norm[0])
+        u = layer_norm(x @ W.t(), cell.layer_norm[0])
         return u + b if b is not None else u
     return torch.addmm(b, x, W.t()) if b is not None else x @ W.t()
 
@@ -53,7 +73,7 @@ def preactivation(xw_t: Tensor, h: Tensor, cell: Cell) -> Tensor:
     if cell.h_mask is not None:
         h = h * cell.h_mask[: h.shape[0]]
     if cell.layer_norm is not None:
-        return xw_t + _layer_norm(h @ cell.U.t(), cell.layer_norm[1])
+        return xw_t + layer_norm(h @ cell.U.t(), cell.layer_norm[1])
     return torch.addmm(xw_t, h, cell.U.t())
 
 
@@ -75,7 +95,7 @@ def cell_forward(a: Tensor, c_prev: Tensor, cell: Cell) -> tuple[Tensor, Tensor,
     if cell.cell_clip:
         c = c.clamp(-cell.cell_clip, cell.cell_clip)
     o = torch.sigmoid(a_o if p is None else torch.addcmul(a_o, p[2], c))  # 6.53
-    m = o * torch.tanh(c if cell.layer_norm is None else _layer_norm(c, cell.layer_norm[2]))  # 6.56
+    m = o * torch.tanh(c if cell.layer_norm is None else layer_norm(c, cell.layer_norm[2]))  # 6.56
     return i, f, g, o, c, m
 
 
@@ -85,13 +105,14 @@ def activated_gates(i: Tensor, f: Tensor, g: Tensor, o: Tensor, cell: Cell, out:
     return torch.cat([i, g, o] if cell.coupled_gates else [i, f, g, o], dim=1, out=out)
 
 
-def cell_backward(dm: Tensor, dc: Tensor, gates: Tensor, c: Tensor, c_prev: Tensor, cell: Cell
-                  ) -> tuple[Tensor, Tensor, Tensor | None]:
+def cell_backward(dm: Tensor, dc: Tensor, gates: Tensor, c: Tensor, c_prev: Tensor, cell: Cell,
+                  c_norm: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """BPTT of `cell_forward` (the derivation is `lstm_numpy.lstm_backward`'s). dm: dL/dm_t [n, H]; dc: dL/dc_t
-    from step t+1; gates: activated [n, GH] (`activated_gates`); c, c_prev: c_t and c_{t-1}.
+    from step t+1; gates: activated [n, GH] (`activated_gates`); c, c_prev: c_t and c_{t-1}; c_norm: with layer
+    normalisation, c_t's (z_hat, 1/sigma) of `layer_norm_statistics`.
 
-    Returns (dz [n, GH] pre-activation gradients, dL/dc_{t-1}, dpeephole [3, H] of this step or None)."""
-    assert cell.layer_norm is None, "the op takes no layer normalisation (lstm_op.SUPPORTS)"
+    Returns (dz [n, GH] pre-activation gradients, dL/dc_{t-1}, dpeephole [3, H] of this step or None, d ln_c
+    [2, H] of this step or None)."""
     H = c.shape[1]
     if cell.coupled_gates:
         i, g, o = gates.split(H, dim=1)
@@ -99,9 +120,15 @@ def cell_backward(dm: Tensor, dc: Tensor, gates: Tensor, c: Tensor, c_prev: Tens
     else:
         i, f, g, o = gates.split(H, dim=1)
     p = cell.peephole
-    tanh_c = torch.tanh(c)
+    ln_c = cell.layer_norm[2] if cell.layer_norm is not None else None
+    shown = c if ln_c is None else torch.addcmul(ln_c[1], c_norm[0], ln_c[0])  # what tanh reads: c_t or LN(c_t)
+    tanh_c = torch.tanh(shown)
     dz_o = dm * tanh_c * o * (1 - o)
-    dc = torch.addcmul(dc, dm * o, 1 - tanh_c * tanh_c)  # from m_t = o tanh(c_t), plus the carried dc
+    d_shown = dm * o * (1 - tanh_c * tanh_c)  # from m_t = o tanh(.)
+    dln_c = None
+    if ln_c is not None:
+        d_shown, dln_c = layer_norm_backward(d_shown, c_norm[0], c_norm[1], ln_c)
+    dc = dc + d_shown  # plus the carried dc
     if p is not None:
         dc = torch.addcmul(dc, dz_o, p[2])
     if cell.cell_clip:
@@ -122,7 +149,7 @@ def cell_backward(dm: Tensor, dc: Tensor, gates: Tensor, c: Tensor, c_prev: Tens
         if not cell.coupled_gates:
             dc_prev = torch.addcmul(dc_prev, dz_f, p[1])
         dp = torch.stack([(dz_i * c_prev).sum(0), dp_f, (dz_o * c).sum(0)])
-    return dz, dc_prev, dp
+    return dz, dc_prev, dp, dln_c
 
 
 def lstm_step(xw_t: Tensor, h: Tensor, c: Tensor, cell: Cell, zoneout: tuple = (None, None)
