@@ -178,23 +178,24 @@ def lstm_layer_backward(dy: Tensor, dh_T: Tensor, dc_T: Tensor, x: Tensor, h0: T
                         zoneout_h_rate: float = 0.0, zoneout_c: Tensor | None = None, zoneout_c_rate: float = 0.0,
                         states: Tensor | None = None, ln_x: Tensor | None = None, ln_h: Tensor | None = None,
                         ln_c: Tensor | None = None, x_hat: Tensor | None = None, x_inv_sigma: Tensor | None = None,
-                        v_hat: Tensor | None = None, ln_stats: Tensor | None = None
+                        v_hat: Tensor | None = None, ln_stats: Tensor | None = None, input_grad: bool = True
                         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                    Tensor]:
     """BPTT of `lstm_layer`: (dx, dh0, dc0, dW, dU, db, dR, dpeephole, dln_x, dln_h, dln_c); db is empty without a
     bias, dR without R, dpeephole without peepholes, the dln without layer normalisation. states: the forward's
     (with zoneout of c); x_hat, x_inv_sigma, v_hat, ln_stats: its four normalisation outputs (with layer
-    normalisation)."""
+    normalisation); input_grad: False when x needs no gradient (dx is then empty, and its GEMM not run)."""
     with torch.autocast(x.device.type, enabled=False):
         cell = _cell(W, U, None, R, peephole, coupled_gates, cell_clip, h_mask, _zoneout(zoneout_h, zoneout_h_rate),
                      _zoneout(zoneout_c, zoneout_c_rate), ln_x, ln_h, ln_c)
         return _backward_impl(dy, dh_T, dc_T, x, h0, c0, cell, y, gates, cells, states, reverse, has_bias,
-                              (x_hat, x_inv_sigma, v_hat, ln_stats) if cell.layer_norm is not None else None)
+                              (x_hat, x_inv_sigma, v_hat, ln_stats) if cell.layer_norm is not None else None,
+                              input_grad)
 
 
 def _backward_impl(dy: Tensor, dh_T: Tensor, dc_T: Tensor, x: Tensor, h0: Tensor, c0: Tensor, cell: Cell, y: Tensor,
                    gates: Tensor, cells: Tensor, states: Tensor | None, reverse: bool, has_bias: bool,
-                   norms: tuple[Tensor, Tensor, Tensor, Tensor] | None) -> tuple[Tensor, ...]:
+                   norms: tuple[Tensor, Tensor, Tensor, Tensor] | None, input_grad: bool = True) -> tuple[Tensor, ...]:
     T, B, _ = x.shape
     H, G, R = c0.shape[1], cell.W.shape[0], cell.R
     x, y, dy = _flip(x, reverse), _flip(y, reverse), _flip(dy, reverse)
@@ -230,7 +231,7 @@ def _backward_impl(dy: Tensor, dh_T: Tensor, dc_T: Tensor, x: Tensor, h0: Tensor
             dxw, dln_x = lstm_torch.layer_norm_backward(dz.view(T * B, G), norms[0], norms[1][:, None],
                                                         cell.layer_norm[0])
     grads = _weight_gradients(dz, dh_total, dh_next, dc_next, dp, x, h0, cell, y, gates, cells, reverse, has_bias,
-                              dxw, dv)
+                              dxw, dv, input_grad)
     return (*grads, *(d if d is not None else dz.new_empty(0) for d in (dln_x, dln_h, dln_c)))
 
 
@@ -299,15 +300,15 @@ def _bptt_loop(dy: Tensor, dh_T: Tensor, dc_T: Tensor, c0: Tensor, cell: Cell, g
 
 def _weight_gradients(dz: Tensor, dh_total: Tensor | None, dh0: Tensor, dc0: Tensor, dp: Tensor | None, x: Tensor,
                       h0: Tensor, cell: Cell, y: Tensor, gates: Tensor, cells: Tensor, reverse: bool, has_bias: bool,
-                      dxw: Tensor | None = None, dv: Tensor | None = None
+                      dxw: Tensor | None = None, dv: Tensor | None = None, input_grad: bool = True
                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The GEMMs that need no step order, once over all steps. dxw, dv: with layer normalisation, the gradients
-    of W x_t and of U h_{t-1} (without it both are dz)."""
+    of W x_t and of U h_{t-1} (without it both are dz); input_grad: whether to compute dx (else it is empty)."""
     T, B, H = cells.shape
     G = gates.shape[2]
     dz_rows = dz.view(T * B, G)
     dxw = dxw if dxw is not None else dz_rows
-    dx = (dxw @ cell.W).view(T, B, -1)
+    dx = _flip((dxw @ cell.W).view(T, B, -1), reverse) if input_grad else x.new_empty(0)
     dW = dxw.t() @ x.reshape(T * B, -1)
     h_prev = torch.cat([h0[None], y[:-1]]).view(T * B, -1)  # h_{t-1} of every step
     if cell.h_mask is not None:  # what U saw: h_{t-1} * m, the same m at every step
@@ -321,19 +322,21 @@ def _weight_gradients(dz: Tensor, dh_total: Tensor | None, dh0: Tensor, dc0: Ten
     else:
         dR = dz_rows.new_empty(0)
     dp = dp if dp is not None else dz_rows.new_empty(0)
-    return _flip(dx, reverse), dh0.clone(), dc0.clone(), dW, dU, db, dR, dp
+    return dx, dh0.clone(), dc0.clone(), dW, dU, db, dR, dp
 
 
 @lstm_layer_backward.register_fake
 def _(dy, dh_T, dc_T, x, h0, c0, W, U, R, y, gates, cells, reverse, has_bias, peephole=None, coupled_gates=False,
       cell_clip=0.0, h_mask=None, zoneout_h=None, zoneout_h_rate=0.0, zoneout_c=None, zoneout_c_rate=0.0,
-      states=None, ln_x=None, ln_h=None, ln_c=None, x_hat=None, x_inv_sigma=None, v_hat=None, ln_stats=None):
+      states=None, ln_x=None, ln_h=None, ln_c=None, x_hat=None, x_inv_sigma=None, v_hat=None, ln_stats=None,
+      input_grad=True):
     db = W.new_empty(W.shape[0]) if has_bias else W.new_empty(0)
     dR = R.new_empty(R.shape) if R is not None else W.new_empty(0)
     dp = peephole.new_empty(peephole.shape) if peephole is not None else W.new_empty(0)
     dln = tuple(ln.new_empty(ln.shape) if ln is not None else W.new_empty(0) for ln in (ln_x, ln_h, ln_c))
-    return (x.new_empty(x.shape), h0.new_empty(h0.shape), c0.new_empty(c0.shape), W.new_empty(W.shape),
-            U.new_empty(U.shape), db, dR, dp, *dln)
+    dx = x.new_empty(x.shape) if input_grad else x.new_empty(0)
+    return (dx, h0.new_empty(h0.shape), c0.new_empty(c0.shape), W.new_empty(W.shape), U.new_empty(U.shape), db, dR,
+            dp, *dln)
 
 
 def _setup_context(ctx, inputs, output):
@@ -358,9 +361,9 @@ def _backward(ctx, dy, dh_T, dc_T, *_saved_outputs):
      dln_c) = lstm_layer_backward(dy, dh_T, dc_T, x, h0, c0, W, U, R, y, gates, cells, ctx.reverse, ctx.has_bias,
                                   peephole, ctx.coupled_gates, ctx.cell_clip, h_mask, zoneout_h, ctx.rates[0],
                                   zoneout_c, ctx.rates[1], states, ln_x, ln_h, ln_c,
-                                  *(norms if normalised else (None,) * 4))
-    return (dx, dh0, dc0, dW, dU, db if ctx.has_bias else None, dR if R is not None else None, None,
-            dp if peephole is not None else None, None, None, None, None, None, None, None,
+                                  *(norms if normalised else (None,) * 4), input_grad=ctx.needs_input_grad[0])
+    return (dx if ctx.needs_input_grad[0] else None, dh0, dc0, dW, dU, db if ctx.has_bias else None,
+            dR if R is not None else None, None, dp if peephole is not None else None, *[None] * 7,
             *((dln_x, dln_h, dln_c) if normalised else (None, None, None)))
 
 
