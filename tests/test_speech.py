@@ -258,7 +258,8 @@ def test_trains_to_high_accuracy_and_saves_its_normalisation(trained):
 
 
 @pytest.mark.parametrize("drawn_options", [
-    ["data.time_masks=2", "data.freq_masks=1", "data.stretch=0.2", "data.warp=0.1", "data.mixup=0.3"],
+    ["data.time_masks=2", "data.freq_masks=1", "data.stretch=0.2", "data.warp=0.1", "data.mixup=0.3",
+     "data.time_warp=0.1"],
     ["data.vtlp=0.15", "data.vtlp_steps=4", "data.time_masks=1", "data.trim_db=50", "data.preemphasis=0.9"],
 ], ids=["augmentations", "vtlp-trim-preemphasis"])
 def test_resume_is_bit_identical_and_reads_the_feature_cache(tmp_path, monkeypatch, drawn_options):

@@ -209,6 +209,7 @@ def test_mixup_mixes_each_batch_with_itself_reordered_and_its_labels_alike(tmp_p
     ("data.test_vtlp_steps=-2", "data.test_vtlp_steps must be 0 (off) or 2 to 21"),
     ("data.test_vtlp_steps=40", "data.test_vtlp_steps must be 0 (off) or 2 to 21"),
     ("data.mixup=-0.1", "data.mixup must be 0 (off) to 10"),
+    ("data.time_warp=0.5", "data.time_warp must be in [0, 0.5)"),
 ])
 def test_bad_preparation_and_vtlp_settings_are_one_line_errors(tmp_path, setting, message):
     data = make_recordings(tmp_path / "d", per_class=2)
@@ -221,3 +222,49 @@ def test_test_time_views_without_vtlp_are_a_one_line_error(tmp_path):
     data = make_recordings(tmp_path / "d", per_class=2)
     with pytest.raises(ConfigError, match=r"data.test_vtlp_steps averages over warp factors in 1 ± data.vtlp; set"):
         get_task("speech")(speech_config(data, "data.test_vtlp_steps=5"))
+
+
+def test_cepstral_mean_normalisation_centres_each_file_and_scales_by_the_training_deviation(tmp_path):
+    data = make_recordings(tmp_path / "d", per_class=4)
+    task = get_task("speech")(speech_config(data, "data.features=mfcc", "data.n_mfcc=8", "data.deltas=1",
+                                            "data.normalize=cmn"))
+    frames = task.frames()
+    raws = [task.extractor(audio.load_waveform(path, 8000, 30)) for path in task.files]
+    centred = [raw - raw.mean(dim=0) for raw in raws]
+    train = torch.cat([centred[i] for i in task.parts["train"]]).double()
+    torch.testing.assert_close(task.stats.std.double(), train.std(0, unbiased=False), rtol=1e-5, atol=0)
+    for raw, got in zip(raws, frames, strict=True):
+        torch.testing.assert_close(got, (raw - raw.mean(dim=0) - task.stats.mean) / task.stats.std)
+        torch.testing.assert_close(got.mean(dim=0), torch.zeros(16), rtol=0, atol=1e-4)
+    # one deviation for every file, unlike data.normalize=file: the files' spreads stay apart
+    spreads = torch.stack([got.std(dim=0, unbiased=False) for got in frames])  # [files, features]
+    assert float(spreads.max(dim=0).values.min() / spreads.min(dim=0).values.max()) > 1.5
+    # the run keeps the deviations, and a task opened on the run reads the same frames
+    (tmp_path / "run").mkdir()
+    task.save_artifacts(tmp_path / "run")
+    reopened = get_task("speech")(task.config, tmp_path / "run")
+    torch.testing.assert_close(reopened.stats.std, task.stats.std, rtol=0, atol=0)
+    torch.testing.assert_close(reopened.recording_frames(task.files[0])[1], frames[0])
+
+
+def test_time_warp_moves_one_drawn_point_and_stretches_the_frames_either_side_to_meet_it(tmp_path):
+    data = make_recordings(tmp_path / "d", per_class=2)
+    task = get_task("speech")(speech_config(data, "data.time_warp=0.2"))
+    frames = torch.arange(40, dtype=torch.float32)[:, None] * torch.tensor([1.0, -2.0, 0.5])  # frame t holds t
+    warped = []
+    for seed in range(20):
+        torch.manual_seed(seed)
+        point = int(torch.randint(9, 31, ()))  # reach = 0.2 × 40 = 8 frames from either end and from the point
+        moved = point + int(torch.randint(-8, 9, ()))
+        torch.manual_seed(seed)
+        out = task.perturbed(frames)
+        assert out.shape == frames.shape
+        assert torch.equal(out[0], frames[0]) and torch.equal(out[-1], frames[-1])  # the ends stay
+        torch.testing.assert_close(out[moved], frames[point])  # the drawn point lands where it was moved to
+        slope = out[1:, 0] - out[:-1, 0]  # a constant step on either side of it
+        torch.testing.assert_close(slope[:moved], torch.full((moved,), point / moved))
+        torch.testing.assert_close(slope[moved:], torch.full((39 - moved,), (39 - point) / (39 - moved)))
+        torch.testing.assert_close(out[:, 1], -2 * out[:, 0])  # every feature alike
+        warped.append(moved != point)
+    assert 10 < sum(warped) < 20  # most draws move the point; a shift of 0 leaves the frames as they were
+    assert get_task("speech")(speech_config(data)).perturbed(frames) is frames  # off by default

@@ -387,6 +387,13 @@ def per_file_normalised(frames: Tensor) -> Tensor:
     return (frames - mean) / std
 
 
+def per_file_centred(frames: Tensor) -> Tensor:
+    """Each feature to mean 0 over the file's own frames (cepstral mean normalisation) and nothing more: the
+    features keep their spread relative to one another and to other files (data.normalize = "cmn" then scales
+    them by the training part's deviations)."""
+    return frames - frames.mean(dim=0, keepdim=True)
+
+
 @dataclass
 class FeatureStats:
     """Per-feature mean and standard deviation over every frame of the training recordings."""
@@ -444,6 +451,23 @@ def perturbed(frames: Tensor, blocks: int, stretch: float, warp: float) -> Tenso
         split = frames.reshape(len(frames), blocks, bands)
         frames = (split[..., low] * (1 - weight) + split[..., high] * weight).reshape(len(frames), -1)
     return frames
+
+
+def time_warped(frames: Tensor, warp: float) -> Tensor:
+    """SpecAugment's time warp of [T, F] frames: a point drawn in the middle of the recording moves by up to
+    warp × T frames, the frames on either side stretched or squeezed to meet it (linear interpolation), the ends
+    kept; one speaker's syllables are longer relative to the others' than another's. warp 0: unchanged."""
+    T = len(frames)
+    reach = int(warp * T)
+    if not warp or reach < 1 or T < 2 * reach + 3:
+        return frames
+    point = int(torch.randint(reach + 1, T - 1 - reach, ()))  # the point at `point` is drawn to `moved`
+    moved = point + int(torch.randint(-reach, reach + 1, ()))
+    t = torch.arange(T, dtype=torch.float32)
+    source = torch.where(t <= moved, t * point / moved, point + (t - moved) * (T - 1 - point) / (T - 1 - moved))
+    low = source.floor().long().clamp(max=T - 2)
+    weight = (source - low)[:, None]
+    return frames[low] * (1 - weight) + frames[low + 1] * weight
 
 
 def masked(frames: Tensor, blocks: int, time_masks: int, time_width: int, freq_masks: int, freq_width: int) -> Tensor:

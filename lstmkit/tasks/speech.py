@@ -8,14 +8,16 @@ layout; `data.label_from = "folder"`) or by group 1 of `data.label_pattern` sear
   data.valid_size of what is left.
 Every recording is resampled to data.sample_rate, optionally trimmed of its leading and trailing silence
 (data.trim_db) and pre-emphasised (data.preemphasis), in audio.FeatureExtractor, which every path uses. Its frames
-(see lstmkit/data/audio.py) are normalised per file (data.normalize = "file") or with the training part's mean and
-deviation ("train", saved in the run as audio_features.json). The raw frames of every file are cached in the run
-(feature_cache.safetensors) and reused when a run resumes and its files have not changed.
+(see lstmkit/data/audio.py) are normalised per file (data.normalize = "file"), with the training part's mean and
+deviation ("train", saved in the run as audio_features.json), or centred per file and scaled by the training part's
+deviation ("cmn", saved alike). The raw frames of every file are cached in the run (feature_cache.safetensors) and
+reused when a run resumes and its files have not changed.
 
 Training may perturb each example's frames: speed (data.stretch), vocal-tract length (data.warp: the mel axis
 scaled; or data.vtlp: the filter bank warped, a cached copy of every file's frames per warp factor, one drawn per
-example), and SpecAugment's masks (data.time_masks masks of at most data.time_mask_frames frames, data.freq_masks of
-at most data.freq_mask_bands bands); all are drawn from torch's generator, which a checkpoint saves.
+example), SpecAugment's time warp (data.time_warp) and its masks (data.time_masks masks of at most
+data.time_mask_frames frames, data.freq_masks of at most data.freq_mask_bands bands); all are drawn from torch's
+generator, which a checkpoint saves.
 """
 
 from __future__ import annotations
@@ -64,7 +66,11 @@ class SpeechDataConfig:
     fmax: float = 0.0  # 0: sample_rate / 2
     trim_db: float = 0.0  # > 0: leading and trailing windows this many dB below the loudest are cut; 0: off
     preemphasis: float = 0.0  # y[n] = x[n] - a x[n-1] before the STFT; 0: off
-    normalize: Literal["file", "train", "none"] = "file"
+    # "file": each feature to mean 0 and deviation 1 over the file's frames; "train": by the training part's mean
+    # and deviation; "cmn": the file's mean taken off (cepstral mean normalisation), then divided by the training
+    # part's deviation of those centred frames, so a file's high cepstra are not blown up to the size of its low
+    # ones as "file" does; "none": raw.
+    normalize: Literal["file", "train", "cmn", "none"] = "file"
     # > 0: every recording's frames resampled in time to this many (after normalisation), so a slow speaker and
     # a fast one give sequences of one length; 0: frames every hop_ms, as many as the recording has.
     fixed_frames: int = 0
@@ -73,6 +79,9 @@ class SpeechDataConfig:
     # frequency axis), then SpecAugment's masks.
     stretch: float = 0.0
     warp: float = 0.0
+    # > 0: SpecAugment's time warp: a point inside each training example moves by up to time_warp × its frames
+    # (after data.fixed_frames), the frames either side of it stretched or squeezed to meet it; 0: off.
+    time_warp: float = 0.0
     # > 0: vocal-tract length perturbation by the filter bank (logmel and MFCC alike): every recording's frames
     # are also computed with the mel filters warped by vtlp_steps factors evenly spaced in 1 ± vtlp (VTLP's warp
     # of the frequency axis), and each training example reads one of those copies, drawn per example.
@@ -116,6 +125,9 @@ class SpeechTask(ClassifierTask):
                 raise ConfigError(f"data.{key} must be 0 or more; got {getattr(data, key)}")
         if not (0 <= data.stretch < 1 and 0 <= data.warp < 1):
             raise ConfigError(f"data.stretch and data.warp must be in [0, 1); got {data.stretch}, {data.warp}")
+        if not 0 <= data.time_warp < 0.5:
+            raise ConfigError(f"data.time_warp must be in [0, 0.5) (0: off; 0.1 moves a point by up to a tenth of the "
+                              f"frames); got {data.time_warp}")
         if data.warp and data.features != "logmel":
             raise ConfigError("data.warp scales the mel axis, which MFCCs no longer have; use data.features=logmel")
         if not 0 <= data.vtlp < 0.5:
@@ -293,8 +305,10 @@ class SpeechTask(ClassifierTask):
                 for line in self.skipped:
                     print(f"skipped {line}", file=sys.stderr)
                 self.data_summary += f"; {len(self.skipped)} bad recordings skipped (data.skip_bad)"
-            if self.config.data.normalize == "train" and self.stats is None:
-                self.stats = audio.FeatureStats.of([raw[i] for i in self.parts["train"]])
+            how = self.config.data.normalize
+            if how in ("train", "cmn") and self.stats is None:
+                centred = audio.per_file_centred if how == "cmn" else (lambda frames: frames)
+                self.stats = audio.FeatureStats.of([centred(raw[i]) for i in self.parts["train"]])
             self._frames = [self.normalised(f) for f in raw]
             by_factor = {alpha: [self.normalised(f) for f in copy]
                          for alpha, copy in zip(self.cached_factors(), warped, strict=True)}
@@ -309,6 +323,8 @@ class SpeechTask(ClassifierTask):
             frames = audio.per_file_normalised(frames)
         elif how == "train":
             frames = self.stats.apply(frames)
+        elif how == "cmn":
+            frames = self.stats.apply(audio.per_file_centred(frames))
         return self.in_time(frames)
 
     def in_time(self, frames: Tensor) -> Tensor:
@@ -384,7 +400,8 @@ class SpeechTask(ClassifierTask):
 
     def perturbed(self, frames: Tensor) -> Tensor:
         data = self.config.data
-        return audio.perturbed(frames, 1 + self.spec.deltas, data.stretch, data.warp)
+        frames = audio.perturbed(frames, 1 + self.spec.deltas, data.stretch, data.warp)
+        return audio.time_warped(frames, data.time_warp)
 
     def masked(self, frames: Tensor) -> Tensor:
         data = self.config.data
@@ -406,7 +423,7 @@ class SpeechTask(ClassifierTask):
         if document.get("size") != self.spec.size:
             raise RunDirError(f"{path} is damaged: size {document.get('size')!r}, but the run's features have "
                               f"{self.spec.size} values per frame")
-        if self.config.data.normalize != "train":
+        if self.config.data.normalize not in ("train", "cmn"):
             return None
         return audio.FeatureStats.from_json(document, self.spec.size, str(path))
 
