@@ -459,7 +459,7 @@ def time_warped(frames: Tensor, warp: float) -> Tensor:
     kept; one speaker's syllables are longer relative to the others' than another's. warp 0: unchanged."""
     T = len(frames)
     reach = int(warp * T)
-    if not warp or reach < 1 or T < 2 * reach + 3:
+    if not warp or reach < 1 or 2 * reach + 3 > T:
         return frames
     point = int(torch.randint(reach + 1, T - 1 - reach, ()))  # the point at `point` is drawn to `moved`
     moved = point + int(torch.randint(-reach, reach + 1, ()))
