@@ -668,6 +668,15 @@ def test_dispatch_sends_recurrent_dropout_and_zoneout_to_the_fused_paths():
         assert LSTM(4, 8, zoneout_c=0.3).eval().path_for(8, 10, False, True) == fused  # eval: the expectation
 
 
+def exports_one_node_per_layer(model: LSTM, x: torch.Tensor, longer: torch.Tensor, nodes: int) -> None:
+    """torch.export of an eval-mode model with a dynamic T: `nodes` lstmkit::lstm_layer nodes (one per layer and
+    direction), and the program equal to the model at another T."""
+    exported = torch.export.export(model, (x,), dynamic_shapes=({1: torch.export.Dim("T", min=2, max=512)},))
+    targets = [node.target for node in exported.graph.nodes if node.op == "call_function"]
+    assert targets.count(torch.ops.lstmkit.lstm_layer.default) == nodes
+    assert_close(exported.module()(longer)[0], model(longer)[0], "exported, another T", dtype=torch.float32)
+
+
 def test_a_masked_variant_compiles_and_exports_as_one_op_node_per_layer():
     """recurrent dropout and zoneout through the op: torch.compile(fullgraph=True) of a training call (the masks
     the module draws under a seed, the same as eager's), torch.export of the eval model (zoneout's rates), and
@@ -688,10 +697,7 @@ def test_a_masked_variant_compiles_and_exports_as_one_op_node_per_layer():
     assert_close(y, eager, "compiled training output (the seed's masks)", dtype=torch.float32)
     assert_close(grad, model.weight_hh_l0.grad, "compiled dU", dtype=torch.float32)
     model.eval()
-    exported = torch.export.export(model, (x,), dynamic_shapes=({1: torch.export.Dim("T", min=2, max=512)},))
-    nodes = [node.target for node in exported.graph.nodes if node.op == "call_function"]
-    assert nodes.count(torch.ops.lstmkit.lstm_layer.default) == 2
-    assert_close(exported.module()(longer)[0], model(longer)[0], "exported, another T", dtype=torch.float32)
+    exports_one_node_per_layer(model, x, longer, 2)
     T, B, I, H = 3, 2, 4, 5
     for zoneout_h, rate_h, zoneout_c, rate_c in ((torch.rand(T * B, H).round(), 0.0, None, 0.3),
                                                  (None, 0.2, torch.rand(T * B, H).round(), 0.0)):
@@ -712,10 +718,7 @@ def test_a_fused_variant_compiles_and_exports_as_one_op_node_per_layer():
     y = compiled(x)[0]
     y.sum().backward()
     assert_close(y, model(x)[0], "compiled output", dtype=torch.float32)
-    exported = torch.export.export(model.eval(), (x,), dynamic_shapes=({1: torch.export.Dim("T", min=2, max=512)},))
-    nodes = [node.target for node in exported.graph.nodes if node.op == "call_function"]
-    assert nodes.count(torch.ops.lstmkit.lstm_layer.default) == 2
-    assert_close(exported.module()(longer)[0], model(longer)[0], "exported, another T", dtype=torch.float32)
+    exports_one_node_per_layer(model.eval(), x, longer, 2)
     T, B, I, H = 3, 2, 4, 5
     args = (torch.randn(T, B, I, requires_grad=True), torch.randn(B, H, requires_grad=True),
             torch.randn(B, H, requires_grad=True), torch.randn(3 * H, I, requires_grad=True),
@@ -750,10 +753,7 @@ def test_a_layer_normalised_lstm_compiles_and_exports_as_one_op_node_per_layer()
     for name, a, b in zip(names, *results, strict=True):
         assert_close(a, b, f"compiled op vs torch backend: {name}", tolerance=1e-4)  # LN magnifies float32 rounding
     model.eval()
-    exported = torch.export.export(model, (x,), dynamic_shapes=({1: torch.export.Dim("T", min=2, max=512)},))
-    nodes = [node.target for node in exported.graph.nodes if node.op == "call_function"]
-    assert nodes.count(torch.ops.lstmkit.lstm_layer.default) == 4
-    assert_close(exported.module()(longer)[0], model(longer)[0], "exported, another T", dtype=torch.float32)
+    exports_one_node_per_layer(model, x, longer, 4)
     T, B, I, H = 3, 2, 4, 5
     for dtype in (torch.float32, torch.float64):
         def leaf(*shape, scale=1.0, shift=0.0):
