@@ -201,7 +201,7 @@ def _backward_impl(dy: Tensor, dh_T: Tensor, dc_T: Tensor, x: Tensor, h0: Tensor
     x, y, dy = _flip(x, reverse), _flip(y, reverse), _flip(dy, reverse)
     z_h, z_c = _steps(cell.zoneout_h, T, B, reverse), _steps(cell.zoneout_c, T, B, reverse)
     states = states if z_c is not None else None
-    dp = dv = dln_h = dln_c = None
+    dp = dv = dln_h = dln_c = dxw = dln_x = None
     if lstm_cpu.supports(x, cell):  # float32 on the CPU, as in the forward: the C kernel's loop
         x_hat, x_inv_sigma, v_hat, ln_stats = norms if norms is not None else (None,) * 4
         out = lstm_cpu.backward(dy.reshape(T * B, -1), dh_T, dc_T, [B] * T, c0, cell.U, R, gates.view(T * B, G),
@@ -213,7 +213,6 @@ def _backward_impl(dy: Tensor, dh_T: Tensor, dc_T: Tensor, x: Tensor, h0: Tensor
                                 ln_stats=ln_stats)
         dz, dh_next, dc_next, dp = out["dz"].view(T, B, G), out["dh0"], out["dc0"], out.get("dpeephole")
         dh_total = out["dh"].view(T, B, -1) if R is not None else None
-        dxw = dln_x = None
         if norms is not None:  # dz is the gradient of LN(W x_t): back through it (and U h_{t-1}'s is dv)
             # (the kernel's dln_h and dln_c are views of one buffer: an op's outputs may not alias)
             dv, dln_h, dln_c = out["dv"].view(T, B, G), out["dln_h"].clone(), out["dln_c"].clone()
@@ -222,11 +221,9 @@ def _backward_impl(dy: Tensor, dh_T: Tensor, dc_T: Tensor, x: Tensor, h0: Tensor
         from lstmkit.ops import lstm_triton
 
         dz, dh_total, dh_next, dc_next = lstm_triton.backward_loop(dy, dh_T, dc_T, c0, cell.U, R, gates, cells)
-        dxw = dln_x = None
     else:
         dz, dh_total, dh_next, dc_next, dp, dv, dln_h, dln_c = _bptt_loop(dy, dh_T, dc_T, c0, cell, gates, cells,
                                                                           states, (z_h, z_c), norms)
-        dxw = dln_x = None
         if norms is not None:
             dxw, dln_x = lstm_torch.layer_norm_backward(dz.view(T * B, G), norms[0], norms[1][:, None],
                                                         cell.layer_norm[0])
