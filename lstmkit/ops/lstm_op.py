@@ -129,6 +129,13 @@ def _forward(x: Tensor, h0: Tensor, c0: Tensor, cell: Cell, reverse: bool
     return _flip(y, reverse), h.clone(), c.clone(), gates, cells, states, *norms
 
 
+def _recurrent_inputs(h0: Tensor, y: Tensor, cell: Cell) -> Tensor:
+    """What U multiplied at every step, [T, B, P] in processing order: h_{t-1} (h0, then y shifted by one step),
+    times the recurrent dropout mask if any (the same m at every step)."""
+    h_prev = torch.cat([h0[None], y[:-1]])
+    return h_prev * cell.h_mask if cell.h_mask is not None else h_prev
+
+
 def _no_norms(like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The four normalisation outputs of a cell without layer normalisation: empty tensors."""
     return tuple(like.new_empty(0) for _ in range(4))
@@ -140,9 +147,7 @@ def _norms_after_the_loop(x: Tensor, h0: Tensor, y: Tensor, cells: Tensor, cell:
     [T, B, *] and the cells in processing order. W x_t and U h_{t-1} of every step are GEMMs once more (what
     `lstm_torch.input_projection` and `preactivation` normalised), their statistics `layer_norm_statistics`'."""
     T, B, H = cells.shape
-    h_prev = torch.cat([h0[None], y[:-1]])  # h_{t-1} of every step
-    if cell.h_mask is not None:
-        h_prev = h_prev * cell.h_mask
+    h_prev = _recurrent_inputs(h0, y, cell)
     x_hat, _, x_inv_sigma = lstm_torch.layer_norm_statistics(x.reshape(T * B, -1) @ cell.W.t())
     v_hat, _, v_inv_sigma = lstm_torch.layer_norm_statistics(h_prev.reshape(T * B, -1) @ cell.U.t())
     _, c_mean, c_inv_sigma = lstm_torch.layer_norm_statistics(cells.reshape(T * B, H))
@@ -307,9 +312,7 @@ def _weight_gradients(dz: Tensor, dh_total: Tensor | None, dh0: Tensor, dc0: Ten
     dxw = dxw if dxw is not None else dz_rows
     dx = _flip((dxw @ cell.W).view(T, B, -1), reverse) if input_grad else x.new_empty(0)
     dW = dxw.t() @ x.reshape(T * B, -1)
-    h_prev = torch.cat([h0[None], y[:-1]]).view(T * B, -1)  # h_{t-1} of every step
-    if cell.h_mask is not None:  # what U saw: h_{t-1} * m, the same m at every step
-        h_prev = (h_prev.view(T, B, -1) * cell.h_mask).view(T * B, -1)
+    h_prev = _recurrent_inputs(h0, y, cell).view(T * B, -1)
     dU = (dv.view(T * B, G) if dv is not None else dz_rows).t() @ h_prev
     db = dz_rows.sum(0) if has_bias else dz_rows.new_empty(0)
     if cell.R is not None:
@@ -357,8 +360,8 @@ def _backward(ctx, dy, dh_T, dc_T, *_saved_outputs):
     (dx, dh0, dc0, dW, dU, db, dR, dp, dln_x, dln_h,
      dln_c) = lstm_layer_backward(dy, dh_T, dc_T, x, h0, c0, W, U, R, y, gates, cells, ctx.reverse, ctx.has_bias,
                                   peephole, ctx.coupled_gates, ctx.cell_clip, h_mask, zoneout_h, ctx.rates[0],
-                                  zoneout_c, ctx.rates[1], states, ln_x, ln_h, ln_c,
-                                  *(norms if normalised else (None,) * 4), input_grad=ctx.needs_input_grad[0])
+                                  zoneout_c, ctx.rates[1], states, ln_x, ln_h, ln_c, *norms,
+                                  input_grad=ctx.needs_input_grad[0])
     return (dx if ctx.needs_input_grad[0] else None, dh0, dc0, dW, dU, db if ctx.has_bias else None,
             dR if R is not None else None, None, dp if peephole is not None else None, *[None] * 7,
             *((dln_x, dln_h, dln_c) if normalised else (None, None, None)))
