@@ -47,11 +47,15 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone gives 0600
 
 
-def _reason(error: OSError) -> str:
-    """What an OSError of a write means to the user, in a few words."""
+def _reason(error: OSError, path: Path) -> tuple[str, str]:
+    """What an OSError of a write means to the user, in a few words, and what to do about it."""
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "the disk is full"
-    return error.strerror or str(error)
+        return "the disk is full", "Free some space, then rerun with --resume"
+    if error.errno == errno.ENOENT:
+        return f"its folder {path.parent} is missing", "Create it (or give another folder), then rerun"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return error.strerror or str(error), f"Make {path.parent} writable, then rerun with --resume"
+    return error.strerror or str(error), "Fix that, then rerun with --resume"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -71,8 +75,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp_name)
         kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
-        raise RunDirError(f"could not write {path}: {_reason(error)}; {kept}. Free some space, then rerun with "
-                          "--resume") from None
+        reason, advice = _reason(error, path)
+        raise RunDirError(f"could not write {path}: {reason}; {kept}. {advice}") from None
     _fsync_dir(path.parent)
 
 
@@ -212,8 +216,8 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> int:
             return handle.tell()
     except OSError as error:
         # A part of the line may be on disk: a resume truncates the file to its checkpoint's size, dropping it.
-        raise RunDirError(f"could not append to {path}: {_reason(error)}; the last checkpoint is intact. Free some "
-                          "space, then rerun with --resume") from None
+        reason, advice = _reason(error, path)
+        raise RunDirError(f"could not append to {path}: {reason}; the last checkpoint is intact. {advice}") from None
 
 
 def truncate_metrics(run_dir: Path, size: int) -> None:
@@ -224,8 +228,9 @@ def truncate_metrics(run_dir: Path, size: int) -> None:
             with open(path, "r+b") as handle:
                 handle.truncate(size)
     except OSError as error:
-        raise RunDirError(f"could not cut {path} back to its checkpoint's {size} bytes: {_reason(error)}; nothing "
-                          "was trained. Move it away (it is rewritten from the checkpoint on), then rerun") from None
+        raise RunDirError(f"could not cut {path} back to its checkpoint's {size} bytes: {_reason(error, path)[0]}; "
+                          "nothing was trained. Move it away (it is rewritten from the checkpoint on), then rerun"
+                          ) from None
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

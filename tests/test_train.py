@@ -301,6 +301,12 @@ def test_every_file_the_engine_writes_reports_a_failed_write_in_one_line(tmp_pat
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")], "temporary files were left behind"
 
 
+def test_a_failed_write_says_what_to_do_for_its_cause(tmp_path):
+    """The advice follows the cause: a missing folder is not a full disk (ENOSPC: the test above)."""
+    with pytest.raises(runs.RunDirError, match=r"its folder .*gone is missing; no config.json was written\. Create it"):
+        runs.atomic_write_bytes(tmp_path / "gone" / "config.json", b"{}")
+
+
 def test_a_finite_loss_with_nan_gradients_also_stops(tmp_path, monkeypatch):
     real_loss = AddingTask.loss
 

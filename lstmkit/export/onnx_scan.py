@@ -22,7 +22,8 @@ since no operator reads them. The reverse direction scans from the last step: th
 first and keep its zero state, so the row starts at its own last step, as packed sequences do. Batch and sequence
 length stay dynamic. int8: onnxruntime's quantiser turns the MatMuls (W x outside the Scan; U h and R m in its
 body, with its EnableSubgraph option) into int8 MatMuls; the gates stay float32, and there is no fused kernel, so
-this path is slower than the LSTM operator's.
+this path is slower than the LSTM operator's. With layer_norm, sigma and tanh are written out exactly
+(`Activations`), since LN(c~) magnifies their rounding.
 """
 
 from __future__ import annotations
@@ -64,6 +65,33 @@ def layer_norm(graph, z: str, norm, stem: str) -> str:
     return graph.op1("Add", [graph.op1("Mul", [graph.op1("Div", [centred, sigma]), gain]), bias])
 
 
+class Activations:
+    """sigma and tanh of a Scan body. exact=False: onnxruntime's Sigmoid and Tanh kernels, fast approximations
+    (measured on 1e5 points in [-6, 6]: Tanh up to 2.5e-7 from float64 near +-1, 4 float32 ulp; Sigmoid 1.2e-7).
+    exact=True: sigma(z) = 1 / (1 + exp(-z)) and tanh(z) = 2 sigma(2z) - 1, each op correctly rounded or nearly
+    (Exp 7e-8 relative), and no NaN at +-inf. For layer_norm, whose LN(c~) divides c~'s rounding by its spread: on
+    the 480 random LN results of benchmarks/onnx_ln_accuracy.py, 9 were over the 1e-5 bound from float64 with these
+    and 12 with the kernels' (BENCHMARKS.md)."""
+
+    def __init__(self, body: StepBody, exact: bool) -> None:
+        self.body, self.exact = body, exact
+        if exact:
+            self.one = body.builder.const("one", np.ones((), np.float32))
+            self.two = body.builder.const("two", np.asarray(2.0, np.float32))
+
+    def sigmoid(self, z: str) -> str:
+        if not self.exact:
+            return self.body.op1("Sigmoid", [z])
+        exp = self.body.op1("Exp", [self.body.op1("Neg", [z])])
+        return self.body.op1("Reciprocal", [self.body.op1("Add", [self.one, exp])])
+
+    def tanh(self, z: str) -> str:
+        if not self.exact:
+            return self.body.op1("Tanh", [z])
+        s = self.sigmoid(self.body.op1("Mul", [z, self.two]))
+        return self.body.op1("Sub", [self.body.op1("Mul", [s, self.two]), self.one])
+
+
 def step_graph(builder, spec: LSTMSpec, w: LayerWeights, stem: str, masked: bool):
     """The Scan body of one direction: (h, c, xw_t[, valid_t]) -> (h', c', y_t)."""
     helper, TensorProto = builder.onnx.helper, builder.onnx.TensorProto
@@ -71,6 +99,7 @@ def step_graph(builder, spec: LSTMSpec, w: LayerWeights, stem: str, masked: bool
     body = StepBody(builder)
     h, c, xw = builder.name("h_prev"), builder.name("c_prev"), builder.name("xw_t")
     valid = builder.name("valid_t")
+    act = Activations(body, exact=w.layer_norm is not None)
     recurrent = body.op1("MatMul", [h, builder.const(f"{stem}_U_T", f32(w.U).T.copy())])  # [B, GH]
     if w.layer_norm is not None:
         recurrent = layer_norm(body, recurrent, w.layer_norm[1], f"{stem}_ln_hh")
@@ -81,19 +110,19 @@ def step_graph(builder, spec: LSTMSpec, w: LayerWeights, stem: str, masked: bool
             for n, gate in enumerate("ifo")] if w.peephole is not None else None  # p_f: unused when coupled
     if peep:
         a_i = body.op1("Add", [a_i, body.op1("Mul", [peep[0], c])])
-    i = body.op1("Sigmoid", [a_i])
+    i = act.sigmoid(a_i)
     if spec.coupled_gates:
         f = body.op1("Sub", [builder.const("one", np.ones((), np.float32)), i])
     else:
-        f = body.op1("Sigmoid", [body.op1("Add", [a_f, body.op1("Mul", [peep[1], c])]) if peep else a_f])
-    g = body.op1("Tanh", [a_g])
+        f = act.sigmoid(body.op1("Add", [a_f, body.op1("Mul", [peep[1], c])]) if peep else a_f)
+    g = act.tanh(a_g)
     cell = body.op1("Add", [body.op1("Mul", [f, c]), body.op1("Mul", [i, g])])  # c~ (6.55)
     if spec.cell_clip:
         cell = body.op1("Clip", [cell, builder.const("clip_min", np.asarray(-spec.cell_clip, np.float32)),
                                  builder.const("clip_max", np.asarray(spec.cell_clip, np.float32))])
-    o = body.op1("Sigmoid", [body.op1("Add", [a_o, body.op1("Mul", [peep[2], cell])]) if peep else a_o])
+    o = act.sigmoid(body.op1("Add", [a_o, body.op1("Mul", [peep[2], cell])]) if peep else a_o)
     shown = layer_norm(body, cell, w.layer_norm[2], f"{stem}_ln_c") if w.layer_norm is not None else cell
-    out = body.op1("Mul", [o, body.op1("Tanh", [shown])])  # (6.56)
+    out = body.op1("Mul", [o, act.tanh(shown)])  # (6.56)
     if w.R is not None:
         out = body.op1("MatMul", [out, builder.const(f"{stem}_R_T", f32(w.R).T.copy())])
     for rate, prev, which in ((spec.zoneout_c, c, "c"), (spec.zoneout_h, h, "h")):
