@@ -339,3 +339,40 @@ def test_the_export_benchmark_runs_every_model_it_names(capsys, monkeypatch):
     for model in ("imdb T=200 B=1", "imdb T=200 B=32", "ptb T=35 B=1", "ptb T=35 B=32", "imdb_proj T=200 B=32"):
         assert model in printed, f"no timing of {model}:\n{printed}"
     assert printed.count("onnxruntime int8") == 6
+
+
+def test_the_scans_exact_activations_are_finite_and_near_float64():
+    """onnx_scan.Activations, the form layer-normalised Scans use: exact=True writes sigma and tanh from Exp, exact=
+    False uses onnxruntime's Sigmoid and Tanh kernels. The exact form is finite at +-inf and +-1e30, and near float64:
+    sigma = 1 / (1 + exp(-z)) in relative error (Exp up to 4 ulp on any CPU, one rounding each for the sum and the
+    reciprocal: 6u; the kernel's is 3e-5 where sigma is tiny), tanh = 2 sigma(2z) - 1 in absolute error (2 x 6u, and
+    one rounding: 13u; on an Intel Xeon 2.8u, the kernel 4u)."""
+    import numpy as np
+
+    from lstmkit.export.onnx_graph import GraphBuilder
+    from lstmkit.export.onnx_scan import Activations, StepBody
+
+    points = np.concatenate([np.linspace(-20, 20, 20001), [np.inf, -np.inf, 1e30, -1e30, 0.0]]).astype(np.float32)
+    wide = points.astype(np.float64)
+    truth = {"sigmoid": 1 / (1 + np.exp(-wide)), "tanh": np.tanh(wide)}
+    helper, TensorProto = onnx.helper, onnx.TensorProto
+    errors = {}
+    for exact in (True, False):
+        builder = GraphBuilder()
+        body = StepBody(builder)
+        act = Activations(body, exact)
+        outputs = {"sigmoid": act.sigmoid("z"), "tanh": act.tanh("z")}
+        graph = helper.make_graph(body.nodes, "activations", [helper.make_tensor_value_info("z", TensorProto.FLOAT,
+                                                                                              [None])],
+                                  [helper.make_tensor_value_info(name, TensorProto.FLOAT, [None])
+                                   for name in outputs.values()], builder.initializers)
+        ops = {node.op_type for node in graph.node}
+        assert ("Exp" in ops and not ops & {"Sigmoid", "Tanh"}) if exact else ops == {"Sigmoid", "Tanh"}, ops
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        got = dict(zip(outputs, (v.astype(np.float64) for v in session.run(list(outputs.values()), {"z": points}))))
+        assert all(np.isfinite(v).all() for v in got.values()), f"exact={exact}: not finite"
+        errors[exact] = {"sigmoid": (np.abs(got["sigmoid"] - truth["sigmoid"]) / truth["sigmoid"].clip(1e-38)).max(),
+                         "tanh": np.abs(got["tanh"] - truth["tanh"]).max()}
+    u = 2.0**-24
+    assert errors[True]["sigmoid"] <= 6 * u and errors[True]["tanh"] <= 13 * u, errors
