@@ -68,10 +68,11 @@ def layer_norm(graph, z: str, norm, stem: str) -> str:
 class Activations:
     """sigma and tanh of a Scan body. exact=False: onnxruntime's Sigmoid and Tanh kernels, fast approximations
     (measured on an Intel Xeon over [-20, 20]: Tanh up to 3.6 float32 ulp of 1 from float64, Sigmoid up to 1.2e-7
-    absolute and, where sigma is ~1e-9, off by 4x sigma itself). exact=True: sigma(z) = 1 / (1 + exp(-z)) and tanh(z) = 2 sigma(2z) - 1
-    from onnxruntime's Exp: sigma within 2.3 ulp relative, tanh 2.8 ulp of 1, no NaN at +-inf. For layer_norm, whose
-    LN(c~) divides c~'s rounding by its spread: on the 480 random LN results of benchmarks/onnx_ln_accuracy.py, 9
-    were over the 1e-5 bound from float64 with these and 12 with the kernels' (BENCHMARKS.md)."""
+    absolute and, where sigma is ~1e-9, off by 4x sigma itself). exact=True: sigma(z) = 1 / (1 + exp(-z)) and
+    tanh(z) = 2 sigma(2z) - 1 from onnxruntime's Exp: sigma within 2.3 ulp relative, tanh 2.8 ulp of 1, no NaN at
+    +-inf. For layer_norm, whose LN(c~) divides c~'s rounding by its spread: on the 480 random LN results of
+    benchmarks/onnx_ln_accuracy.py, 9 were over the 1e-5 bound from float64 with these and 12 with the kernels'
+    (BENCHMARKS.md)."""
 
     def __init__(self, body: StepBody, exact: bool) -> None:
         self.body, self.exact = body, exact
