@@ -132,6 +132,37 @@ def _check_rate(name: str, value: object) -> float:
     return float(value)
 
 
+def _check_variant_flags(hidden_size: int, **flags: object) -> None:
+    """peephole, coupled_gates and layer_norm (they decide the parameters): each True or False, and layer_norm
+    with at least two units."""
+    for name, flag in flags.items():
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
+    if flags.get("layer_norm") and hidden_size < 2:
+        raise ValueError("layer_norm needs hidden_size >= 2: the normalisation of one unit is a constant")
+
+
+def _refuse_other_gate_blocks(state_dict, key: str, rows: int, hidden_size: int, gates: int, what: str) -> None:
+    """A one-line error where the state's `key` holds weights of another number of gate blocks than this module's
+    `rows` (a standard LSTM's state for coupled gates, or the reverse)."""
+    weight = state_dict.get(key)
+    if weight is not None and weight.dim() == 2 and weight.shape[0] != rows and \
+            weight.shape[0] in (3 * hidden_size, 4 * hidden_size):
+        saved = weight.shape[0] // hidden_size
+        kind = "i, g, o: coupled gates" if saved == 3 else "i, f, g, o: a standard LSTM"
+        raise ValueError(f"the state holds weights of {saved} gate blocks ({kind}), but this {what} has "
+                         f"{gates}; build it with coupled_gates={saved == 3}")
+
+
+def _refuse_missing_variant_parameters(module: nn.Module, state_dict, strict: bool, what: str) -> None:
+    """A one-line error for a strict load of a state without the module's peephole or layer_norm parameters."""
+    for feature, prefix in (("peephole", "weight_peephole"), ("layer_norm", "layer_norm_")):
+        if strict and getattr(module, feature) and not any(k.startswith(prefix) for k in state_dict):
+            raise ValueError(f"the state has no {feature} parameters ({prefix}...), but this {what} has "
+                             f"{feature}=True; build it with {feature}=False, or load with strict=False to keep "
+                             "their initial values")
+
+
 def _check_cell_clip(value: object) -> float:
     """cell_clip: None (off) or a finite number > 0; returns 0.0 for off (`Cell`'s convention)."""
     if value is None:
@@ -238,13 +269,9 @@ class LSTM(nn.Module):
         self.input_size = _check_size("input_size", input_size, 1)
         self.hidden_size = _check_size("hidden_size", hidden_size, 1)
         self.num_layers = _check_size("num_layers", num_layers, 1)
-        for name, flag in (("peephole", peephole), ("coupled_gates", coupled_gates), ("layer_norm", layer_norm)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be True or False, got {flag!r}")
+        _check_variant_flags(self.hidden_size, peephole=peephole, coupled_gates=coupled_gates, layer_norm=layer_norm)
         # peephole, coupled_gates and layer_norm decide the parameters, so they are fixed here; cell_clip may change
         self.peephole, self.coupled_gates, self.layer_norm = peephole, coupled_gates, layer_norm
-        if layer_norm and self.hidden_size < 2:
-            raise ValueError("layer_norm needs hidden_size >= 2: the normalisation of one unit is a constant")
         self.recurrent_dropout = _check_rate("recurrent_dropout", recurrent_dropout)
         self.input_dropouts = _per_layer("input_dropout", input_dropout, self.num_layers,
                                          lambda rate: _check_rate("input_dropout", rate), "rate")
@@ -466,24 +493,15 @@ class LSTM(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
         """torch's loading, with a one-line error where a state saved by another kind of LSTM meets this one."""
-        weight = state_dict.get(prefix + "weight_ih_l0")
-        if weight is not None and weight.dim() == 2 and weight.shape[0] != self.weight_ih_l0.shape[0] and \
-                weight.shape[0] in (3 * self.hidden_size, 4 * self.hidden_size):
-            saved = weight.shape[0] // self.hidden_size
-            kind = "i, g, o: coupled gates" if saved == 3 else "i, f, g, o: a standard LSTM"
-            raise ValueError(f"the state holds weights of {saved} gate blocks ({kind}), but this LSTM has "
-                             f"{self.gates}; build it with coupled_gates={saved == 3}")
+        _refuse_other_gate_blocks(state_dict, prefix + "weight_ih_l0", self.weight_ih_l0.shape[0], self.hidden_size,
+                                  self.gates, "LSTM")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """torch's, with a one-line error for a state without this variant's parameters (a standard LSTM's).
         Nested in a model, torch's own missing-keys error names them (`weight_peephole_l0`, ...)."""
-        for feature, prefix in (("peephole", "weight_peephole"), ("layer_norm", "layer_norm_")):
-            if strict and getattr(self, feature) and not any(k.startswith(prefix) for k in state_dict):
-                raise ValueError(f"the state has no {feature} parameters ({prefix}...), but this LSTM has "
-                                 f"{feature}=True; build it with {feature}=False, or load with strict=False to keep "
-                                 "their initial values")
+        _refuse_missing_variant_parameters(self, state_dict, strict, "LSTM")
         return super().load_state_dict(state_dict, strict, assign)
 
     @property
@@ -781,7 +799,13 @@ class LSTM(nn.Module):
 class LSTMCell(nn.Module):
     """One LSTM step with the interface of `torch.nn.LSTMCell`: (h_1, c_1) = cell(x, (h_0, c_0)).
 
-    input: [B, I] or unbatched [I]; hx: ([B, H], [B, H]) or None for zeros. Same `forget_bias` as LSTM.
+    input: [B, I] or unbatched [I]; hx: ([B, H], [B, H]) or None for zeros. Same `forget_bias` as LSTM, and the
+    variants of one step, as `lstmkit.LSTM` computes them (equations in the module docstring): `peephole`
+    (`weight_peephole` [3, H]), `coupled_gates` (W, U and the biases of 3 blocks i, g, o), `cell_clip`,
+    `layer_norm` (`layer_norm_ih`, `layer_norm_hh` [2, GH], `layer_norm_c` [2, H]) and `zoneout_h` / `zoneout_c`
+    (in training a new Bernoulli mask per unit and sequence at every call, that is every step; in eval the rate).
+    Recurrent dropout, input dropout and weight drop keep one mask for a whole sequence, which a cell called step by
+    step does not see: it refuses them (use lstmkit.LSTM, or multiply h or x by a mask you draw once per sequence).
     """
 
     def __init__(
@@ -794,6 +818,15 @@ class LSTMCell(nn.Module):
         *,
         forget_bias: float = 1.0,
         backend: str = "auto",
+        peephole: bool = False,
+        coupled_gates: bool = False,
+        cell_clip: float | None = None,
+        layer_norm: bool = False,
+        zoneout_h: float = 0.0,
+        zoneout_c: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        input_dropout: float = 0.0,
+        weight_drop: float = 0.0,
     ) -> None:
         super().__init__()
         self.input_size = _check_size("input_size", input_size, 1)
@@ -801,32 +834,98 @@ class LSTMCell(nn.Module):
         self.bias = bool(bias)
         self.forget_bias = _check_forget_bias(forget_bias)
         self.backend = ops.check_backend(backend)
+        _check_variant_flags(self.hidden_size, peephole=peephole, coupled_gates=coupled_gates, layer_norm=layer_norm)
+        self.peephole, self.coupled_gates, self.layer_norm = peephole, coupled_gates, layer_norm
+        self.cell_clip = cell_clip
+        self.zoneout_h = _check_rate("zoneout_h", zoneout_h)
+        self.zoneout_c = _check_rate("zoneout_c", zoneout_c)
+        for name, rate in (("recurrent_dropout", recurrent_dropout), ("input_dropout", input_dropout),
+                           ("weight_drop", weight_drop)):
+            if _check_rate(name, rate):
+                raise ValueError(f"{name} keeps one mask for a whole sequence, which LSTMCell (one step per call) "
+                                 f"cannot see: use lstmkit.LSTM({name}=...), or apply a mask you draw once per "
+                                 "sequence (lstmkit.nn.dropout_mask) yourself")
         factory = {"device": device, "dtype": dtype}
         H = self.hidden_size
-        self.weight_ih = nn.Parameter(torch.empty(4 * H, self.input_size, **factory))
-        self.weight_hh = nn.Parameter(torch.empty(4 * H, H, **factory))
+        G = 3 if coupled_gates else 4
+        shapes = {"weight_ih": (G * H, self.input_size), "weight_hh": (G * H, H)}
         if self.bias:
-            self.bias_ih = nn.Parameter(torch.empty(4 * H, **factory))
-            self.bias_hh = nn.Parameter(torch.empty(4 * H, **factory))
-        else:
+            shapes |= {"bias_ih": (G * H,), "bias_hh": (G * H,)}
+        if peephole:
+            shapes["weight_peephole"] = (3, H)
+        if layer_norm:
+            shapes |= {"layer_norm_ih": (2, G * H), "layer_norm_hh": (2, G * H), "layer_norm_c": (2, H)}
+        for name, shape in shapes.items():
+            self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
+        if not self.bias:
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
         self.reset_parameters()
 
+    @property
+    def gates(self) -> int:
+        """G, the gate blocks of the weights: 4 (i, f, g, o), or 3 (i, g, o) with coupled gates."""
+        return 3 if self.coupled_gates else 4
+
+    @property
+    def cell_clip(self) -> float | None:
+        return self._cell_clip
+
+    @cell_clip.setter
+    def cell_clip(self, value: float | None) -> None:
+        self._cell_clip = _check_cell_clip(value) or None
+
+    @property
+    def variant_features(self) -> tuple[str, ...]:
+        """The variant features that are on (`lstmkit.ops.cell.FEATURES` names); () for the standard cell."""
+        return features_of(self.peephole, self.coupled_gates, self.cell_clip, self.layer_norm,
+                           zoneout=bool(self.zoneout_h or self.zoneout_c))
+
     def reset_parameters(self) -> None:
+        # torch's initialisation and draw order (then the variants' own), LN as the identity, the forget-bias shift
         bound = 1.0 / math.sqrt(self.hidden_size)
         with torch.no_grad():
-            for weight in self.parameters():
-                nn.init.uniform_(weight, -bound, bound)
+            for name, weight in self.named_parameters():
+                if name.startswith("layer_norm"):
+                    weight[0].fill_(1.0)
+                    weight[1].zero_()
+                else:
+                    nn.init.uniform_(weight, -bound, bound)
             if self.bias and self.forget_bias:
-                self.bias_ih[self.hidden_size:2 * self.hidden_size] += self.forget_bias
+                shift_forget_bias(self.bias_ih, self.hidden_size, self.coupled_gates, self.forget_bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        _refuse_other_gate_blocks(state_dict, prefix + "weight_ih", self.weight_ih.shape[0], self.hidden_size,
+                                  self.gates, "LSTMCell")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """torch's, with a one-line error for a state without this variant's parameters (a standard cell's)."""
+        _refuse_missing_variant_parameters(self, state_dict, strict, "LSTMCell")
+        return super().load_state_dict(state_dict, strict, assign)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         if not self.bias:
             s += ", bias=False"
         s += f", forget_bias={self.forget_bias}"
+        for name in ("peephole", "coupled_gates", "cell_clip", "layer_norm", "zoneout_h", "zoneout_c"):
+            if getattr(self, name):
+                s += f", {name}={getattr(self, name)}"
         return s + (f", backend={self.backend!r}" if self.backend != "auto" else "")
+
+    def cell(self, batch: int) -> Cell:
+        """The `Cell` of this call: the weights, b = b_ih + b_hh, the variants; zoneout's masks [B, H] drawn now in
+        training (h's, then c's, from torch's generator), its rates in eval."""
+        like = self.weight_ih
+        zoneout = [None if not rate else bernoulli_mask(like, (batch, self.hidden_size), rate) if self.training
+                   else rate for rate in (self.zoneout_h, self.zoneout_c)]
+        layer_norm = (self.layer_norm_ih, self.layer_norm_hh, self.layer_norm_c) if self.layer_norm else None
+        return Cell(self.weight_ih, self.weight_hh, self.bias_ih + self.bias_hh if self.bias else None, None,
+                    self.weight_peephole if self.peephole else None, self.coupled_gates, self.cell_clip or 0.0,
+                    layer_norm, None, *zoneout)
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         like = self.weight_ih
@@ -853,8 +952,9 @@ class LSTMCell(nn.Module):
                     raise ValueError(f"{name} must have shape {expect}, got {tuple(t.shape)}")
             if not is_batched:
                 h0, c0 = h0.unsqueeze(0), c0.unsqueeze(0)
-        cell = Cell(self.weight_ih, self.weight_hh, self.bias_ih + self.bias_hh if self.bias else None)
-        h1, c1, _ = ops.step_function(self.backend)(lstm_torch.input_projection(x, cell), h0, c0, cell)
+        cell = self.cell(B)
+        h1, c1, _ = ops.step_function(self.backend)(lstm_torch.input_projection(x, cell), h0, c0, cell,
+                                                    (cell.zoneout_h, cell.zoneout_c))
         if not is_batched:
             return h1.squeeze(0), c1.squeeze(0)
         return h1, c1

@@ -14,7 +14,7 @@ from conftest import assert_close, paths_pinned
 from test_ops import GRAD_NAMES
 
 import lstmkit
-from lstmkit.nn import LSTM, dropout_mask
+from lstmkit.nn import LSTM, LSTMCell, bernoulli_mask, dropout_mask
 from lstmkit.ops import lstm_cpu, lstm_op, lstm_torch
 from lstmkit.ops.cell import Cell
 from lstmkit.reference import check_bptt, lstm_backward, lstm_forward, random_lstm_problem
@@ -153,6 +153,110 @@ def test_packed_rows_of_a_variant_are_the_oracle_per_sequence(variant, reverse):
             summed[name] = summed[name] + g[name]
     for name, total in summed.items():
         assert_close(grads[name], total, f"{name} summed over sequences")
+
+
+def cell_of_oracle(inputs: dict, options: dict, zoneout: float) -> LSTMCell:
+    """An LSTMCell (float64) holding the oracle problem's weights: b in bias_ih, bias_hh zero."""
+    I, H = inputs["x"].shape[2], inputs["c0"].shape[1]
+    cell = LSTMCell(I, H, dtype=torch.float64, peephole="peephole" in inputs, layer_norm="ln_x" in inputs,
+                    coupled_gates=options["coupled_gates"], cell_clip=options["cell_clip"] or None,
+                    zoneout_h=zoneout, zoneout_c=zoneout)
+    names = {"W": "weight_ih", "U": "weight_hh", "b": "bias_ih", "peephole": "weight_peephole",
+             "ln_x": "layer_norm_ih", "ln_h": "layer_norm_hh", "ln_c": "layer_norm_c"}
+    with torch.no_grad():
+        cell.bias_hh.zero_()
+        for key, name in names.items():
+            if key in inputs:
+                getattr(cell, name).copy_(torch.from_numpy(inputs[key]))
+    return cell
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if not v[4]],
+                         ids=[name for v, name in zip(VARIANTS, VARIANT_IDS, strict=True) if not v[4]])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_the_cell_stepped_by_hand_computes_the_variants_as_the_oracle(variant, training):
+    """LSTMCell called step by step: outputs, state and every gradient against the oracle's layer, float64, with
+    zoneout's masks those the cell draws (the same seed, the same draws: h's then c's at every step) in training
+    and its rates in eval."""
+    T, B, I, H = 5, 3, 4, 6
+    inputs, upstream, options = problem(41 + training, T, B, I, H, None, variant)
+    rate = variant[5]
+    cell = cell_of_oracle(inputs, options, rate).train(training)
+    if rate:
+        torch.manual_seed(8)
+        if training:
+            draws = [bernoulli_mask(cell.weight_ih, (B, H), rate).numpy() for _ in range(2 * T)]
+            inputs["zoneout_h"], inputs["zoneout_c"] = np.stack(draws[0::2]), np.stack(draws[1::2])
+        else:
+            inputs["zoneout_h"] = inputs["zoneout_c"] = np.full((T, B, H), rate)
+        torch.manual_seed(8)
+    y_ref, hT_ref, cT_ref, cache = lstm_forward(**inputs, **options)
+    grads_ref = lstm_backward(upstream["dy"], upstream["dhT"], upstream["dcT"], cache)
+    x, h0, c0 = (torch.tensor(inputs[k], requires_grad=True) for k in ("x", "h0", "c0"))
+    h, c, ys = h0, c0, []
+    for t in range(T):
+        h, c = cell(x[t], (h, c))
+        ys.append(h)
+    y = torch.stack(ys)
+    loss = (y * torch.from_numpy(upstream["dy"])).sum() + (h * torch.from_numpy(upstream["dhT"])).sum() + \
+        (c * torch.from_numpy(upstream["dcT"])).sum()
+    loss.backward()
+    assert_close(y, y_ref, "y")
+    assert_close(h, hT_ref, "h_T")
+    assert_close(c, cT_ref, "c_T")
+    grads = {"dx": x.grad, "dh0": h0.grad, "dc0": c0.grad, "dW": cell.weight_ih.grad, "dU": cell.weight_hh.grad,
+             "db": cell.bias_ih.grad}
+    for key, name in (("dpeephole", "weight_peephole"), ("dln_x", "layer_norm_ih"), ("dln_h", "layer_norm_hh"),
+                      ("dln_c", "layer_norm_c")):
+        if key in grads_ref:
+            grads[key] = getattr(cell, name).grad
+    assert grads.keys() == grads_ref.keys()
+    for name, g in grads.items():
+        assert_close(g, grads_ref[name], f"cell {name}")
+    assert_close(cell.bias_hh.grad, grads_ref["db"], "cell db of bias_hh")
+
+
+def test_the_cell_of_a_variant_is_the_one_layer_lstm_and_refuses_what_it_cannot_see():
+    """Stepped over a sequence, a variant cell with a one-layer LSTM's weights gives its outputs (the names map
+    weight_ih <-> weight_ih_l0, ...); its parameters, forget bias, errors and loading follow lstmkit.LSTM's."""
+    torch.manual_seed(2)
+    variant = {"peephole": True, "coupled_gates": True, "cell_clip": 0.8, "layer_norm": True}
+    lstm = LSTM(3, 5, dtype=torch.float64, forget_bias=2.0, **variant)
+    torch.manual_seed(2)
+    cell = LSTMCell(3, 5, dtype=torch.float64, forget_bias=2.0, **variant)
+    assert {k: v.shape for k, v in cell.state_dict().items()} == {
+        k.removesuffix("_l0"): v.shape for k, v in lstm.state_dict().items()}
+    for name, value in lstm.state_dict().items():  # same draws, same forget-bias shift (-2 on i: f = 1 - i)
+        assert torch.equal(cell.state_dict()[name.removesuffix("_l0")], value), name
+    assert cell.variant_features == lstm.variant_features
+    x = torch.randn(7, 2, 3, dtype=torch.float64)
+    out, (h_n, c_n) = lstm(x)
+    h = c = torch.zeros(2, 5, dtype=torch.float64)
+    for t in range(7):
+        h, c = cell(x[t], (h, c))
+        assert_close(h, out[t], f"h_{t}")
+    assert_close(c, c_n[0], "c_T")
+    for kwargs, message in (({"recurrent_dropout": 0.2}, "recurrent_dropout keeps one mask for a whole sequence"),
+                            ({"weight_drop": 0.5}, r"use lstmkit.LSTM\(weight_drop=...\)"),
+                            ({"input_dropout": 0.1}, "input_dropout keeps one mask"),
+                            ({"zoneout_h": 1.0}, r"zoneout_h must be a probability in \[0, 1\)"),
+                            ({"cell_clip": -1.0}, "cell_clip must be a number > 0"),
+                            ({"layer_norm": True, "hidden_size": 1}, "layer_norm needs hidden_size >= 2"),
+                            ({"peephole": 1}, "peephole must be True or False")):
+        with pytest.raises((ValueError, TypeError), match=message) as error:
+            LSTMCell(**{"input_size": 3, "hidden_size": 4, **kwargs})
+        assert "\n" not in str(error.value)
+    standard = LSTMCell(3, 4).state_dict()
+    with pytest.raises(ValueError, match=r"4 gate blocks .* build it with coupled_gates=False"):
+        LSTMCell(3, 4, coupled_gates=True).load_state_dict(standard)
+    for feature in ("peephole", "layer_norm"):
+        with pytest.raises(ValueError, match=f"the state has no {feature} parameters"):
+            LSTMCell(3, 4, **{feature: True}).load_state_dict(standard)
+    zoneout = LSTMCell(3, 4, zoneout_h=0.5, zoneout_c=0.5)
+    step = torch.randn(6, 3), (torch.randn(6, 4), torch.randn(6, 4))
+    assert not torch.equal(zoneout(*step)[0], zoneout(*step)[0])  # new masks at every call in training
+    zoneout.eval()
+    assert torch.equal(zoneout(*step)[0], zoneout(*step)[0])  # the expectation in eval
 
 
 def module_pair(**variant) -> tuple[LSTM, LSTM]:
