@@ -22,8 +22,8 @@ its step: called with T = 1 and the state it returned, it streams token by token
 Variants: peepholes go to the operator's `P` input (blocks i, o, f; ONNX's order), coupled gates to its
 `input_forget=1` (f = 1 - i; the f blocks of W, R, B written as zeros, since they are unused). What the operator
 cannot express (`proj_size`, `cell_clip`: the operator's `clip` bounds the gates' pre-activations, not c_t;
-`zoneout` at evaluation) is written out as a Scan over time instead (`lstmkit.export.onnx_scan`), the whole LSTM
-then, not layer by layer, so one model has one form. `layer_norm` is refused by name (see ONNX_FEATURES).
+`zoneout` at evaluation, `layer_norm`) is written out as a Scan over time instead (`lstmkit.export.onnx_scan`; in
+float64 for layer_norm), the whole LSTM then, not layer by layer, so one model has one form.
 The run's small files (config.json, vocab.json, labels.json, ...) travel in the model's metadata_props, so
 `lstmkit evaluate FILE.onnx` needs nothing else.
 """
@@ -65,8 +65,9 @@ def uses_operator(spec: LSTMSpec) -> bool:
 class GraphBuilder:
     """Nodes and initializers with unique names."""
 
-    def __init__(self) -> None:
+    def __init__(self, int8: bool = False) -> None:
         self.onnx = require("onnx")
+        self.int8 = int8  # the graph is for onnxruntime's quantiser (onnx_scan.scan_dtype: float32 Scans)
         self.nodes: list = []
         self.initializers: list = []
         self.count = 0
@@ -237,9 +238,9 @@ def run_files(run: Path) -> dict[str, str]:
     return files
 
 
-def model_proto(task, model, files: dict[str, str]):
-    """The ModelProto of a run's task and model (eval mode), checked by onnx.checker."""
-    builder = GraphBuilder()
+def model_proto(task, model, files: dict[str, str], int8: bool = False):
+    """The ModelProto of a run's task and model (eval mode), checked by onnx.checker; int8: to be quantised."""
+    builder = GraphBuilder(int8)
     onnx = builder.onnx
     if task.name == "lm":
         inputs, outputs = lm_graph(model, builder)
@@ -257,7 +258,7 @@ def model_proto(task, model, files: dict[str, str]):
 def export_onnx(run: Path, out: Path, int8: bool = False) -> Path:
     task, model = open_for_export(run)  # a run that cannot be exported says so before a package is missed
     onnx = require("onnx")
-    proto = model_proto(task, model, run_files(run))
+    proto = model_proto(task, model, run_files(run), int8)
     with written_atomically(out) as tmp:
         if int8:
             from lstmkit.export.onnx_run import quantize_int8
